@@ -1,0 +1,328 @@
+"""params.yaml -> typed, validated settings.
+
+`params.yaml` is the single source of settings. Its top level is the `default` profile; a
+`profile:` key selects a named override block from `profiles:` that is deep-merged on top.
+Every section is a dataclass, so an unknown or misspelt key is an error that names the key
+and its closest valid match (dataclasses + difflib: no schema library gives the suggestion).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A settings problem, with the dotted key path that caused it."""
+
+
+@dataclass
+class DatasetCfg:
+    """One dataset: which adapter reads it and under which evaluation protocol."""
+
+    adapter: Literal["wildlife_csv", "reid_folders", "identity_folders", "wildlife_class"]
+    path: str
+    species: str = "animal"
+    protocol: Literal["disjoint", "leave_one_out", "given"] = "disjoint"
+    test_fraction: float = 0.5
+    query_per_identity: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataCfg:
+    root: str = "data"
+    work: str = "work"
+    metrics: str = "metrics"
+    reports: str = "reports"
+    num_workers: int = 0
+    max_identities: int = 0
+    datasets: dict[str, DatasetCfg] = field(default_factory=dict)
+
+
+@dataclass
+class SyntheticCfg:
+    """The embedded suite generator (see indivaid_core.data.synthetic)."""
+
+    presets: list[str] = field(default_factory=lambda: ["synth-stoat", "synth-tiger", "synth-seastar"])
+    out: str = "data"
+    image_size: int = 128
+    scale: float = 1.0
+    jpeg_quality: int = 85
+
+
+@dataclass
+class ModelCfg:
+    backbone: str = "lite0"
+    pretrained: str = "lite0-imagenet"
+    image_size: tuple[int, int] = (96, 96)
+    stride: int = 16
+    sie_coef: float = 0.0
+    n_ctx: int = 4
+    meta_net: bool = True
+    fusion: Literal["attention", "mean", "individual_only"] = "attention"
+    fusion_heads: int = 4
+    eval_feature: Literal["concat", "global", "proj", "concat_bn"] = "concat"
+    flip_tta: bool = False
+
+
+@dataclass
+class Stage1Cfg:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3.5e-4
+    warmup_epochs: int = 2
+    weight_decay: float = 1e-4
+    feature_batch_size: int = 64
+
+
+@dataclass
+class LossWeights:
+    id: float = 0.25
+    triplet: float = 1.0
+    i2t: float = 1.0
+
+
+@dataclass
+class AugmentCfg:
+    hflip: bool = False
+    pad: int = 8
+    random_erasing: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class Stage2Cfg:
+    epochs: int = 8
+    iters_per_epoch: int = 0
+    p: int = 8
+    k: int = 4
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    bias_lr_factor: float = 2.0
+    warmup_epochs: int = 1
+    milestones: list[int] = field(default_factory=lambda: [6])
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    margin: float = 0.3
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    amp: bool = True
+
+
+@dataclass
+class EvalCfg:
+    batch_size: int = 64
+    max_rank: int = 10
+    same_camera_filter: bool = False
+    rerank: bool = False
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+    bootstrap: int = 10000
+    tsne_perplexity: float = 15.0
+    corruption_levels: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    corruptions: list[str] = field(default_factory=lambda: ["blur", "noise", "low_light", "fog"])
+
+
+@dataclass
+class VariantCfg:
+    """A row of the results tables: which stages run and which switches differ."""
+
+    train: bool = True
+    text: str = "none"
+    model: dict[str, Any] = field(default_factory=dict)
+    stage2: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineCfg:
+    datasets: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    text_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    profile: str = "default"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataCfg = field(default_factory=DataCfg)
+    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    stage1: Stage1Cfg = field(default_factory=Stage1Cfg)
+    stage2: Stage2Cfg = field(default_factory=Stage2Cfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    variants: dict[str, VariantCfg] = field(default_factory=dict)
+    pipeline: PipelineCfg = field(default_factory=PipelineCfg)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def variant(self, name: str, dataset: str | None = None) -> Config:
+        """The effective settings for one variant (and dataset overrides), as a new Config."""
+        if name not in self.variants:
+            raise ConfigError(_unknown("variants", name, list(self.variants)))
+        v = self.variants[name]
+        raw = to_dict(self)
+        patch: dict[str, Any] = {"model": v.model, "stage2": v.stage2}
+        if dataset is not None:
+            patch = deep_merge(self.dataset(dataset).overrides, patch)
+        if v.text != "none":
+            patch = deep_merge(
+                {"model": self.pipeline.text_runs.get(v.text, {}).get("model", {})}, patch
+            )
+        return from_dict(deep_merge(raw, patch), "params")
+
+    def dataset(self, name: str) -> DatasetCfg:
+        if name not in self.data.datasets:
+            raise ConfigError(_unknown("data.datasets", name, list(self.data.datasets)))
+        return self.data.datasets[name]
+
+
+def _unknown(where: str, key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {sorted(valid)}"
+    return f"unknown key '{where}.{key}'{hint}".replace("'.", "'")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values in `over` win, nested dicts merge."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(value, path, tp)
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"{path}: '{value}' is not one of {list(args)}{hint}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {k: _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        inner = [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(inner) if origin is tuple else inner
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict[str, Any], path: str = "params", cls: type = Config) -> Any:
+    """Build dataclass `cls` from `raw`, refusing unknown keys with a did-you-mean hint."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(_unknown(path, key, list(fields)))
+    kwargs = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict view (tuples become lists) for JSON, hashing and merging."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _check_references(cfg: Config) -> Config:
+    """Cross-key checks: every name a list or run refers to must exist."""
+    for ds in cfg.pipeline.datasets:
+        cfg.dataset(ds)
+    for name, v in cfg.variants.items():
+        if v.text not in cfg.pipeline.text_runs:
+            raise ConfigError(_unknown(f"variants.{name}.text", v.text, list(cfg.pipeline.text_runs)))
+        try:
+            cfg.variant(name)
+        except ConfigError as exc:
+            raise ConfigError(f"variants.{name}: {exc}") from exc
+    for name, run in cfg.runs.items():
+        where = f"runs.{name}"
+        for key in run:
+            if key not in ("dataset", "variant", "text"):
+                raise ConfigError(_unknown(where, key, ["dataset", "variant", "text"]))
+        cfg.dataset(run["dataset"])
+        variant = cfg.variants.get(run["variant"])
+        if variant is None:
+            raise ConfigError(_unknown(f"{where}.variant", run["variant"], list(cfg.variants)))
+        if run.get("text") != variant.text:
+            raise ConfigError(
+                f"{where}.text is '{run.get('text')}' but variant '{run['variant']}' "
+                f"uses text run '{variant.text}'"
+            )
+    return cfg
+
+
+def resolve(raw: dict[str, Any]) -> Config:
+    """Validate the base, then apply the selected profile's overrides and validate again."""
+    base = from_dict(raw)
+    if base.profile == "default":
+        return _check_references(base)
+    if base.profile not in base.profiles:
+        raise ConfigError(_unknown("profiles", base.profile, ["default", *base.profiles]))
+    merged = deep_merge(raw, base.profiles[base.profile])
+    return _check_references(from_dict(merged, f"profiles.{base.profile}"))
+
+
+def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge the profile, apply dotted `overrides` (papermill/tests), validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: settings file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return resolve(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,171 @@
+"""Shared training plumbing: device, seeding, DDP, atomic checkpoints, cost accounting."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or inf loss: the run stops, and the last good checkpoint is kept."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is a clear error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params.yaml asks for device: cuda, but no CUDA device is visible")
+    if dist_info().world_size > 1 and device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (no grad scaler needed); a no-op on the CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size())
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA); no-op for one process."""
+    info = dist_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist_info()
+
+
+def gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-gather + concat, so batch-level losses see the global batch."""
+    if dist_info().world_size == 1:
+        return x
+    import torch.distributed.nn.functional as dfn
+
+    return torch.cat(dfn.all_gather(x), dim=0)
+
+
+def count_params(*modules: nn.Module) -> dict[str, int]:
+    params = {id(p): p for m in modules for p in m.parameters()}.values()
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak RSS of this process (CPU) or peak allocated CUDA memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+@dataclass
+class CostMeter:
+    """Wall time and images/s of a stage, for its metrics JSON."""
+
+    images: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, n: int) -> None:
+        self.images += n
+
+    def summary(self, device: torch.device) -> dict[str, Any]:
+        wall = time.perf_counter() - self.start
+        return {
+            "wall_time_s": round(wall, 2),
+            "images_per_s": round(self.images / max(wall, 1e-9), 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "device": device_name(device),
+        }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_finite(loss: torch.Tensor, where: str, checkpoint: Path) -> None:
+    if not torch.isfinite(loss).all():
+        raise TrainingDiverged(
+            f"{where}: loss is {loss.item()} — stopping; the last good checkpoint is kept at "
+            f"{checkpoint} (lower the learning rate or check the data)"
+        )
+
+
+@contextmanager
+def maybe_ddp(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Wrap in DistributedDataParallel (with SyncBatchNorm) when running under torchrun."""
+    if dist_info().world_size == 1:
+        yield model
+        return
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    yield nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -1,0 +1,68 @@
+"""Export a trained encoder as safetensors + JSON that reload without any training state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import Config
+from ..model import ReIDEncoder, build_clip, preprocess_info
+
+WEIGHTS, CONFIG = "model.safetensors", "model.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_export(
+    encoder: ReIDEncoder, clip_model: torch.nn.Module, cfg: Config, out_dir: Path, meta: dict
+) -> Path:
+    """Weights + the architecture/preprocessing needed to rebuild them; returns model.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS))
+    info = preprocess_info(clip_model)
+    m = cfg.model
+    spec = {
+        "backbone": m.backbone,
+        "pretrained_source": m.pretrained,
+        "image_size": list(m.image_size),
+        "stride": m.stride,
+        "sie_coef": m.sie_coef,
+        "num_classes": len(meta["labels"]),
+        "eval_feature": m.eval_feature,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "weights_sha256": file_sha256(out_dir / WEIGHTS),
+        **meta,
+    }
+    path = out_dir / CONFIG
+    path.write_text(json.dumps(spec, indent=1, sort_keys=True))
+    return path
+
+
+def load_export(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ReIDEncoder, dict]:
+    """Rebuild the encoder from model.json (random init, no download) and load the weights."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / CONFIG
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
+    spec = json.loads(cfg_path.read_text())
+    clip_model = build_clip(spec["backbone"], None, tuple(spec["image_size"]), spec["stride"])
+    encoder = ReIDEncoder(clip_model, spec["num_classes"], sie_coef=spec["sie_coef"])
+    state = load_file(str(model_dir / WEIGHTS))
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{model_dir / WEIGHTS}: does not match {CONFIG} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return encoder.to(device).eval(), spec

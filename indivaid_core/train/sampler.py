@@ -1,0 +1,99 @@
+"""P x K identity sampling that is deterministic, resumable and DDP-aware.
+
+torch has no identity-balanced batch sampler, so this one is written here. Each epoch's
+batches are a pure function of (seed, epoch): a resumed run replays the very same batches,
+and every rank builds the same global batch and takes its own contiguous slice, so that
+all-gathering the slices restores the single-process batch in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def sample_seed(seed: int, epoch: int, batch: int, slot: int) -> int:
+    """A per-sample augmentation seed that does not depend on the rank or worker layout."""
+    return int(np.random.SeedSequence([seed, epoch, batch, slot]).generate_state(1)[0])
+
+
+@dataclass
+class PKSampler:
+    """Batches of `p` identities x `k` images; with replacement where an identity has < k."""
+
+    labels: Sequence[int]
+    p: int
+    k: int
+    seed: int = 0
+    iters_per_epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    start_batch: int = 0
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        self._ids = np.unique(labels)
+        self._rows = {int(y): np.flatnonzero(labels == y) for y in self._ids}
+        if len(self._ids) < 2:
+            raise ValueError(f"P x K sampling needs at least 2 identities, got {len(self._ids)}")
+        if (self.p * self.k) % self.world_size:
+            raise ValueError(
+                f"batch p*k={self.p * self.k} is not divisible by world_size={self.world_size}"
+            )
+        self.p_eff = min(self.p, len(self._ids))
+
+    @property
+    def global_batch(self) -> int:
+        return self.p_eff * self.k
+
+    def __len__(self) -> int:
+        if self.iters_per_epoch:
+            return self.iters_per_epoch
+        return max(1, int(np.ceil(len(self.labels) / self.global_batch)))
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch to replay and how many of its batches are already done."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """All (row, augmentation seed) batches of an epoch, identical on every rank."""
+        rng = np.random.default_rng([self.seed, epoch])
+        out = []
+        for b in range(len(self)):
+            ids = rng.choice(self._ids, size=self.p_eff, replace=False)
+            rows: list[int] = []
+            for y in ids:
+                pool = self._rows[int(y)]
+                rows.extend(rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist())
+            out.append([(r, sample_seed(self.seed, epoch, b, s)) for s, r in enumerate(rows)])
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_rank = self.global_batch // self.world_size
+        lo = self.rank * per_rank
+        for batch in self.global_batches(self.epoch)[self.start_batch :]:
+            yield batch[lo : lo + per_rank]
+
+
+class SeededDataset(Dataset):
+    """Runs the wrapped dataset's random transforms under a per-sample seed.
+
+    Makes augmentation independent of worker count, rank split and resume point.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        row, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.base[row]

@@ -1,0 +1,200 @@
+"""Stage 1: learn the per-individual context tokens and the meta-net with E_I, E_T frozen.
+
+Image features are computed once into a memmap cache, so an epoch costs only text-encoder
+passes, at any batch size (the released code recomputes E_I at batch size 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import Config, to_dict
+from ..data.dataset import ImageTableDataset
+from ..losses import supcon_loss
+from ..model import DescriptionGenerator, build_clip, preprocess_info
+from ..transforms import eval_transform
+from .engine import (
+    count_params,
+    dist_info,
+    gather_cat,
+    init_distributed,
+    maybe_ddp,
+    resolve_device,
+    seed_everything,
+)
+from .loop import LoopState, run_epochs
+from .schedule import warmup_cosine
+
+
+def label_map(identities: pd.Series) -> dict[str, int]:
+    """Training identities -> class indices, in sorted order so every stage agrees."""
+    return {name: i for i, name in enumerate(sorted(identities.astype(str).unique()))}
+
+
+def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
+    """Hash of what the frozen features depend on: the checkpoint and the table rows."""
+    h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode())
+    pretrained = model_cfg.get("pretrained", "")
+    if pretrained and Path(str(pretrained)).is_file():
+        h.update(Path(pretrained).read_bytes())
+    h.update(table[["image_id", "path"]].to_csv(index=False).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def image_feature_cache(
+    clip_model: torch.nn.Module,
+    table: pd.DataFrame,
+    image_root: Path,
+    image_size: tuple[int, int],
+    cache_dir: Path,
+    key: str,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+) -> np.memmap:
+    """Projected E_I features of every row, written chunk by chunk into a .npy memmap.
+
+    A rerun with the same key reuses the file; peak memory is one chunk, not the dataset.
+    """
+    path = cache_dir / f"{key}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    info = preprocess_info(clip_model)
+    ds = ImageTableDataset(table, image_root, eval_transform(image_size, info.mean, info.std))
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+    clip_model = clip_model.to(device).eval()
+    tmp = cache_dir / f"{key}.tmp.npy"
+    out = None
+    for batch in tqdm(loader, desc="stage1 image features", unit="batch"):
+        f = clip_model.encode_image(batch["image"].to(device)).float().cpu().numpy()
+        if out is None:
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(ds), f.shape[1]))
+        out[batch["index"].numpy()] = f
+    assert out is not None, "empty table"
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def train_stage1(
+    cfg: Config,
+    train_table: pd.DataFrame,
+    image_root: Path,
+    species: str,
+    out_dir: Path,
+    cache_dir: Path,
+    resume: bool = True,
+    interrupt_after_steps: int = 0,
+) -> dict[str, Any]:
+    """Train the description generator; write its weights, the descriptions and metrics."""
+    device = resolve_device(cfg.device)
+    info = init_distributed(device)
+    seed_everything(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = cfg.model
+    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride)
+    clip_model.requires_grad_(False)
+    labels_of = label_map(train_table["identity"])
+    labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
+    key = cache_key(to_dict(cfg)["model"], train_table)
+    feats = image_feature_cache(
+        clip_model, train_table.reset_index(drop=True), image_root, tuple(m.image_size),
+        cache_dir, key, cfg.stage1.feature_batch_size, device, cfg.data.num_workers,
+    )
+    gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(device)
+    trainable = [p for p in gen.parameters() if p.requires_grad]
+    s1 = cfg.stage1
+    opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
+    state = LoopState({"generator": gen}, opt, warmup_cosine(opt, s1.warmup_epochs, s1.epochs))
+    scale = clip_model.logit_scale.exp().detach().to(device)
+    n = len(labels)
+    bs = min(s1.batch_size, n)
+    per_rank = bs // info.world_size
+
+    def batches(epoch: int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for lo in range(0, n - bs + 1, bs):
+            idx = order[lo : lo + bs][info.rank * per_rank : (info.rank + 1) * per_rank]
+            yield idx.sort().values
+
+    with maybe_ddp(gen, device) as model:
+
+        def step(idx: torch.Tensor):
+            f = torch.from_numpy(np.asarray(feats[idx.numpy()])).to(device)
+            y = labels[idx].to(device)
+            g, h = model(y, f)
+            f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
+            parts = {
+                "i2t_g": supcon_loss(f, g, y, y, scale),
+                "t2i_g": supcon_loss(g, f, y, y, scale),
+                "i2t_h": supcon_loss(f, h, y, y, scale),
+                "t2i_h": supcon_loss(h, f, y, y, scale),
+            }
+            loss = sum(parts.values())
+            return loss, {k: v.item() for k, v in parts.items()}, len(idx)
+
+        meter = run_epochs(
+            state, s1.epochs, batches, step, out_dir / "checkpoint.pt", out_dir / "plots",
+            "stage1", resume, interrupt_after_steps,
+        )
+    result = {
+        "stage": "stage1",
+        "epochs": s1.epochs,
+        "batch_size": bs,
+        "n_images": n,
+        "n_identities": len(labels_of),
+        "final_loss": round(state.history[-1]["loss"], 6) if state.history else None,
+        **count_params(gen),
+        **meter.summary(device),
+    }
+    if info.is_main:
+        write_descriptions(gen, feats, labels, labels_of, train_table, out_dir, device)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+@torch.no_grad()
+def write_descriptions(
+    gen: torch.nn.Module,
+    feats: np.ndarray,
+    labels: torch.Tensor,
+    labels_of: dict[str, int],
+    table: pd.DataFrame,
+    out_dir: Path,
+    device: torch.device,
+    chunk: int = 256,
+) -> None:
+    """Cache g for every training image and h for every individual, for stage 2."""
+    gen.eval()
+    g = []
+    for lo in range(0, len(labels), chunk):
+        f = torch.from_numpy(np.asarray(feats[lo : lo + chunk])).to(device)
+        g.append(gen(labels[lo : lo + chunk].to(device), f)[0].float().cpu())
+    ids = torch.arange(len(labels_of), device=device)
+    h = gen.individual(ids).float().cpu()
+    save_file(
+        {"g": torch.cat(g).contiguous(), "g_labels": labels.contiguous(), "h": h.contiguous()},
+        str(out_dir / "descriptions.safetensors"),
+    )
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items() if "ctx" in k
+         or "meta" in k},
+        str(out_dir / "text_learner.safetensors"),
+    )
+    (out_dir / "labels.json").write_text(
+        json.dumps({"labels": labels_of, "image_ids": table["image_id"].astype(str).tolist()})
+    )

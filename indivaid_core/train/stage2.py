@@ -1,0 +1,180 @@
+"""Stage 2: fine-tune E_I (+ BN necks, ID heads) and train the attention fusion module.
+
+Losses: ID cross-entropy (label smoothing) on both BN-neck heads, batch-hard triplet on the
+pre-BN global and projected features, and image-to-text cross-entropy of the projected
+feature against every individual's fused description z (skipped when its weight is 0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.dataset import ImageTableDataset
+from ..losses import i2t_ce_loss, id_loss, triplet_loss
+from ..model import AttentionFusion, ReIDEncoder, build_clip, preprocess_info
+from ..transforms import train_transform
+from .engine import (
+    autocast,
+    count_params,
+    gather_cat,
+    init_distributed,
+    maybe_ddp,
+    resolve_device,
+    seed_everything,
+)
+from .export import save_export
+from .loop import LoopState, run_epochs
+from .sampler import PKSampler, SeededDataset
+from .schedule import warmup_multistep
+from .stage1 import label_map
+
+
+class Stage2Model(torch.nn.Module):
+    """The encoder and the fusion module in one module, so DDP syncs both."""
+
+    def __init__(self, encoder: ReIDEncoder, fusion: AttentionFusion | None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fusion = fusion
+
+    def forward(self, images, h=None, g=None, g_labels=None):
+        out = self.encoder(images)
+        if self.fusion is not None:
+            out["z"] = self.fusion(h, g, g_labels)[0]
+        return out
+
+
+def param_groups(model: torch.nn.Module, lr: float, wd: float, bias_factor: float) -> list[dict]:
+    """Biases (and norm shifts) at lr x bias_factor, as in the re-ID baselines."""
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (biases if name.endswith("bias") else weights).append(p)
+    return [
+        {"params": weights, "lr": lr, "weight_decay": wd},
+        {"params": biases, "lr": lr * bias_factor, "weight_decay": wd},
+    ]
+
+
+def load_descriptions(stage1_dir: Path, labels_of: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The stage-1 cache, checked against this run's label map."""
+    path = stage1_dir / "descriptions.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: stage-1 descriptions missing; run stage 1 first")
+    saved = json.loads((stage1_dir / "labels.json").read_text())["labels"]
+    if saved != labels_of:
+        raise ValueError(f"{stage1_dir}: stage-1 identities differ from this run's training set")
+    return load_file(str(path))
+
+
+def train_stage2(
+    cfg: Config,
+    train_table: pd.DataFrame,
+    image_root: Path,
+    out_dir: Path,
+    stage1_dir: Path | None,
+    train: bool = True,
+    resume: bool = True,
+    interrupt_after_steps: int = 0,
+) -> dict[str, Any]:
+    """Fine-tune (or, with train=False, just export the zero-shot model) and write metrics."""
+    device = resolve_device(cfg.device)
+    info = init_distributed(device)
+    seed_everything(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m, s2 = cfg.model, cfg.stage2
+    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride)
+    train_table = train_table.reset_index(drop=True)
+    labels_of = label_map(train_table["identity"])
+    encoder = ReIDEncoder(clip_model, len(labels_of), sie_coef=m.sie_coef)
+    use_text = train and s2.loss_weights.i2t > 0
+    desc = load_descriptions(stage1_dir, labels_of) if use_text and stage1_dir else None
+    if use_text and desc is None:
+        raise ValueError("stage2.loss_weights.i2t > 0 needs a stage-1 run (variant.text)")
+    fusion = AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
+    net = Stage2Model(encoder, fusion).to(device)
+    meta = {"labels": labels_of, "image_ids": train_table["image_id"].astype(str).tolist()}
+    if not train:
+        save_export(net.encoder, clip_model, cfg, out_dir, meta)
+        result = {"stage": "stage2", "trained": False, **count_params(net)}
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        return result
+
+    info_pp = preprocess_info(clip_model)
+    tf = train_transform(m.image_size, info_pp.mean, info_pp.std, s2.augment)
+    ds = SeededDataset(ImageTableDataset(train_table, image_root, tf, label_map=labels_of))
+    sampler = PKSampler(
+        train_table["identity"].astype(str).map(labels_of).tolist(), s2.p, s2.k, cfg.seed,
+        s2.iters_per_epoch, info.rank, info.world_size,
+    )
+    opt = torch.optim.Adam(param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor))
+    sched = warmup_multistep(opt, s2.warmup_epochs, s2.milestones, s2.gamma)
+    state = LoopState({"net": net}, opt, sched)
+    text = {k: v.to(device) for k, v in desc.items()} if desc else {}
+    scale = clip_model.logit_scale.exp().detach().to(device)
+    w = s2.loss_weights
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers)
+
+    with maybe_ddp(net, device) as model:
+        model.train()
+
+        def step(batch: dict[str, torch.Tensor]):
+            images, y = batch["image"].to(device), batch["label"].to(device)
+            with autocast(device, s2.amp):
+                out = model(images, text.get("h"), text.get("g"), text.get("g_labels"))
+            y = gather_cat(y)
+            logits = [gather_cat(lg.float()) for lg in out["logits"]]
+            glob, proj = gather_cat(out["global"].float()), gather_cat(out["proj"].float())
+            parts = {
+                "id": sum(id_loss(lg, y, s2.label_smoothing) for lg in logits) * w.id,
+                "triplet": (triplet_loss(glob, y, s2.margin) + triplet_loss(proj, y, s2.margin))
+                * w.triplet,
+            }
+            if "z" in out:
+                parts["i2t"] = i2t_ce_loss(proj, out["z"].float(), y, scale) * w.i2t
+            loss = sum(parts.values())
+            return loss, {k: v.item() for k, v in parts.items()}, len(images)
+
+        meter = run_epochs(
+            state, s2.epochs, batches, step, out_dir / "checkpoint.pt", out_dir / "plots",
+            "stage2", resume, interrupt_after_steps,
+        )
+    result = {
+        "stage": "stage2",
+        "trained": True,
+        "epochs": s2.epochs,
+        "global_batch": sampler.global_batch,
+        "n_images": len(train_table),
+        "n_identities": len(labels_of),
+        "final_loss": round(state.history[-1]["loss"], 6),
+        **count_params(net),
+        **meter.summary(device),
+    }
+    if info.is_main:
+        save_export(net.encoder, clip_model, cfg, out_dir, meta)
+        if fusion is not None:
+            save_attention(net, text, out_dir)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+@torch.no_grad()
+def save_attention(net: Stage2Model, text: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """Final z and the fusion's attention weights per individual, for the attention notebook."""
+    net.eval()
+    z, weights, key_index = net.fusion(text["h"], text["g"], text["g_labels"])
+    blob = {"z": z.cpu(), "key_index": key_index.cpu()}
+    if weights is not None:
+        blob["weights"] = weights.cpu()
+    torch.save(blob, out_dir / "attention.pt")

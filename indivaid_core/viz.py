@@ -1,0 +1,105 @@
+"""Figures and small tables for the data, training and attention notebooks.
+
+Evaluation figures live in `indivaid_core.evaluate.figures`; these cover the other stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from safetensors.torch import load_file
+
+from .data.images import load_rgb
+from .evaluate import figures
+
+
+def split_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Images and identities per dataset and split."""
+    rows = []
+    for name, t in tables.items():
+        for split, part in t.groupby("split"):
+            rows.append(
+                {"dataset": name, "split": split, "images": len(part),
+                 "identities": part["identity"].nunique()}
+            )
+    return pd.DataFrame(rows).pivot(index="dataset", columns="split", values=["images", "identities"])
+
+
+def images_per_identity(tables: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Long-tail plot: images per individual, sorted, one line per dataset."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, t in tables.items():
+        counts = t["identity"].value_counts().to_numpy()
+        ax.plot(np.arange(1, len(counts) + 1), counts, marker=".", label=name)
+    ax.set(xlabel="individual (sorted by count)", ylabel="images", yscale="log",
+           title="Images per individual")
+    ax.legend()
+    return fig
+
+
+def identity_grid(
+    table: pd.DataFrame, n_identities: int = 4, n_images: int = 6, title: str = "", seed: int = 0
+) -> plt.Figure:
+    """Rows = individuals, columns = their photos: identity should be the coat pattern."""
+    root = Path(table["image_root"].iloc[0])
+    counts = table["identity"].value_counts()
+    ids = counts.index[:n_identities]
+    fig, axes = plt.subplots(len(ids), n_images, figsize=(1.6 * n_images, 1.7 * len(ids)),
+                             squeeze=False)
+    for r, ident in enumerate(ids):
+        rows = table[table["identity"] == ident].sample(
+            n=min(n_images, counts[ident]), random_state=seed
+        )
+        for c in range(n_images):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(rows):
+                row = rows.iloc[c]
+                ax.imshow(load_rgb(root / row["path"]))
+                label = " ".join(str(row[k]) for k in ("viewpoint", "daynight") if k in row)
+                ax.set_title(label, fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, str(ident), transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def loss_curves(history_json: Path, title: str = "") -> plt.Figure:
+    """Every logged loss term per epoch (log scale), from a stage's history.json."""
+    hist = pd.DataFrame(json.loads(Path(history_json).read_text()))
+    terms = [c for c in hist.columns if c not in ("epoch", "lr")]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for c in terms:
+        ax.plot(hist["epoch"], hist[c], marker=".", label=c, lw=2 if c == "loss" else 1)
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def description_similarity(path: Path, max_ids: int = 40) -> plt.Figure:
+    """Cosine similarity of the individual descriptions h: distinct individuals -> dark."""
+    h = load_file(str(path))["h"][:max_ids]
+    h = torch.nn.functional.normalize(h.float(), dim=1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    sns.heatmap((h @ h.T).numpy(), ax=ax, cmap="viridis", vmin=-1, vmax=1, square=True,
+                xticklabels=False, yticklabels=False)
+    ax.set_title("cos(h_y, h_y') between individuals")
+    return fig
+
+
+def retrieval(ev: dict[str, Any], k: int = 5, n_queries: int = 6) -> plt.Figure:
+    """Ranked-retrieval grid for an `pipeline.evaluate` result."""
+    root = Path(ev["image_root"])
+    q, g = ev["query"], ev["gallery"]
+    return figures.retrieval_grid(
+        [root / p for p in q["path"]], [root / p for p in g["path"]], ev["dist"],
+        q["identity"].to_numpy(), g["identity"].to_numpy(), k=k, n_queries=n_queries,
+        leave_one_out=ev["loo"],
+    )
