@@ -147,6 +147,8 @@ class VariantCfg:
 class PipelineCfg:
     datasets: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
+    robustness_variants: list[str] = field(default_factory=lambda: ["zero_shot", "indivaid"])
+    attention_variant: str = "indivaid"
     text_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -4,7 +4,8 @@ Paths follow one convention (all relative to the repo, roots from params):
   {work}/tables/{dataset}.csv               prepared table with a `split` column
   {work}/stage1/{dataset}/{text}/           text learner, descriptions, checkpoint
   {work}/stage2/{dataset}/{variant}/        exported encoder, attention, checkpoint
-  {work}/features/{dataset}/{variant}.npz   evaluation features with their image ids
+  {work}/stage2/{dataset}/{variant}/seed{s}/ one exported encoder per seed
+  {work}/features/{dataset}/{variant}/seed{s}.npz  evaluation features with their image ids
   {metrics}/{dataset}/{variant}.json          evaluation metrics (dvc metrics)
   {metrics}/{dataset}/{variant}.train.json    training cost (dvc metrics)
   {reports}/per_query/{dataset}/{variant}.csv per-query AP / rank (bootstrap input)
@@ -13,12 +14,15 @@ Paths follow one convention (all relative to the repo, roots from params):
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -32,6 +36,8 @@ from .evaluate import (
     extract_features,
     per_query_frame,
     rank_metrics,
+    rerank,
+    rerank_loo,
     save_features,
     write_metrics_json,
 )
@@ -62,11 +68,12 @@ class Paths:
     def stage1(self, text: str) -> Path:
         return self.work / "stage1" / self.dataset / text
 
-    def stage2(self, variant: str) -> Path:
-        return self.work / "stage2" / self.dataset / variant
+    def stage2(self, variant: str, seed: int | None = None) -> Path:
+        out = self.work / "stage2" / self.dataset / variant
+        return out if seed is None else out / f"seed{seed}"
 
-    def features(self, variant: str) -> Path:
-        return self.work / "features" / self.dataset / f"{variant}.npz"
+    def features(self, variant: str, seed: int) -> Path:
+        return self.work / "features" / self.dataset / variant / f"seed{seed}.npz"
 
     @property
     def reports(self) -> Path:
@@ -77,6 +84,9 @@ class Paths:
 
     def per_query(self, variant: str) -> Path:
         return self.reports / "per_query" / self.dataset / f"{variant}.csv"
+
+    def curves(self, name: str) -> Path:
+        return self.reports / "train_curves" / self.dataset / name
 
     def cmc(self, variant: str) -> Path:
         return self.reports / "cmc" / self.dataset / f"{variant}.csv"
@@ -142,25 +152,51 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
         config_mod.deep_merge(config_mod.to_dict(cfg), cfg.pipeline.text_runs[text])
     )
     table = read_table(cfg, dataset)
-    return train_stage1(
+    result = train_stage1(
         run_cfg, train_split(table), Path(table["image_root"].iloc[0]),
         cfg.dataset(dataset).species, out, Path(cfg.data.work) / "cache", **kw,
     )
+    publish_curves(out, paths.curves(f"stage1-{text}"))
+    return result
+
+
+def publish_curves(src: Path, dst: Path) -> None:
+    """Copy a run's per-epoch loss TSVs out of the (DVC-cached) work dir for `dvc plots`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in (src / "plots").glob("*.tsv"):
+        shutil.copyfile(f, dst / f.name)
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
 
 
 def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, Any]:
+    """Train one variant once per seed in `pipeline.seeds` (stage 1 is shared across seeds)."""
     from .train.stage2 import train_stage2
 
     v = cfg.variants[variant]
-    run_cfg = cfg.variant(variant, dataset)
     paths = Paths(cfg, dataset)
     table = read_table(cfg, dataset)
     stage1_dir = paths.stage1(v.text) if v.text != "none" else None
-    result = train_stage2(
-        run_cfg, train_split(table), Path(table["image_root"].iloc[0]), paths.stage2(variant),
-        stage1_dir, train=v.train, **kw,
-    )
-    result = {"dataset": dataset, "variant": variant, **result}
+    per_seed = {}
+    for seed in cfg.pipeline.seeds:
+        run_cfg = dataclasses.replace(cfg.variant(variant, dataset), seed=seed)
+        per_seed[seed] = train_stage2(
+            run_cfg, train_split(table), Path(table["image_root"].iloc[0]),
+            paths.stage2(variant, seed), stage1_dir, train=v.train, **kw,
+        )
+    first = per_seed[cfg.pipeline.seeds[0]]
+    if v.train:
+        publish_curves(paths.stage2(variant, cfg.pipeline.seeds[0]), paths.curves(variant))
+    result = {"dataset": dataset, "variant": variant, "seeds": list(per_seed), **first}
+    if stage1_dir is not None:
+        s1 = json.loads((stage1_dir / "metrics.json").read_text())
+        result["stage1_wall_time_s"] = s1.get("wall_time_s", 0.0)
+    if v.train:
+        result["wall_time_s"] = mean_std([r["wall_time_s"] for r in per_seed.values()])["mean"]
+        result["final_loss"] = mean_std([r["final_loss"] for r in per_seed.values()])
     write_metrics_json(paths.metrics(variant, ".train"), result)
     return result
 
@@ -192,52 +228,146 @@ def features_for(
     )
 
 
-def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
-    """Features -> distances -> metrics JSON, per-query CSV and CMC curve."""
-    paths = Paths(cfg, dataset)
-    table = read_table(cfg, dataset)
-    root = Path(table["image_root"].iloc[0])
-    device = resolve_device(cfg.device)
-    encoder, spec = load_export(paths.stage2(variant), device)
-    query, gallery, loo = test_rows(table)
-    start = time.perf_counter()
-    test = query if loo else pd.concat([query, gallery], ignore_index=True)
-    feats = features_for(cfg, encoder, spec, test, root)
-    seconds = time.perf_counter() - start
-    save_features(paths.features(variant), feats, test)
-    qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
+def score(
+    cfg: Config, qf: torch.Tensor, gf: torch.Tensor, query: pd.DataFrame, gallery: pd.DataFrame,
+    loo: bool,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Euclidean distances (optionally k-reciprocal re-ranked) and the rank metrics."""
     dist = torch.cdist(qf, gf)
-    cams = cfg.eval.same_camera_filter and "camera" in table
+    e = cfg.eval
+    if e.rerank:
+        dist = (
+            rerank_loo(dist, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
+            if loo
+            else rerank(dist, torch.cdist(qf, qf), torch.cdist(gf, gf), e.rerank_k1,
+                        e.rerank_k2, e.rerank_lambda)
+        )
+    cams = e.same_camera_filter and "camera" in query
     m = rank_metrics(
         dist, query["identity"].to_numpy(), gallery["identity"].to_numpy(),
         query["camera"].to_numpy() if cams else None,
         gallery["camera"].to_numpy() if cams else None,
-        leave_one_out=loo, max_rank=cfg.eval.max_rank,
+        leave_one_out=loo, max_rank=e.max_rank,
     )
+    return dist, m
+
+
+def summarise(m: dict[str, Any]) -> dict[str, float]:
     cmc = m["cmc"]
-    result = {
-        "dataset": dataset,
-        "variant": variant,
-        "protocol": "leave_one_out" if loo else "disjoint",
+    return {
         "mAP": float(m["mAP"]),
         "R1": float(cmc[0]),
         "R5": float(cmc[min(4, len(cmc) - 1)]),
         "R10": float(cmc[min(9, len(cmc) - 1)]),
         "mINP": float(m["mINP"]),
+    }
+
+
+def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
+    """Per seed: features -> distances -> metrics; writes mean/std JSON, per-query CSV, CMC."""
+    paths = Paths(cfg, dataset)
+    table = read_table(cfg, dataset)
+    root = Path(table["image_root"].iloc[0])
+    device = resolve_device(cfg.device)
+    query, gallery, loo = test_rows(table)
+    test = query if loo else pd.concat([query, gallery], ignore_index=True)
+    per_seed, frames, cmcs, first = {}, [], [], None
+    for seed in cfg.pipeline.seeds:
+        encoder, spec = load_export(paths.stage2(variant, seed), device)
+        start = time.perf_counter()
+        feats = features_for(cfg, encoder, spec, test, root)
+        seconds = time.perf_counter() - start
+        save_features(paths.features(variant, seed), feats, test)
+        qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
+        dist, m = score(cfg, qf, gf, query, gallery, loo)
+        per_seed[seed] = {**summarise(m), "inference_images_per_s": len(test) / seconds}
+        frames.append(per_query_frame(m, query).assign(seed=seed))
+        cmcs.append(np.asarray(m["cmc"], dtype=float))
+        if first is None:
+            first = {"dist": dist, "metrics": m, "features": feats}
+    keys = ["mAP", "R1", "R5", "R10", "mINP"]
+    stats = {k: mean_std([r[k] for r in per_seed.values()]) for k in keys}
+    result = {
+        "dataset": dataset,
+        "variant": variant,
+        "protocol": "leave_one_out" if loo else "disjoint",
+        **{k: stats[k]["mean"] for k in keys},
+        "std": {k: stats[k]["std"] for k in keys},
+        "per_seed": {str(s): {k: r[k] for k in keys} for s, r in per_seed.items()},
+        "n_seeds": len(per_seed),
         "n_query": len(query),
         "n_gallery": len(gallery),
-        "n_valid_queries": int(m["n_valid_queries"]),
-        "n_skipped_queries": int(m.get("n_skipped_queries", len(query) - m["n_valid_queries"])),
-        "inference_images_per_s": round(len(test) / max(seconds, 1e-9), 2),
+        "n_valid_queries": int(first["metrics"]["n_valid_queries"]),
+        "n_skipped_queries": int(first["metrics"]["n_skipped_queries"]),
+        "inference_images_per_s": round(
+            float(np.median([r["inference_images_per_s"] for r in per_seed.values()])), 1
+        ),
         "inference_peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": device_name(device),
     }
     write_metrics_json(paths.metrics(variant), result)
-    pq = per_query_frame(m, query)
+    pq = pd.concat(frames, ignore_index=True)
     paths.per_query(variant).parent.mkdir(parents=True, exist_ok=True)
     pq.to_csv(paths.per_query(variant), index=False)
     paths.cmc(variant).parent.mkdir(parents=True, exist_ok=True)
-    cmc_curve_frame(cmc).to_csv(paths.cmc(variant), index=False)
-    return {**result, "dist": dist, "query": query, "gallery": gallery, "loo": loo, "rows": test,
-            "image_root": root,
-            "metrics": m, "per_query": pq, "features": feats}
+    cmc_curve_frame(np.mean(cmcs, axis=0)).to_csv(paths.cmc(variant), index=False)
+    return {**result, **first, "query": query, "gallery": gallery, "loo": loo, "rows": test,
+            "image_root": root, "per_query": pq}
+
+
+def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataFrame:
+    """mAP/R1 with corrupted queries against the clean gallery, per corruption and strength."""
+    from .robustness import corrupted_transform, sweep_frame
+
+    paths = Paths(cfg, dataset)
+    table = read_table(cfg, dataset)
+    root = Path(table["image_root"].iloc[0])
+    device = resolve_device(cfg.device)
+    query, gallery, loo = test_rows(table)
+    seed = cfg.pipeline.seeds[0]
+    rows = []
+    for variant in variants:
+        encoder, spec = load_export(paths.stage2(variant, seed), device)
+        gf = features_for(cfg, encoder, spec, gallery, root)
+        for name in cfg.eval.corruptions:
+            for level in cfg.eval.corruption_levels:
+                tf = corrupted_transform(name, level, spec["image_size"], spec["mean"],
+                                         spec["std"], cfg.seed)
+                qf = features_for(cfg, encoder, spec, query, root, transform=tf)
+                _, m = score(cfg, qf, gf, query, gallery, loo)
+                rows.append({"variant": variant, "corruption": name, "strength": level,
+                             **summarise(m)})
+    return sweep_frame(rows)
+
+
+def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) -> list[tuple]:
+    """Grad-CAM of the first queries and their top gallery match (seed 0 model)."""
+    from PIL import Image
+
+    from .data.images import load_rgb
+    from .saliency import gradcam
+
+    paths = Paths(cfg, dataset)
+    table = read_table(cfg, dataset)
+    root = Path(table["image_root"].iloc[0])
+    seed = cfg.pipeline.seeds[0]
+    encoder, spec = load_export(paths.stage2(variant, seed), "cpu")
+    query, gallery, loo = test_rows(table)
+    test = query if loo else pd.concat([query, gallery], ignore_index=True)
+    feats = features_for(dataclasses.replace(cfg, device="cpu"), encoder, spec, test, root)
+    qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
+    dist = torch.cdist(qf[:n_queries], gf)
+    if loo:
+        dist[torch.arange(len(dist)), torch.arange(len(dist))] = float("inf")
+    tf = eval_transform(spec["image_size"], spec["mean"], spec["std"])
+    size = tuple(reversed(spec["image_size"]))
+    out = []
+    for i, j in enumerate(dist.argmin(1).tolist()):
+        q_img, g_img = load_rgb(root / query["path"][i]), load_rgb(root / gallery["path"][j])
+        q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"])
+        g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"])
+        same = query["identity"][i] == gallery["identity"][j]
+        out.append((np.asarray(q_img.resize(size, Image.BILINEAR)), q_cam.numpy(),
+                    np.asarray(g_img.resize(size, Image.BILINEAR)), g_cam.numpy(),
+                    f"{'✓' if same else '✗'} {gallery['identity'][j]}"))
+    return out

@@ -103,3 +103,69 @@ def retrieval(ev: dict[str, Any], k: int = 5, n_queries: int = 6) -> plt.Figure:
         q["identity"].to_numpy(), g["identity"].to_numpy(), k=k, n_queries=n_queries,
         leave_one_out=ev["loo"],
     )
+
+
+def attention_ranking(
+    attention_pt: Path, labels_json: Path, table: pd.DataFrame, n_identities: int = 4,
+    n_images: int = 6,
+) -> plt.Figure:
+    """Per individual, its training images sorted by the fusion attention weight they got."""
+    blob = torch.load(attention_pt, map_location="cpu")
+    if "weights" not in blob:
+        raise ValueError(f"{attention_pt}: this fusion variant has no attention weights")
+    meta = json.loads(Path(labels_json).read_text())
+    names = {i: name for name, i in meta["labels"].items()}
+    image_ids = meta["image_ids"]
+    by_id = table.set_index(table["image_id"].astype(str))
+    root = Path(table["image_root"].iloc[0])
+    weights, keys = blob["weights"], blob["key_index"]
+    counts = (keys >= 0).sum(1)
+    ids = torch.argsort(counts, descending=True)[:n_identities].tolist()
+    fig, axes = plt.subplots(len(ids), n_images, figsize=(1.6 * n_images, 1.8 * len(ids)),
+                             squeeze=False)
+    for r, ident in enumerate(ids):
+        valid = keys[ident] >= 0
+        w, k = weights[ident][valid], keys[ident][valid]
+        order = torch.argsort(w, descending=True)
+        for c in range(n_images):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(order):
+                row = by_id.loc[image_ids[int(k[order[c]])]]
+                ax.imshow(load_rgb(root / row["path"]))
+                ax.set_title(f"w={float(w[order[c]]):.2f}", fontsize=8)
+        axes[r, 0].text(-0.1, 0.5, names[ident], transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle("Training images ranked by fusion attention (left = most attended)")
+    return fig
+
+
+def saliency_grid(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]) -> plt.Figure:
+    """Rows: query, query heat-map, top match, match heat-map (Grad-CAM on E_I)."""
+    fig, axes = plt.subplots(len(pairs), 4, figsize=(7, 1.9 * len(pairs)), squeeze=False)
+    for r, (q, q_cam, g, g_cam, label) in enumerate(pairs):
+        for c, (img, cam) in enumerate([(q, None), (q, q_cam), (g, None), (g, g_cam)]):
+            ax = axes[r, c]
+            ax.imshow(img)
+            if cam is not None:
+                ax.imshow(cam, cmap="jet", alpha=0.45)
+            ax.axis("off")
+        axes[r, 2].set_title(label, fontsize=8)
+    for c, t in enumerate(["query", "Grad-CAM", "top match", "Grad-CAM"]):
+        axes[0, c].set_xlabel(t)
+        axes[0, c].set_title(t if c != 2 else axes[0, 2].get_title(), fontsize=8)
+    return fig
+
+
+def corruption_curves(sweep: pd.DataFrame, metric: str = "mAP") -> plt.Figure:
+    """mAP against corruption strength, one panel per corruption, one line per variant."""
+    names = list(dict.fromkeys(sweep["corruption"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False,
+                             sharey=True)
+    for ax, name in zip(axes[0], names, strict=True):
+        part = sweep[sweep["corruption"] == name]
+        for variant, rows in part.groupby("variant"):
+            ax.plot(rows["strength"], 100 * rows[metric], marker="o", label=variant)
+        ax.set(title=name, xlabel="strength", ylabel=f"{metric} (%)")
+    axes[0, 0].legend(fontsize=7)
+    return fig

@@ -1,7 +1,7 @@
 """Stage 2: fine-tune E_I (+ BN necks, ID heads) and train the attention fusion module.
 
 Losses: ID cross-entropy (label smoothing) on both BN-neck heads, batch-hard triplet on the
-pre-BN global and projected features, and image-to-text cross-entropy of the projected
+encoder's pre-BN features (global, projected, and the ViT penultimate token), and image-to-text cross-entropy of the projected
 feature against every individual's fused description z (skipped when its weight is 0).
 """
 
@@ -24,6 +24,7 @@ from ..transforms import train_transform
 from .engine import (
     autocast,
     count_params,
+    flops_per_image,
     gather_cat,
     init_distributed,
     maybe_ddp,
@@ -102,9 +103,11 @@ def train_stage2(
     fusion = AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
     net = Stage2Model(encoder, fusion).to(device)
     meta = {"labels": labels_of, "image_ids": train_table["image_id"].astype(str).tolist()}
+    flops = flops_per_image(encoder, tuple(m.image_size), device)
     if not train:
         save_export(net.encoder, clip_model, cfg, out_dir, meta)
-        result = {"stage": "stage2", "trained": False, **count_params(net)}
+        result = {"stage": "stage2", "trained": False, "flops_per_image": flops,
+                  **count_params(net)}
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
         return result
 
@@ -135,11 +138,11 @@ def train_stage2(
                 out = model(images, text.get("h"), text.get("g"), text.get("g_labels"))
             y = gather_cat(y)
             logits = [gather_cat(lg.float()) for lg in out["logits"]]
-            glob, proj = gather_cat(out["global"].float()), gather_cat(out["proj"].float())
+            trip = [gather_cat(f.float()) for f in out["triplet"]]
+            proj = gather_cat(out["proj"].float())
             parts = {
                 "id": sum(id_loss(lg, y, s2.label_smoothing) for lg in logits) * w.id,
-                "triplet": (triplet_loss(glob, y, s2.margin) + triplet_loss(proj, y, s2.margin))
-                * w.triplet,
+                "triplet": sum(triplet_loss(f, y, s2.margin) for f in trip) * w.triplet,
             }
             if "z" in out:
                 parts["i2t"] = i2t_ce_loss(proj, out["z"].float(), y, scale) * w.i2t
@@ -158,6 +161,7 @@ def train_stage2(
         "n_images": len(train_table),
         "n_identities": len(labels_of),
         "final_loss": round(state.history[-1]["loss"], 6),
+        "flops_per_image": flops,
         **count_params(net),
         **meter.summary(device),
     }
