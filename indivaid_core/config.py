@@ -52,7 +52,9 @@ class DataCfg:
 class SyntheticCfg:
     """The embedded suite generator (see indivaid_core.data.synthetic)."""
 
-    presets: list[str] = field(default_factory=lambda: ["synth-stoat", "synth-tiger", "synth-seastar"])
+    presets: list[str] = field(
+        default_factory=lambda: ["synth-stoat", "synth-tiger", "synth-seastar"]
+    )
     out: str = "data"
     image_size: int = 128
     scale: float = 1.0
@@ -279,7 +281,9 @@ def _check_references(cfg: Config) -> Config:
         cfg.dataset(ds)
     for name, v in cfg.variants.items():
         if v.text not in cfg.pipeline.text_runs:
-            raise ConfigError(_unknown(f"variants.{name}.text", v.text, list(cfg.pipeline.text_runs)))
+            raise ConfigError(
+                _unknown(f"variants.{name}.text", v.text, list(cfg.pipeline.text_runs))
+            )
         try:
             cfg.variant(name)
         except ConfigError as exc:

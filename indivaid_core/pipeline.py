@@ -41,7 +41,7 @@ from .evaluate import (
     save_features,
     write_metrics_json,
 )
-from .train.engine import device_name, peak_memory_mb, resolve_device
+from .train.engine import device_name, dist_info, peak_memory_mb, resolve_device
 from .train.export import load_export
 from .transforms import eval_transform
 
@@ -115,9 +115,7 @@ def prepare(cfg: Config, dataset: str) -> pd.DataFrame:
     if cfg.data.max_identities:
         keep = sorted(df["identity"].astype(str).unique())[: cfg.data.max_identities]
         df = df[df["identity"].astype(str).isin(keep)].reset_index(drop=True)
-    df = prepare_table(
-        df, ds.protocol, ds.test_fraction, ds.query_per_identity, cfg.seed, root
-    )
+    df = prepare_table(df, ds.protocol, ds.test_fraction, ds.query_per_identity, cfg.seed, root)
     df["image_root"] = str(Path(root))
     paths.table.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(paths.table, index=False)
@@ -153,10 +151,16 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
     )
     table = read_table(cfg, dataset)
     result = train_stage1(
-        run_cfg, train_split(table), Path(table["image_root"].iloc[0]),
-        cfg.dataset(dataset).species, out, Path(cfg.data.work) / "cache", **kw,
+        run_cfg,
+        train_split(table),
+        Path(table["image_root"].iloc[0]),
+        cfg.dataset(dataset).species,
+        out,
+        Path(cfg.data.work) / "cache",
+        **kw,
     )
-    publish_curves(out, paths.curves(f"stage1-{text}"))
+    if dist_info().is_main:
+        publish_curves(out, paths.curves(f"stage1-{text}"))
     return result
 
 
@@ -184,10 +188,17 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     for seed in cfg.pipeline.seeds:
         run_cfg = dataclasses.replace(cfg.variant(variant, dataset), seed=seed)
         per_seed[seed] = train_stage2(
-            run_cfg, train_split(table), Path(table["image_root"].iloc[0]),
-            paths.stage2(variant, seed), stage1_dir, train=v.train, **kw,
+            run_cfg,
+            train_split(table),
+            Path(table["image_root"].iloc[0]),
+            paths.stage2(variant, seed),
+            stage1_dir,
+            train=v.train,
+            **kw,
         )
     first = per_seed[cfg.pipeline.seeds[0]]
+    if not dist_info().is_main:  # DDP: only rank 0 writes
+        return {"dataset": dataset, "variant": variant, "per_seed": per_seed}
     if v.train:
         publish_curves(paths.stage2(variant, cfg.pipeline.seeds[0]), paths.curves(variant))
     result = {"dataset": dataset, "variant": variant, "seeds": list(per_seed), **first}
@@ -201,7 +212,7 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     return result
 
 
-def test_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+def eval_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
     """(query, gallery, leave_one_out) for the table's protocol."""
     if (table["split"] == "test").any():
         test = table[table["split"] == "test"].reset_index(drop=True)
@@ -212,24 +223,37 @@ def test_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
 
 
 def features_for(
-    cfg: Config, encoder: torch.nn.Module, spec: dict, rows: pd.DataFrame, root: Path,
+    cfg: Config,
+    encoder: torch.nn.Module,
+    spec: dict,
+    rows: pd.DataFrame,
+    root: Path,
     transform=None,
 ) -> torch.Tensor:
     """Evaluation features of `rows` with the exported model's own preprocessing."""
     tf = transform or eval_transform(spec["image_size"], spec["mean"], spec["std"])
     loader = DataLoader(
-        ImageTableDataset(rows, root, tf), batch_size=cfg.eval.batch_size,
+        ImageTableDataset(rows, root, tf),
+        batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
     )
     device = resolve_device(cfg.device)
     return extract_features(
-        encoder.encode, loader, device=device, amp=cfg.stage2.amp, flip=cfg.model.flip_tta,
+        encoder.encode,
+        loader,
+        device=device,
+        amp=cfg.stage2.amp,
+        flip=cfg.model.flip_tta,
         feature=cfg.model.eval_feature,
     )
 
 
 def score(
-    cfg: Config, qf: torch.Tensor, gf: torch.Tensor, query: pd.DataFrame, gallery: pd.DataFrame,
+    cfg: Config,
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    query: pd.DataFrame,
+    gallery: pd.DataFrame,
     loo: bool,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Euclidean distances (optionally k-reciprocal re-ranked) and the rank metrics."""
@@ -239,15 +263,24 @@ def score(
         dist = (
             rerank_loo(dist, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
             if loo
-            else rerank(dist, torch.cdist(qf, qf), torch.cdist(gf, gf), e.rerank_k1,
-                        e.rerank_k2, e.rerank_lambda)
+            else rerank(
+                dist,
+                torch.cdist(qf, qf),
+                torch.cdist(gf, gf),
+                e.rerank_k1,
+                e.rerank_k2,
+                e.rerank_lambda,
+            )
         )
     cams = e.same_camera_filter and "camera" in query
     m = rank_metrics(
-        dist, query["identity"].to_numpy(), gallery["identity"].to_numpy(),
+        dist,
+        query["identity"].to_numpy(),
+        gallery["identity"].to_numpy(),
         query["camera"].to_numpy() if cams else None,
         gallery["camera"].to_numpy() if cams else None,
-        leave_one_out=loo, max_rank=e.max_rank,
+        leave_one_out=loo,
+        max_rank=e.max_rank,
     )
     return dist, m
 
@@ -269,7 +302,7 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
     table = read_table(cfg, dataset)
     root = Path(table["image_root"].iloc[0])
     device = resolve_device(cfg.device)
-    query, gallery, loo = test_rows(table)
+    query, gallery, loo = eval_rows(table)
     test = query if loo else pd.concat([query, gallery], ignore_index=True)
     per_seed, frames, cmcs, first = {}, [], [], None
     for seed in cfg.pipeline.seeds:
@@ -311,8 +344,16 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
     pq.to_csv(paths.per_query(variant), index=False)
     paths.cmc(variant).parent.mkdir(parents=True, exist_ok=True)
     cmc_curve_frame(np.mean(cmcs, axis=0)).to_csv(paths.cmc(variant), index=False)
-    return {**result, **first, "query": query, "gallery": gallery, "loo": loo, "rows": test,
-            "image_root": root, "per_query": pq}
+    return {
+        **result,
+        **first,
+        "query": query,
+        "gallery": gallery,
+        "loo": loo,
+        "rows": test,
+        "image_root": root,
+        "per_query": pq,
+    }
 
 
 def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataFrame:
@@ -323,7 +364,7 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
     table = read_table(cfg, dataset)
     root = Path(table["image_root"].iloc[0])
     device = resolve_device(cfg.device)
-    query, gallery, loo = test_rows(table)
+    query, gallery, loo = eval_rows(table)
     seed = cfg.pipeline.seeds[0]
     rows = []
     for variant in variants:
@@ -331,12 +372,14 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
         gf = features_for(cfg, encoder, spec, gallery, root)
         for name in cfg.eval.corruptions:
             for level in cfg.eval.corruption_levels:
-                tf = corrupted_transform(name, level, spec["image_size"], spec["mean"],
-                                         spec["std"], cfg.seed)
+                tf = corrupted_transform(
+                    name, level, spec["image_size"], spec["mean"], spec["std"], cfg.seed
+                )
                 qf = features_for(cfg, encoder, spec, query, root, transform=tf)
                 _, m = score(cfg, qf, gf, query, gallery, loo)
-                rows.append({"variant": variant, "corruption": name, "strength": level,
-                             **summarise(m)})
+                rows.append(
+                    {"variant": variant, "corruption": name, "strength": level, **summarise(m)}
+                )
     return sweep_frame(rows)
 
 
@@ -352,7 +395,7 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
     root = Path(table["image_root"].iloc[0])
     seed = cfg.pipeline.seeds[0]
     encoder, spec = load_export(paths.stage2(variant, seed), "cpu")
-    query, gallery, loo = test_rows(table)
+    query, gallery, loo = eval_rows(table)
     test = query if loo else pd.concat([query, gallery], ignore_index=True)
     feats = features_for(dataclasses.replace(cfg, device="cpu"), encoder, spec, test, root)
     qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
@@ -367,7 +410,13 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
         q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"])
         g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"])
         same = query["identity"][i] == gallery["identity"][j]
-        out.append((np.asarray(q_img.resize(size, Image.BILINEAR)), q_cam.numpy(),
-                    np.asarray(g_img.resize(size, Image.BILINEAR)), g_cam.numpy(),
-                    f"{'✓' if same else '✗'} {gallery['identity'][j]}"))
+        out.append(
+            (
+                np.asarray(q_img.resize(size, Image.BILINEAR)),
+                q_cam.numpy(),
+                np.asarray(g_img.resize(size, Image.BILINEAR)),
+                g_cam.numpy(),
+                f"{'✓' if same else '✗'} {gallery['identity'][j]}",
+            )
+        )
     return out

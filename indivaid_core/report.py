@@ -24,12 +24,24 @@ ABLATION_ROWS = {
 }
 # The paper's benchmarks, and the adapter that reads each (README: where to get them).
 PAPER_DATASETS = [
-    "ATRW", "FriesianCattle2017", "iPanda50", "Lion", "MPDD", "Nyala", "PolarBear",
-    "SeaStar", "Stoat",
+    "ATRW",
+    "FriesianCattle2017",
+    "iPanda50",
+    "Lion",
+    "MPDD",
+    "Nyala",
+    "PolarBear",
+    "SeaStar",
+    "Stoat",
 ]
 # Quoted from the paper (arXiv 2410.22927), never computed here.
-PAPER_QUOTE = {"Stoat": {"IndivAID mAP": 52.54, "IndivAID R1": 71.82,
-                         "gain over CLIP-ReID (mAP / R1)": "≈ +7 / +8"}}
+PAPER_QUOTE = {
+    "Stoat": {
+        "IndivAID mAP": 52.54,
+        "IndivAID R1": 71.82,
+        "gain over CLIP-ReID (mAP / R1)": "≈ +7 / +8",
+    }
+}
 COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only"), ("indivaid", "image_only")]
 
 
@@ -57,7 +69,9 @@ def _cell(df: pd.DataFrame, ds: str, variant: str, metric: str) -> str:
 
 
 def main_table(
-    df: pd.DataFrame, datasets: list[str], metrics: tuple[str, ...] = ("mAP", "R1"),
+    df: pd.DataFrame,
+    datasets: list[str],
+    metrics: tuple[str, ...] = ("mAP", "R1"),
     variants: list[str] = MAIN_VARIANTS,
 ) -> pd.DataFrame:
     """Rows = methods, columns = (dataset, metric), in %; absent data says 'not run'."""
@@ -93,12 +107,20 @@ def paired_bootstrap(
     boot = diff[idx].mean(axis=1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n_queries": len(diff),
-            "p_le_0": float((boot <= 0).mean())}
+    return {
+        "diff": float(diff.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "n_queries": len(diff),
+        "p_le_0": float((boot <= 0).mean()),
+    }
 
 
 def significance_table(
-    per_query_dir: str | Path, datasets: list[str], n_resamples: int = 10000, seed: int = 0,
+    per_query_dir: str | Path,
+    datasets: list[str],
+    n_resamples: int = 10000,
+    seed: int = 0,
     comparisons: list[tuple[str, str]] = COMPARISONS,
 ) -> pd.DataFrame:
     """Paired bootstrap CIs (in mAP points) for each comparison and dataset that has data."""
@@ -111,13 +133,23 @@ def significance_table(
                 continue
             r = paired_bootstrap(query_ap(pa), query_ap(pb), n_resamples, seed)
             verdict = (
-                "significant gain" if r["lo"] > 0
-                else "significant loss" if r["hi"] < 0
+                "significant gain"
+                if r["lo"] > 0
+                else "significant loss"
+                if r["hi"] < 0
                 else "not significant"
             )
-            rows.append({"dataset": ds, "comparison": f"{a} − {b}",
-                         "ΔmAP": 100 * r["diff"], "CI low": 100 * r["lo"],
-                         "CI high": 100 * r["hi"], "queries": r["n_queries"], "verdict": verdict})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "comparison": f"{a} − {b}",
+                    "ΔmAP": 100 * r["diff"],
+                    "CI low": 100 * r["lo"],
+                    "CI high": 100 * r["hi"],
+                    "queries": r["n_queries"],
+                    "verdict": verdict,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -135,18 +167,21 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in df.iterrows():
         t = r["train"] or {}
-        rows.append({
-            "dataset": r["dataset"], "variant": r["variant"],
-            "params total (M)": t.get("params_total", np.nan) / 1e6,
-            "params trainable (M)": t.get("params_trainable", np.nan) / 1e6,
-            "GFLOPs / image (fwd)": t.get("flops_per_image", np.nan) / 1e9,
-            "stage-2 wall (s)": t.get("wall_time_s", 0.0) if t.get("trained") else 0.0,
-            "stage-1 wall (s)": t.get("stage1_wall_time_s", 0.0),
-            "train img/s": t.get("images_per_s", np.nan),
-            "infer img/s": r.get("inference_images_per_s", np.nan),
-            "train peak MB": t.get("peak_memory_mb", np.nan),
-            "device": r.get("device", ""),
-        })
+        rows.append(
+            {
+                "dataset": r["dataset"],
+                "variant": r["variant"],
+                "params total (M)": t.get("params_total", np.nan) / 1e6,
+                "params trainable (M)": t.get("params_trainable", np.nan) / 1e6,
+                "GFLOPs / image (fwd)": t.get("flops_per_image", np.nan) / 1e9,
+                "stage-2 wall (s)": t.get("wall_time_s", 0.0) if t.get("trained") else 0.0,
+                "stage-1 wall (s)": t.get("stage1_wall_time_s", 0.0),
+                "train img/s": t.get("images_per_s", np.nan),
+                "infer img/s": r.get("inference_images_per_s", np.nan),
+                "train peak MB": t.get("peak_memory_mb", np.nan),
+                "device": r.get("device", ""),
+            }
+        )
     return pd.DataFrame(rows).round(3)
 
 
@@ -163,9 +198,16 @@ def condition_table(
             pq = pd.read_csv(path)
             for col in (c for c in columns if c in pq):
                 for value, part in pq.dropna(subset=["ap"]).groupby(col):
-                    rows.append({"dataset": ds, "variant": v, "column": col,
-                                 "value": str(value), "mAP": 100 * part["ap"].mean(),
-                                 "queries": part["image_id"].nunique()})
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "variant": v,
+                            "column": col,
+                            "value": str(value),
+                            "mAP": 100 * part["ap"].mean(),
+                            "queries": part["image_id"].nunique(),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -175,8 +217,9 @@ def condition_figure(cond: pd.DataFrame, dataset: str) -> plt.Figure:
 
     part = cond[cond["dataset"] == dataset]
     cols = list(dict.fromkeys(part["column"]))
-    fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(4 * max(1, len(cols)), 3.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(cols)), figsize=(4 * max(1, len(cols)), 3.2), squeeze=False
+    )
     for ax, col in zip(axes[0], cols, strict=False):
         sns.barplot(part[part["column"] == col], x="value", y="mAP", hue="variant", ax=ax)
         ax.set(title=f"{dataset}: by {col}", xlabel="", ylabel="mAP (%)")
@@ -203,16 +246,31 @@ def _robustness_md(reports: Path) -> list[str]:
     out = []
     for csv in sorted((reports / "robustness").glob("*.csv")):
         sweep = pd.read_csv(csv)
-        pivot = sweep.pivot_table(index=["corruption", "strength"], columns="variant",
-                                  values="mAP").mul(100).round(1)
-        out += [f"### {csv.stem}", "", to_markdown(pivot.reset_index()), "",
-                f"![corruption sweep](robustness/{csv.stem}.png)", ""]
+        pivot = (
+            sweep.pivot_table(index=["corruption", "strength"], columns="variant", values="mAP")
+            .mul(100)
+            .round(1)
+        )
+        out += [
+            f"### {csv.stem}",
+            "",
+            to_markdown(pivot.reset_index()),
+            "",
+            f"![corruption sweep](robustness/{csv.stem}.png)",
+            "",
+        ]
     return out or ["Not run in this profile."]
 
 
 def write_results_md(
-    cfg, metrics: pd.DataFrame, main: pd.DataFrame, wide: pd.DataFrame, abl: pd.DataFrame,
-    sig: pd.DataFrame, cost: pd.DataFrame, cond: pd.DataFrame,
+    cfg,
+    metrics: pd.DataFrame,
+    main: pd.DataFrame,
+    wide: pd.DataFrame,
+    abl: pd.DataFrame,
+    sig: pd.DataFrame,
+    cost: pd.DataFrame,
+    cond: pd.DataFrame,
 ) -> Path:
     """reports/results.md: every table of the report, from the files the pipeline wrote."""
     reports = Path(cfg.data.reports)
@@ -249,8 +307,11 @@ def write_results_md(
         "",
         f"{cfg.eval.bootstrap} resamples; 95 % CI of the mAP difference in points. "
         f"Seeds per cell: {len(cfg.pipeline.seeds)}"
-        + (" (one seed: seed variance is not measured in this profile)."
-           if len(cfg.pipeline.seeds) == 1 else "."),
+        + (
+            " (one seed: seed variance is not measured in this profile)."
+            if len(cfg.pipeline.seeds) == 1
+            else "."
+        ),
         "",
         *significance_sentences(sig),
         "",
@@ -262,12 +323,19 @@ def write_results_md(
         "",
         "## Robustness by condition (mean per-query AP, %)",
         "",
-        to_markdown(cond.pivot_table(index=["dataset", "column", "value"], columns="variant",
-                                     values="mAP").round(1).reset_index())
-        if len(cond) else "No condition columns.",
+        to_markdown(
+            cond.pivot_table(index=["dataset", "column", "value"], columns="variant", values="mAP")
+            .round(1)
+            .reset_index()
+        )
+        if len(cond)
+        else "No condition columns.",
         "",
-        *[f"![conditions {ds}](figures/report/conditions_{ds}.png)"
-          for ds in cfg.pipeline.datasets if len(cond) and (cond["dataset"] == ds).any()],
+        *[
+            f"![conditions {ds}](figures/report/conditions_{ds}.png)"
+            for ds in cfg.pipeline.datasets
+            if len(cond) and (cond["dataset"] == ds).any()
+        ],
         "",
         "## Robustness to test-time corruption (mAP, %)",
         "",
@@ -275,8 +343,10 @@ def write_results_md(
         "",
         "## Attention and saliency",
         "",
-        *[f"![{p.stem}]({p.relative_to(reports).as_posix()})"
-          for p in sorted((reports / "figures" / "attention").glob("*/*.png"))],
+        *[
+            f"![{p.stem}]({p.relative_to(reports).as_posix()})"
+            for p in sorted((reports / "figures" / "attention").glob("*/*.png"))
+        ],
         "",
     ]
     path = reports / "results.md"

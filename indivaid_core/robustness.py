@@ -43,17 +43,23 @@ def corruption(name: str, strength: float, seed: int = 0) -> Callable[[torch.Ten
 
 
 def corrupted_transform(
-    name: str, strength: float, image_size: Sequence[int], mean: Sequence[float],
-    std: Sequence[float], seed: int = 0,
+    name: str,
+    strength: float,
+    image_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
 ) -> v2.Compose:
     """The evaluation transform with a corruption applied before normalisation."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(tuple(image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Lambda(corruption(name, strength, seed)),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(tuple(image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Lambda(corruption(name, strength, seed)),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 def sweep_frame(rows: list[dict]) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from torch import nn
 from .evaluate.features import _combine
 
 
-
 def target_layer(encoder: nn.Module) -> nn.Module:
     """Last spatial layer: the timm trunk's final BN, or the ViT's last residual block."""
     if encoder.kind == "timm":

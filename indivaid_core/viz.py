@@ -26,10 +26,16 @@ def split_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for name, t in tables.items():
         for split, part in t.groupby("split"):
             rows.append(
-                {"dataset": name, "split": split, "images": len(part),
-                 "identities": part["identity"].nunique()}
+                {
+                    "dataset": name,
+                    "split": split,
+                    "images": len(part),
+                    "identities": part["identity"].nunique(),
+                }
             )
-    return pd.DataFrame(rows).pivot(index="dataset", columns="split", values=["images", "identities"])
+    return pd.DataFrame(rows).pivot(
+        index="dataset", columns="split", values=["images", "identities"]
+    )
 
 
 def images_per_identity(tables: dict[str, pd.DataFrame]) -> plt.Figure:
@@ -38,8 +44,12 @@ def images_per_identity(tables: dict[str, pd.DataFrame]) -> plt.Figure:
     for name, t in tables.items():
         counts = t["identity"].value_counts().to_numpy()
         ax.plot(np.arange(1, len(counts) + 1), counts, marker=".", label=name)
-    ax.set(xlabel="individual (sorted by count)", ylabel="images", yscale="log",
-           title="Images per individual")
+    ax.set(
+        xlabel="individual (sorted by count)",
+        ylabel="images",
+        yscale="log",
+        title="Images per individual",
+    )
     ax.legend()
     return fig
 
@@ -51,8 +61,9 @@ def identity_grid(
     root = Path(table["image_root"].iloc[0])
     counts = table["identity"].value_counts()
     ids = counts.index[:n_identities]
-    fig, axes = plt.subplots(len(ids), n_images, figsize=(1.6 * n_images, 1.7 * len(ids)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(ids), n_images, figsize=(1.6 * n_images, 1.7 * len(ids)), squeeze=False
+    )
     for r, ident in enumerate(ids):
         rows = table[table["identity"] == ident].sample(
             n=min(n_images, counts[ident]), random_state=seed
@@ -65,8 +76,15 @@ def identity_grid(
                 ax.imshow(load_rgb(root / row["path"]))
                 label = " ".join(str(row[k]) for k in ("viewpoint", "daynight") if k in row)
                 ax.set_title(label, fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, str(ident), transform=axes[r, 0].transAxes, ha="right",
-                        va="center", fontsize=8)
+        axes[r, 0].text(
+            -0.1,
+            0.5,
+            str(ident),
+            transform=axes[r, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
     fig.suptitle(title)
     return fig
 
@@ -88,8 +106,16 @@ def description_similarity(path: Path, max_ids: int = 40) -> plt.Figure:
     h = load_file(str(path))["h"][:max_ids]
     h = torch.nn.functional.normalize(h.float(), dim=1)
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    sns.heatmap((h @ h.T).numpy(), ax=ax, cmap="viridis", vmin=-1, vmax=1, square=True,
-                xticklabels=False, yticklabels=False)
+    sns.heatmap(
+        (h @ h.T).numpy(),
+        ax=ax,
+        cmap="viridis",
+        vmin=-1,
+        vmax=1,
+        square=True,
+        xticklabels=False,
+        yticklabels=False,
+    )
     ax.set_title("cos(h_y, h_y') between individuals")
     return fig
 
@@ -99,14 +125,22 @@ def retrieval(ev: dict[str, Any], k: int = 5, n_queries: int = 6) -> plt.Figure:
     root = Path(ev["image_root"])
     q, g = ev["query"], ev["gallery"]
     return figures.retrieval_grid(
-        [root / p for p in q["path"]], [root / p for p in g["path"]], ev["dist"],
-        q["identity"].to_numpy(), g["identity"].to_numpy(), k=k, n_queries=n_queries,
+        [root / p for p in q["path"]],
+        [root / p for p in g["path"]],
+        ev["dist"],
+        q["identity"].to_numpy(),
+        g["identity"].to_numpy(),
+        k=k,
+        n_queries=n_queries,
         leave_one_out=ev["loo"],
     )
 
 
 def attention_ranking(
-    attention_pt: Path, labels_json: Path, table: pd.DataFrame, n_identities: int = 4,
+    attention_pt: Path,
+    labels_json: Path,
+    table: pd.DataFrame,
+    n_identities: int = 4,
     n_images: int = 6,
 ) -> plt.Figure:
     """Per individual, its training images sorted by the fusion attention weight they got."""
@@ -121,8 +155,9 @@ def attention_ranking(
     weights, keys = blob["weights"], blob["key_index"]
     counts = (keys >= 0).sum(1)
     ids = torch.argsort(counts, descending=True)[:n_identities].tolist()
-    fig, axes = plt.subplots(len(ids), n_images, figsize=(1.6 * n_images, 1.8 * len(ids)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(ids), n_images, figsize=(1.6 * n_images, 1.8 * len(ids)), squeeze=False
+    )
     for r, ident in enumerate(ids):
         valid = keys[ident] >= 0
         w, k = weights[ident][valid], keys[ident][valid]
@@ -134,13 +169,22 @@ def attention_ranking(
                 row = by_id.loc[image_ids[int(k[order[c]])]]
                 ax.imshow(load_rgb(root / row["path"]))
                 ax.set_title(f"w={float(w[order[c]]):.2f}", fontsize=8)
-        axes[r, 0].text(-0.1, 0.5, names[ident], transform=axes[r, 0].transAxes, ha="right",
-                        va="center", fontsize=8)
+        axes[r, 0].text(
+            -0.1,
+            0.5,
+            names[ident],
+            transform=axes[r, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
     fig.suptitle("Training images ranked by fusion attention (left = most attended)")
     return fig
 
 
-def saliency_grid(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]) -> plt.Figure:
+def saliency_grid(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]],
+) -> plt.Figure:
     """Rows: query, query heat-map, top match, match heat-map (Grad-CAM on E_I)."""
     fig, axes = plt.subplots(len(pairs), 4, figsize=(7, 1.9 * len(pairs)), squeeze=False)
     for r, (q, q_cam, g, g_cam, label) in enumerate(pairs):
@@ -160,8 +204,9 @@ def saliency_grid(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 def corruption_curves(sweep: pd.DataFrame, metric: str = "mAP") -> plt.Figure:
     """mAP against corruption strength, one panel per corruption, one line per variant."""
     names = list(dict.fromkeys(sweep["corruption"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(3.2 * len(names), 3), squeeze=False, sharey=True
+    )
     for ax, name in zip(axes[0], names, strict=True):
         part = sweep[sweep["corruption"] == name]
         for variant, rows in part.groupby("variant"):

@@ -178,6 +178,16 @@ def check_finite(loss: torch.Tensor, where: str, checkpoint: Path) -> None:
 
 
 @contextmanager
+def main_process_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a cache); the others then reuse its result."""
+    if info.world_size > 1 and not info.is_main:
+        dist.barrier()
+    yield
+    if info.world_size > 1 and info.is_main:
+        dist.barrier()
+
+
+@contextmanager
 def maybe_ddp(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """Wrap in DistributedDataParallel (with SyncBatchNorm) when running under torchrun."""
     if dist_info().world_size == 1:

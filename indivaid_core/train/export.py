@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -49,7 +50,9 @@ def save_export(
     return path
 
 
-def load_export(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ReIDEncoder, dict]:
+def load_export(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[ReIDEncoder, dict]:
     """Rebuild the encoder from model.json (random init, no download) and load the weights."""
     model_dir = Path(model_dir)
     cfg_path = model_dir / CONFIG

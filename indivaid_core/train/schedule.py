@@ -19,9 +19,7 @@ def _with_warmup(opt: Optimizer, warmup: int, after: LRScheduler, start: float) 
     return SequentialLR(opt, [ramp, after], milestones=[warmup])
 
 
-def warmup_cosine(
-    opt: Optimizer, warmup: int, epochs: int, start: float = 0.1
-) -> LRScheduler:
+def warmup_cosine(opt: Optimizer, warmup: int, epochs: int, start: float = 0.1) -> LRScheduler:
     """Linear warmup from `start` x lr, then cosine decay to zero (stage 1)."""
     return _with_warmup(opt, warmup, CosineAnnealingLR(opt, T_max=max(1, epochs - warmup)), start)
 

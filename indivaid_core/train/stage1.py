@@ -26,9 +26,9 @@ from ..model import DescriptionGenerator, build_clip, preprocess_info
 from ..transforms import eval_transform
 from .engine import (
     count_params,
-    dist_info,
     gather_cat,
     init_distributed,
+    main_process_first,
     maybe_ddp,
     resolve_device,
     seed_everything,
@@ -111,10 +111,18 @@ def train_stage1(
     labels_of = label_map(train_table["identity"])
     labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
     key = cache_key(to_dict(cfg)["model"], train_table)
-    feats = image_feature_cache(
-        clip_model, train_table.reset_index(drop=True), image_root, tuple(m.image_size),
-        cache_dir, key, cfg.stage1.feature_batch_size, device, cfg.data.num_workers,
-    )
+    with main_process_first(info):
+        feats = image_feature_cache(
+            clip_model,
+            train_table.reset_index(drop=True),
+            image_root,
+            tuple(m.image_size),
+            cache_dir,
+            key,
+            cfg.stage1.feature_batch_size,
+            device,
+            cfg.data.num_workers,
+        )
     gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(device)
     trainable = [p for p in gen.parameters() if p.requires_grad]
     s1 = cfg.stage1
@@ -148,8 +156,15 @@ def train_stage1(
             return loss, {k: v.item() for k, v in parts.items()}, len(idx)
 
         meter = run_epochs(
-            state, s1.epochs, batches, step, out_dir / "checkpoint.pt", out_dir / "plots",
-            "stage1", resume, interrupt_after_steps,
+            state,
+            s1.epochs,
+            batches,
+            step,
+            out_dir / "checkpoint.pt",
+            out_dir / "plots",
+            "stage1",
+            resume,
+            interrupt_after_steps,
         )
     result = {
         "stage": "stage1",
@@ -191,8 +206,11 @@ def write_descriptions(
         str(out_dir / "descriptions.safetensors"),
     )
     save_file(
-        {k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items() if "ctx" in k
-         or "meta" in k},
+        {
+            k: v.detach().cpu().contiguous()
+            for k, v in gen.state_dict().items()
+            if "ctx" in k or "meta" in k
+        },
         str(out_dir / "text_learner.safetensors"),
     )
     (out_dir / "labels.json").write_text(

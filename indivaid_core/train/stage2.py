@@ -1,8 +1,9 @@
 """Stage 2: fine-tune E_I (+ BN necks, ID heads) and train the attention fusion module.
 
 Losses: ID cross-entropy (label smoothing) on both BN-neck heads, batch-hard triplet on the
-encoder's pre-BN features (global, projected, and the ViT penultimate token), and image-to-text cross-entropy of the projected
-feature against every individual's fused description z (skipped when its weight is 0).
+encoder's pre-BN features (global, projected, and the ViT penultimate token), and
+image-to-text cross-entropy of the projected feature against every individual's fused
+description z (skipped when its weight is 0).
 """
 
 from __future__ import annotations
@@ -100,14 +101,20 @@ def train_stage2(
     desc = load_descriptions(stage1_dir, labels_of) if use_text and stage1_dir else None
     if use_text and desc is None:
         raise ValueError("stage2.loss_weights.i2t > 0 needs a stage-1 run (variant.text)")
-    fusion = AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
+    fusion = (
+        AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
+    )
     net = Stage2Model(encoder, fusion).to(device)
     meta = {"labels": labels_of, "image_ids": train_table["image_id"].astype(str).tolist()}
     flops = flops_per_image(encoder, tuple(m.image_size), device)
     if not train:
         save_export(net.encoder, clip_model, cfg, out_dir, meta)
-        result = {"stage": "stage2", "trained": False, "flops_per_image": flops,
-                  **count_params(net)}
+        result = {
+            "stage": "stage2",
+            "trained": False,
+            "flops_per_image": flops,
+            **count_params(net),
+        }
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
         return result
 
@@ -115,8 +122,13 @@ def train_stage2(
     tf = train_transform(m.image_size, info_pp.mean, info_pp.std, s2.augment)
     ds = SeededDataset(ImageTableDataset(train_table, image_root, tf, label_map=labels_of))
     sampler = PKSampler(
-        train_table["identity"].astype(str).map(labels_of).tolist(), s2.p, s2.k, cfg.seed,
-        s2.iters_per_epoch, info.rank, info.world_size,
+        train_table["identity"].astype(str).map(labels_of).tolist(),
+        s2.p,
+        s2.k,
+        cfg.seed,
+        s2.iters_per_epoch,
+        info.rank,
+        info.world_size,
     )
     opt = torch.optim.Adam(param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor))
     sched = warmup_multistep(opt, s2.warmup_epochs, s2.milestones, s2.gamma)
@@ -150,8 +162,15 @@ def train_stage2(
             return loss, {k: v.item() for k, v in parts.items()}, len(images)
 
         meter = run_epochs(
-            state, s2.epochs, batches, step, out_dir / "checkpoint.pt", out_dir / "plots",
-            "stage2", resume, interrupt_after_steps,
+            state,
+            s2.epochs,
+            batches,
+            step,
+            out_dir / "checkpoint.pt",
+            out_dir / "plots",
+            "stage2",
+            resume,
+            interrupt_after_steps,
         )
     result = {
         "stage": "stage2",
