@@ -175,15 +175,22 @@ class Config:
         if name not in self.variants:
             raise ConfigError(_unknown("variants", name, list(self.variants)))
         v = self.variants[name]
-        raw = to_dict(self)
-        patch: dict[str, Any] = {"model": v.model, "stage2": v.stage2}
+        return self.for_run(dataset, v.text, {"model": v.model, "stage2": v.stage2})
+
+    def for_run(
+        self, dataset: str | None, text: str = "none", patch: dict[str, Any] | None = None
+    ) -> Config:
+        """Base <- dataset overrides <- stage-1 text run <- `patch` (later wins)."""
+        merged = to_dict(self)
         if dataset is not None:
-            patch = deep_merge(self.dataset(dataset).overrides, patch)
-        if v.text != "none":
-            patch = deep_merge(
-                {"model": self.pipeline.text_runs.get(v.text, {}).get("model", {})}, patch
-            )
-        return from_dict(deep_merge(raw, patch), "params")
+            merged = deep_merge(merged, self.dataset(dataset).overrides)
+        if text != "none":
+            if text not in self.pipeline.text_runs:
+                raise ConfigError(
+                    _unknown("pipeline.text_runs", text, list(self.pipeline.text_runs))
+                )
+            merged = deep_merge(merged, self.pipeline.text_runs[text])
+        return from_dict(deep_merge(merged, patch or {}), "params")
 
     def dataset(self, name: str) -> DatasetCfg:
         if name not in self.data.datasets:

@@ -146,9 +146,7 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
         result = {"stage": "stage1", "text": "none", "trained": False}
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
-    run_cfg = config_mod.from_dict(
-        config_mod.deep_merge(config_mod.to_dict(cfg), cfg.pipeline.text_runs[text])
-    )
+    run_cfg = cfg.for_run(dataset, text)
     table = read_table(cfg, dataset)
     result = train_stage1(
         run_cfg,

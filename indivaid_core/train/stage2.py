@@ -93,6 +93,11 @@ def train_stage2(
     seed_everything(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     m, s2 = cfg.model, cfg.stage2
+    if m.sie_coef > 0:
+        raise NotImplementedError(
+            "model.sie_coef > 0: SIE camera embeddings exist in ReIDEncoder, but camera ids are "
+            "not yet passed through training and feature extraction; set model.sie_coef: 0"
+        )
     clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride)
     train_table = train_table.reset_index(drop=True)
     labels_of = label_map(train_table["identity"])
