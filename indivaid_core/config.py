@@ -66,7 +66,7 @@ class ModelCfg:
     backbone: str = "lite0"
     pretrained: str = "lite0-imagenet"
     image_size: tuple[int, int] = (96, 96)
-    stride: int = 16
+    stride: int = 0
     sie_coef: float = 0.0
     n_ctx: int = 4
     meta_net: bool = True

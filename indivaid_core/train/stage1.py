@@ -106,7 +106,7 @@ def train_stage1(
     seed_everything(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     m = cfg.model
-    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride)
+    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
     clip_model.requires_grad_(False)
     labels_of = label_map(train_table["identity"])
     labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
@@ -142,7 +142,7 @@ def train_stage1(
     with maybe_ddp(gen, device) as model:
 
         def step(idx: torch.Tensor):
-            f = torch.from_numpy(np.asarray(feats[idx.numpy()])).to(device)
+            f = torch.from_numpy(np.array(feats[idx.numpy()])).to(device)
             y = labels[idx].to(device)
             g, h = model(y, f)
             f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
@@ -197,7 +197,7 @@ def write_descriptions(
     gen.eval()
     g = []
     for lo in range(0, len(labels), chunk):
-        f = torch.from_numpy(np.asarray(feats[lo : lo + chunk])).to(device)
+        f = torch.from_numpy(np.array(feats[lo : lo + chunk])).to(device)
         g.append(gen(labels[lo : lo + chunk].to(device), f)[0].float().cpu())
     ids = torch.arange(len(labels_of), device=device)
     h = gen.individual(ids).float().cpu()

@@ -98,7 +98,7 @@ def train_stage2(
             "model.sie_coef > 0: SIE camera embeddings exist in ReIDEncoder, but camera ids are "
             "not yet passed through training and feature extraction; set model.sie_coef: 0"
         )
-    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride)
+    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
     train_table = train_table.reset_index(drop=True)
     labels_of = label_map(train_table["identity"])
     encoder = ReIDEncoder(clip_model, len(labels_of), sie_coef=m.sie_coef)

@@ -1,0 +1,48 @@
+"""Data: the table contract, robust loading, adapters, splits and the synthetic suite.
+
+The synthetic generator (`indivaid_core.data.synthetic`) is not imported here: it pulls in
+scipy and scikit-image, which loading a real dataset does not need.
+"""
+
+from .adapters import (
+    ADAPTERS,
+    from_identity_folders,
+    from_reid_folders,
+    from_wildlife_class,
+    from_wildlife_metadata,
+    load_dataset,
+    wildlife_split,
+)
+from .dataset import ImageTableDataset, camera_map_of, label_map_of
+from .images import DataError, load_rgb, to_rgb
+from .splits import (
+    leave_one_out_split,
+    paper_split,
+    prepare_table,
+    train_identities,
+    train_rows,
+)
+from .table import query_identities_missing_from_gallery, validate_table
+
+__all__ = [
+    "ADAPTERS",
+    "DataError",
+    "ImageTableDataset",
+    "camera_map_of",
+    "from_identity_folders",
+    "from_reid_folders",
+    "from_wildlife_class",
+    "from_wildlife_metadata",
+    "label_map_of",
+    "leave_one_out_split",
+    "load_dataset",
+    "load_rgb",
+    "paper_split",
+    "prepare_table",
+    "query_identities_missing_from_gallery",
+    "to_rgb",
+    "train_identities",
+    "train_rows",
+    "validate_table",
+    "wildlife_split",
+]

@@ -1,0 +1,78 @@
+"""Robust image loading: every odd file becomes 8-bit RGB or a DataError naming the file.
+
+Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` is never switched on here: a truncated JPEG must
+fail loudly at validation time, not train on half a grey image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, row or column at fault."""
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """High-bit-depth greyscale ('I;16*', 'I', 'F') -> 'L'.
+
+    Integer images are scaled by their container range (16-bit: /257, i.e. 65535 -> 255), not
+    stretched per image, so two photos of the same scene keep the same brightness; 32-bit
+    integers holding only 8- or 16-bit values use that smaller range. Floats in [0, 1] are
+    scaled by 255, other floats clipped to [0, 255].
+    """
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = arr.astype(np.float64)
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8))
+    arr = arr.astype(np.int64)
+    top = int(arr.max()) if arr.size else 0
+    if img.mode.startswith("I;16") or 255 < top <= 65535:
+        arr = arr / 257.0
+    elif top > 65535:
+        arr = arr / (2**32 - 1) * 255.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit 'RGB'.
+
+    Transparency (RGBA, LA, PA, palette with a transparent index) is composited on black: the
+    padding of cut-out animals then looks like the zero padding the model sees elsewhere,
+    instead of whatever colour hid under the alpha channel.
+    """
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        img = _to_8bit(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open, fully decode and convert one image to 8-bit RGB (EXIF orientation applied).
+
+    Raises DataError naming the file if it is missing, not an image, empty or truncated.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncation only shows up here
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError as e:
+        raise DataError(f"image file not found: {path}") from e
+    except UnidentifiedImageError as e:
+        raise DataError(f"not a readable image (unknown format or empty): {path}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"corrupt or truncated image {path}: {e}") from e

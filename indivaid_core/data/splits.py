@@ -1,0 +1,131 @@
+"""Evaluation protocols on the table: the paper's identity-disjoint query/gallery split and
+leave-one-out (query == gallery, as for the paper's Stoat set).
+
+Both draw the test identities with a seeded generator over the *sorted* identity names, so a
+split depends only on (table content, seed), not on row order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .images import DataError
+from .table import check_splits, query_identities_missing_from_gallery, validate_table
+
+PROTOCOLS = ("disjoint", "leave_one_out", "given")
+
+
+def split_identities(
+    df: pd.DataFrame, test_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """(train, test) identity names; at least one on each side."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    ids = np.array(sorted(df["identity"].astype(str).unique()))
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 identities to split train/test, found {len(ids)}")
+    n_test = int(np.clip(round(test_fraction * len(ids)), 1, len(ids) - 1))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return sorted(ids[order[n_test:]]), sorted(ids[order[:n_test]])
+
+
+def paper_split(
+    df: pd.DataFrame, test_fraction: float = 0.5, query_per_identity: int = 1, seed: int = 0
+) -> pd.DataFrame:
+    """Identity-disjoint train/test; each test identity gives `query_per_identity` query
+    images and the rest go to the gallery.
+
+    A test identity with n <= query_per_identity images gives n - 1 queries, so it always keeps
+    a gallery image; one with a single test image goes to the gallery only (a distractor, as in
+    the released protocols), never to the query side where it could not be matched.
+    """
+    if query_per_identity < 1:
+        raise DataError(f"query_per_identity must be >= 1, got {query_per_identity}")
+    _, test_ids = split_identities(df, test_fraction, seed)
+    out = df.copy()
+    test = out["identity"].astype(str).isin(test_ids)
+    rng = np.random.default_rng([seed, 1])
+    key = pd.Series(rng.random(len(out)), index=out.index)
+    rank = key[test].groupby(out.loc[test, "identity"]).rank(method="first")
+    size = out.loc[test].groupby("identity")["identity"].transform("size")
+    n_query = np.minimum(query_per_identity, size - 1)
+    out["split"] = "train"
+    out.loc[test, "split"] = np.where(rank <= n_query, "query", "gallery")
+    return out
+
+
+def leave_one_out_split(
+    df: pd.DataFrame, test_fraction: float = 0.5, seed: int = 0
+) -> pd.DataFrame:
+    """Identity-disjoint train/test; every test image is a query against all other test images
+    (split `test`; evaluation drops each query's self-match)."""
+    _, test_ids = split_identities(df, test_fraction, seed)
+    out = df.copy()
+    out["split"] = np.where(out["identity"].astype(str).isin(test_ids), "test", "train")
+    return out
+
+
+def train_identities(df: pd.DataFrame, min_images: int = 2) -> list[str]:
+    """Training identities with at least `min_images` images; warns about the excluded ones
+    (a single image has no positive to learn from, but it is fine in the test set)."""
+    train = df[df["split"] == "train"] if "split" in df else df
+    counts = train["identity"].astype(str).value_counts()
+    dropped = sorted(counts.index[counts < min_images])
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} training identities have fewer than {min_images} images and are "
+            f"excluded from training: {dropped[:5]}",
+            stacklevel=2,
+        )
+    return sorted(counts.index[counts >= min_images])
+
+
+def train_rows(df: pd.DataFrame, min_images: int = 2) -> pd.DataFrame:
+    """The training rows of the identities kept by `train_identities`."""
+    train = df[df["split"] == "train"] if "split" in df else df
+    keep = train_identities(df, min_images)
+    return train[train["identity"].astype(str).isin(keep)].reset_index(drop=True)
+
+
+def prepare_table(
+    df: pd.DataFrame,
+    protocol: str = "disjoint",
+    test_fraction: float = 0.5,
+    query_per_identity: int = 1,
+    seed: int = 0,
+    root: str | Path = ".",
+    check_images: bool = True,
+    min_train_images: int = 2,
+) -> pd.DataFrame:
+    """Validate a dataset table and give it a `split` column under `protocol`.
+
+    protocol: `disjoint` (paper_split), `leave_one_out` (leave_one_out_split) or `given` (keep
+    the existing split column, e.g. from the released train/query/gallery folders).
+    The returned frame carries `attrs["query_identities_without_match"]`.
+    """
+    if protocol not in PROTOCOLS:
+        raise DataError(f"unknown protocol '{protocol}'; valid: {list(PROTOCOLS)}")
+    if protocol == "given" and "split" not in df:
+        raise DataError("protocol 'given' needs a 'split' column; the table has none")
+    checked = validate_table(
+        df, root, check_images=check_images, require_train=False, source="dataset"
+    )
+    if protocol == "disjoint":
+        checked = paper_split(checked, test_fraction, query_per_identity, seed)
+    elif protocol == "leave_one_out":
+        checked = leave_one_out_split(checked, test_fraction, seed)
+    check_splits(checked, f"{protocol} split")
+    missing = query_identities_missing_from_gallery(checked)
+    if missing and protocol != "given":  # `given` tables were already warned about
+        warnings.warn(
+            f"{len(missing)} test identities have no match to find and are skipped at "
+            f"evaluation: {missing[:5]}",
+            stacklevel=2,
+        )
+    checked.attrs["query_identities_without_match"] = len(missing)
+    train_identities(checked, min_train_images)  # warns about single-image training identities
+    return checked
