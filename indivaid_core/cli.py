@@ -50,16 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b = idx.add_parser("build", help="embed a labelled gallery into a new index")
     b.add_argument("--checkpoint", required=True, help="exported model folder (model.json)")
-    b.add_argument("--images", required=True,
-                   help="folder of identity sub-folders, or a metadata CSV (identity, path)")
+    b.add_argument(
+        "--images",
+        required=True,
+        help="folder of identity sub-folders, or a metadata CSV (identity, path)",
+    )
     b.add_argument("--root", help="image root for a CSV's relative paths (default: its folder)")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--backend", choices=BACKENDS, default="exact")
     thr = b.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=float,
-                     help="new-individual distance threshold set by hand (no calibration)")
-    thr.add_argument("--calibrate-split", type=float, default=0.2, metavar="FRACTION",
-                     help="share of identities held out to calibrate the threshold (default 0.2)")
+    thr.add_argument(
+        "--threshold",
+        type=float,
+        help="new-individual distance threshold set by hand (no calibration)",
+    )
+    thr.add_argument(
+        "--calibrate-split",
+        type=float,
+        default=0.2,
+        metavar="FRACTION",
+        help="share of identities held out to calibrate the threshold (default 0.2)",
+    )
     b.add_argument("--calibration-repeats", type=int, default=5)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--nlist", type=int, help="faiss-ivf: number of cells (default ~sqrt(N))")
@@ -74,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--images", required=True, help="identity folders or a metadata CSV")
     a.add_argument("--root", help="image root for a CSV's relative paths")
     a.add_argument("--checkpoint", help="model folder (default: the one the index remembers)")
-    a.add_argument("--recalibrate", action="store_true",
-                   help="recalibrate the threshold on the grown gallery")
+    a.add_argument(
+        "--recalibrate", action="store_true", help="recalibrate the threshold on the grown gallery"
+    )
     _add_common(a)
 
     q = sub.add_parser("identify", help="identify photos against an index")
@@ -97,21 +109,36 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "index" and args.index_command == "build":
         model = api.load_model(args.checkpoint, args.device, flip=args.flip)
         index, report = api.build_index(
-            model, args.images, args.root, args.backend, _backend_params(args),
-            threshold=args.threshold, heldout_fraction=args.calibrate_split,
-            calibration_repeats=args.calibration_repeats, seed=args.seed,
+            model,
+            args.images,
+            args.root,
+            args.backend,
+            _backend_params(args),
+            threshold=args.threshold,
+            heldout_fraction=args.calibrate_split,
+            calibration_repeats=args.calibration_repeats,
+            seed=args.seed,
             batch_size=args.batch_size,
         )
         api.save_index(index, args.out, model)
-        return {"index": args.out, **{k: v for k, v in report.items() if k != "errors"},
-                "n_errors": len(report["errors"])}
+        return {
+            "index": args.out,
+            **{k: v for k, v in report.items() if k != "errors"},
+            "n_errors": len(report["errors"]),
+        }
     if args.command == "index" and args.index_command == "add":
         index, model = api.open_index(args.index, args.checkpoint, args.device)
-        report = api.add_to_index(index, model, args.images, args.root, args.recalibrate,
-                                  args.batch_size)
+        report = api.add_to_index(
+            index, model, args.images, args.root, args.recalibrate, args.batch_size
+        )
         index.save(args.index)
-        return {"index": args.index, "n_vectors": len(index.gallery), "n_added": report["n_added"],
-                "n_errors": len(report["errors"]), "threshold": report["threshold"]}
+        return {
+            "index": args.index,
+            "n_vectors": len(index.gallery),
+            "n_added": report["n_added"],
+            "n_errors": len(report["errors"]),
+            "threshold": report["threshold"],
+        }
     index, model = api.open_index(args.index, args.checkpoint, args.device)
     frame, summary = api.identify(index, model, args.images, args.top_k, args.batch_size)
     out = Path(args.out)

@@ -312,14 +312,27 @@ def _check_references(cfg: Config) -> Config:
     return cfg
 
 
-def resolve(raw: dict[str, Any]) -> Config:
-    """Validate the base, then apply the selected profile's overrides and validate again."""
+def _set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Validate; merge the selected profile; dotted `overrides` win over both."""
+    overrides = overrides or {}
+    raw = _set_dotted(raw, overrides)
     base = from_dict(raw)
     if base.profile == "default":
         return _check_references(base)
     if base.profile not in base.profiles:
         raise ConfigError(_unknown("profiles", base.profile, ["default", *base.profiles]))
-    merged = deep_merge(raw, base.profiles[base.profile])
+    merged = _set_dotted(deep_merge(raw, base.profiles[base.profile]), overrides)
     return _check_references(from_dict(merged, f"profiles.{base.profile}"))
 
 
@@ -329,13 +342,7 @@ def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = No
     if not path.exists():
         raise ConfigError(f"{path}: settings file not found")
     raw = yaml.safe_load(path.read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
     try:
-        return resolve(raw)
+        return resolve(raw, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

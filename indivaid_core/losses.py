@@ -34,6 +34,8 @@ def supcon_loss(
     1 / temperature, e.g. CLIP's `logit_scale.exp()`). For each anchor the loss is minus the
     mean, over candidates with the same label, of the log-softmax over all candidates.
     Anchors without any positive are left out. i2t = supcon(img, txt), t2i = supcon(txt, img).
+    It decreases as matching pairs get closer; the released IndivAID loss returned exp(cos),
+    which increases instead, so training on it pushed matching pairs apart.
     """
     if feat_a.shape[0] != labels_a.shape[0] or feat_b.shape[0] != labels_b.shape[0]:
         raise ValueError("supcon_loss: each feature row needs one label")

@@ -1,0 +1,139 @@
+"""Batched evaluation features, and their storage next to the table rows they belong to.
+
+The paper's protocol (``feature="concat"``): pre-projection global feature ⊕ projected
+feature, both taken before the BN necks, concatenated and then L2-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# Which encoder outputs each feature choice concatenates.
+FEATURE_KEYS: dict[str, tuple[str, ...]] = {
+    "concat": ("global", "proj"),
+    "global": ("global",),
+    "proj": ("proj",),
+    "concat_bn": ("global_bn", "proj_bn"),
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _combine(out: dict, feature: str) -> torch.Tensor:
+    missing = [k for k in FEATURE_KEYS[feature] if k not in out]
+    if missing:
+        raise KeyError(
+            f"feature={feature!r} needs encoder outputs {missing}; it returned {sorted(out)}"
+        )
+    return torch.cat([out[k].float() for k in FEATURE_KEYS[feature]], dim=1)
+
+
+@torch.inference_mode()
+def extract_features(
+    encode: Callable[[torch.Tensor], dict],
+    loader: Iterable[dict],
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    flip: bool = False,
+    feature: str = "concat",
+    n_rows: int | None = None,
+) -> torch.Tensor:
+    """(N, D) float32 L2-normalised features on the CPU, in table row order.
+
+    ``loader`` yields dicts with ``image`` (B, 3, H, W) and ``index`` (row numbers in the
+    table); ``n_rows`` defaults to ``len(loader.dataset)``. ``flip`` averages the features of
+    the image and its horizontal mirror before normalising. AMP (autocast) is used on CUDA
+    only. An ``nn.Module`` passed as (or bound to) ``encode`` is put in eval mode meanwhile.
+    """
+    if feature not in FEATURE_KEYS:
+        raise ValueError(f"unknown feature {feature!r}; choose one of {sorted(FEATURE_KEYS)}")
+    dev = resolve_device(device)
+    module = encode if isinstance(encode, torch.nn.Module) else getattr(encode, "__self__", None)
+    was_training = isinstance(module, torch.nn.Module) and module.training
+    if was_training:
+        module.eval()
+    if n_rows is None:
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:
+            raise ValueError("pass n_rows: the loader has no .dataset to take the length from")
+        n_rows = len(dataset)
+    feats: torch.Tensor | None = None
+    seen = torch.zeros(n_rows, dtype=torch.bool)
+    try:
+        for batch in tqdm(loader, desc="features", leave=False):
+            for key in ("image", "index"):
+                if key not in batch:
+                    raise KeyError(f"loader batch lacks key {key!r}; it has {sorted(batch)}")
+            images = batch["image"].to(dev, non_blocking=True)
+            index = torch.as_tensor(batch["index"]).long().cpu()
+            if index.min() < 0 or index.max() >= n_rows:
+                raise IndexError(
+                    f"batch row index {index.tolist()} outside the table [0, {n_rows})"
+                )
+            with torch.autocast("cuda", enabled=amp and dev.type == "cuda"):
+                f = _combine(encode(images), feature)
+                if flip:
+                    f = (f + _combine(encode(torch.flip(images, dims=[3])), feature)) / 2
+            f = F.normalize(f.float(), dim=1).cpu()
+            if feats is None:
+                feats = torch.zeros(n_rows, f.shape[1], dtype=torch.float32)
+            if seen[index].any():
+                raise ValueError(f"rows {index[seen[index]].tolist()} were yielded twice")
+            feats[index] = f
+            seen[index] = True
+    finally:
+        if was_training:
+            module.train()
+    if feats is None or not seen.all():
+        missing = torch.nonzero(~seen).flatten()[:10].tolist()
+        raise ValueError(f"the loader never yielded table rows {missing} (first 10 shown)")
+    return feats
+
+
+def save_features(path: str | Path, feats: torch.Tensor | np.ndarray, table: pd.DataFrame) -> None:
+    """Write features and the table's ``image_id`` column together (.npz), so they stay paired."""
+    if "image_id" not in table:
+        raise KeyError("table has no 'image_id' column to store next to the features")
+    arr = feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+    if arr.ndim != 2 or arr.shape[0] != len(table):
+        raise ValueError(f"features of shape {arr.shape} do not fit a table of {len(table)} rows")
+    dup = table["image_id"][table["image_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"duplicate image_id in table: {dup.head(5).tolist()}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:  # a file object keeps numpy from appending ".npz"
+        ids = table["image_id"].astype(str).to_numpy(dtype=str)
+        np.savez(fh, features=arr.astype(np.float32), image_id=ids)
+
+
+def load_features(
+    path: str | Path, table: pd.DataFrame | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Features and their image ids; with ``table``, reordered to its rows (all must exist)."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        for key in ("features", "image_id"):
+            if key not in z:
+                raise KeyError(f"{path} has no {key!r} array; was it written by save_features?")
+        feats, ids = z["features"], z["image_id"]
+    if table is not None:
+        pos = pd.Series(np.arange(len(ids)), index=ids)
+        wanted = table["image_id"].astype(str)
+        absent = wanted[~wanted.isin(pos.index)]
+        if len(absent):
+            raise KeyError(f"{path} lacks features for image_id {absent.head(5).tolist()}")
+        order = pos.loc[wanted].to_numpy()
+        feats, ids = feats[order], ids[order]
+    return torch.from_numpy(feats), ids

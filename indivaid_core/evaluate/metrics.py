@@ -1,0 +1,376 @@
+"""Exact, vectorised re-ID ranking metrics: mAP, CMC, mINP.
+
+Protocols: disjoint query/gallery, leave-one-out (query == gallery, the self-match is *removed*
+from that query's gallery, never moved to the end) and optional torchreid/market-style
+same-camera filtering (off unless cameras are passed).
+
+Tie rule: the gallery of each query is ranked by ascending distance, ties broken by ascending
+gallery index (exactly ``np.argsort(row, kind="stable")``). ``-0.0`` equals ``0.0``.
+
+How: no library computes these metrics without a Python loop over queries (torchreid loops,
+even in Cython), so it is written here. Each chunk of query rows becomes one int64 key per
+gallery item, ``[order-preserving float32 bits | gallery index | is-match bit]``; one plain
+sort of those unique keys gives the stable ranking and carries the match bit along, so no
+argsort/gather is needed. Excluded items (self-match, same id and camera) get a key above every
+real distance, so they fall behind all kept items and never shift a rank. On CPU the sort runs
+in numpy (its SIMD int64 sort is ~9x faster than ``torch.sort`` on CPU here); on CUDA in torch.
+Only the positions of true matches (a few per query) are then pulled out with ``nonzero``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+# Largest even int64: above every real distance key and with the is-match bit cleared.
+_EXCLUDED_KEY = np.iinfo(np.int64).max - 1
+# Gallery index and match bit share the low 32 bits of the key.
+_MAX_GALLERY = 2**31
+
+
+def encode_labels(*label_arrays: Sequence) -> list[np.ndarray]:
+    """Map identity/camera labels of any hashable type to shared int64 codes."""
+    lengths = [len(a) for a in label_arrays]
+    joined = pd.Series(np.concatenate([np.asarray(a, dtype=object) for a in label_arrays]))
+    if joined.isna().any():
+        raise ValueError("labels contain missing values (NaN/None); every row needs a label")
+    codes, _ = pd.factorize(joined)
+    return list(np.split(codes.astype(np.int64), np.cumsum(lengths)[:-1]))
+
+
+def _float_key(d: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 whose signed order is the float order, in the high word (-0.0 == 0.0)."""
+    bits = d.to(torch.float32).view(torch.int32)
+    magnitude = bits & 0x7FFFFFFF
+    ordered = torch.where(bits < 0, -magnitude, magnitude)
+    return ordered.to(torch.int64) << 32
+
+
+def _raise_nan(what: str) -> None:
+    raise ValueError(f"{what} contains NaN distances")
+
+
+class _CpuRanker:
+    """numpy version of the key sort on reused buffers (no page-fault churn per chunk).
+
+    Row blocks run in a thread pool: numpy releases the GIL in ufuncs and sorts, and the
+    sort dominates the cost, so this scales with cores (torchreid's Cython path cannot).
+    """
+
+    def __init__(self, rows: int, n_gallery: int, n_threads: int):
+        self.low = np.arange(n_gallery, dtype=np.int64) << 1
+        self.key = np.empty((rows, n_gallery), dtype=np.int64)
+        self.val = np.empty((rows, n_gallery), dtype=np.float32)
+        self.little = sys.byteorder == "little"
+        self.n_threads = max(1, min(n_threads, rows))
+        self.pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _block(
+        self, d: np.ndarray, match: np.ndarray, exclude: np.ndarray | None, r0: int, r1: int
+    ) -> np.ndarray | None:
+        """Flat (row * G + col) sorted positions of the true matches of rows r0:r1."""
+        key, val = self.key[r0:r1], self.val[r0:r1]
+        np.add(d[r0:r1], 0.0, out=val)  # also turns -0.0 into +0.0
+        lo, hi = val.min(), val.max()
+        if np.isnan(lo) or np.isnan(hi):
+            return None
+        bits = val.view(np.int32)
+        if lo < 0:  # sign-magnitude floats: negate the magnitude of negative ones
+            bits = np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+        np.left_shift(bits, 32, out=key, dtype=np.int64)
+        np.bitwise_or(key, self.low, out=key)
+        np.bitwise_or(key, match[r0:r1], out=key)
+        if exclude is not None:
+            np.putmask(key, exclude[r0:r1], _EXCLUDED_KEY)
+        key.sort(axis=1)
+        # The match bit lives in the lowest byte; reading only that byte is cheaper than key & 1.
+        low_byte = key.view(np.uint8)[:, ::8] if self.little else key
+        return np.flatnonzero(low_byte & 1) + r0 * key.shape[1]  # 1-D: ~2x faster than 2-D
+
+    def __call__(
+        self, dist: torch.Tensor, match: np.ndarray, exclude: np.ndarray | None, what: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        d = dist.float().numpy()
+        b = d.shape[0]
+        cuts = np.linspace(0, b, min(self.n_threads, b) + 1).astype(int)
+        spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+        if self.pool is None or len(spans) == 1:
+            parts = [self._block(d, match, exclude, r0, r1) for r0, r1 in spans]
+        else:
+            parts = list(self.pool.map(lambda sp: self._block(d, match, exclude, *sp), spans))
+        if any(p is None for p in parts):
+            _raise_nan(what)
+        rows, cols = np.divmod(np.concatenate(parts), d.shape[1])
+        return rows, cols + 1
+
+
+def _chunk_ranks(
+    dist: torch.Tensor,
+    match: torch.Tensor,
+    exclude: torch.Tensor | None,
+    what: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, 1-based rank among kept items) of every true match in one chunk, row-major."""
+    if torch.isnan(dist).any():
+        _raise_nan(what)
+    if dist.dtype == torch.float64:
+        return _chunk_ranks_float64(dist, match, exclude)
+    b, g = dist.shape
+    low = (torch.arange(g, device=dist.device, dtype=torch.int64) << 1).expand(b, g)
+    key = _float_key(dist) | low | match.to(torch.int64)
+    if exclude is not None:
+        key = key.masked_fill(exclude, _EXCLUDED_KEY)
+    rows, cols = torch.nonzero(torch.sort(key, dim=1).values & 1, as_tuple=True)
+    return rows, cols + 1
+
+
+def _chunk_ranks_float64(
+    dist: torch.Tensor, match: torch.Tensor, exclude: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slower exact path for float64, whose 64 bits leave no room for the index in a key."""
+    order = torch.sort(dist + 0.0, dim=1, stable=True).indices
+    rows, cols = torch.nonzero(match.gather(1, order), as_tuple=True)
+    if exclude is None:
+        return rows, cols + 1
+    kept_rank = torch.cumsum(~exclude.gather(1, order), dim=1)
+    return rows, kept_rank[rows, cols]
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def _resolve_device(device: str | torch.device | None, like: torch.Tensor) -> torch.device:
+    if device is None:
+        return like.device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _rank_core(
+    dist_rows: Callable[[int, int], torch.Tensor],
+    n_query: int,
+    n_gallery: int,
+    query_ids: Sequence,
+    gallery_ids: Sequence,
+    query_cams: Sequence | None,
+    gallery_cams: Sequence | None,
+    leave_one_out: bool,
+    max_rank: int,
+    chunk_size: int | None,
+    max_chunk_elements: int,
+    device: torch.device,
+    progress: bool,
+    n_threads: int | None,
+) -> dict:
+    if n_query == 0 or n_gallery == 0:
+        raise ValueError(f"empty distance matrix ({n_query} queries x {n_gallery} gallery)")
+    if len(query_ids) != n_query:
+        raise ValueError(f"query_ids has {len(query_ids)} entries but there are {n_query} queries")
+    if len(gallery_ids) != n_gallery:
+        raise ValueError(
+            f"gallery_ids has {len(gallery_ids)} entries but the gallery has {n_gallery} items"
+        )
+    if (query_cams is None) != (gallery_cams is None):
+        raise ValueError("pass both query_cams and gallery_cams, or neither")
+    if leave_one_out and n_query != n_gallery:
+        raise ValueError(f"leave_one_out needs query == gallery, got {n_query} x {n_gallery}")
+    if n_gallery >= _MAX_GALLERY:
+        raise ValueError(f"gallery of {n_gallery} items exceeds the supported {_MAX_GALLERY - 1}")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+
+    qid, gid = (torch.from_numpy(c).to(device) for c in encode_labels(query_ids, gallery_ids))
+    use_cams = query_cams is not None
+    if use_cams:
+        if len(query_cams) != n_query or len(gallery_cams) != n_gallery:
+            raise ValueError("query_cams/gallery_cams lengths must match query_ids/gallery_ids")
+        qcam, gcam = (
+            torch.from_numpy(c).to(device) for c in encode_labels(query_cams, gallery_cams)
+        )
+
+    rows_per_chunk = min(chunk_size or max(1, max_chunk_elements // max(n_gallery, 1)), n_query)
+    threads = n_threads or torch.get_num_threads()
+    cpu_ranker = _CpuRanker(rows_per_chunk, n_gallery, threads) if device.type == "cpu" else None
+    first = np.full(n_query, -1, dtype=np.int64)
+    last = np.full(n_query, -1, dtype=np.int64)
+    n_pos = np.zeros(n_query, dtype=np.int64)
+    ap = np.full(n_query, np.nan, dtype=np.float64)
+    try:
+        starts = range(0, n_query, rows_per_chunk)
+        for s in tqdm(starts, desc="rank metrics", disable=not progress, leave=False):
+            e = min(s + rows_per_chunk, n_query)
+            d = dist_rows(s, e).to(device)
+            what = f"distance rows {s}:{e}"
+            match = qid[s:e, None] == gid[None, :]
+            exclude = None
+            if use_cams:
+                exclude = match & (qcam[s:e, None] == gcam[None, :])
+            if leave_one_out:
+                diag = torch.zeros_like(match)
+                r = torch.arange(e - s, device=device)
+                diag[r, r + s] = True
+                exclude = diag if exclude is None else exclude | diag
+            if exclude is not None:
+                match = match & ~exclude
+            if device.type == "cpu" and d.dtype != torch.float64:
+                ex = None if exclude is None else exclude.numpy()
+                rows, ranks = cpu_ranker(d, match.numpy(), ex, what)
+            else:
+                rows, ranks = _chunk_ranks(d, match, exclude, what)
+                rows, ranks = rows.cpu().numpy(), ranks.cpu().numpy()
+            ranks = ranks.astype(np.int64)
+            counts = np.bincount(rows, minlength=e - s)
+            starts_of_row = np.cumsum(counts) - counts
+            hit_no = np.arange(len(rows)) - starts_of_row[rows] + 1  # k-th hit of its query
+            prec = np.bincount(rows, weights=hit_no / ranks, minlength=e - s)
+            has = counts > 0
+            n_pos[s:e] = counts
+            ap[s:e][has] = prec[has] / counts[has]
+            first[s:e][has] = ranks[starts_of_row[has]]
+            last[s:e][has] = ranks[starts_of_row[has] + counts[has] - 1]
+    finally:
+        if cpu_ranker is not None:
+            cpu_ranker.close()
+    valid = n_pos > 0
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise ValueError(
+            "no query has a true match in its gallery (after leave-one-out/camera filtering); "
+            "check that query identities appear in the gallery"
+        )
+    inp = np.full(n_query, np.nan, dtype=np.float64)
+    inp[valid] = n_pos[valid] / last[valid]
+    ranks_axis = np.arange(1, max_rank + 1)
+    cmc = (first[valid, None] <= ranks_axis[None, :]).mean(axis=0)
+    return {
+        "mAP": float(ap[valid].mean()),
+        "cmc": cmc,
+        "mINP": float(inp[valid].mean()),
+        "n_valid_queries": n_valid,
+        "n_skipped_queries": int(n_query - n_valid),
+        "ap": ap,
+        "inp": inp,
+        "first_match_rank": first,
+        "n_true_matches": n_pos,
+    }
+
+
+def rank_metrics(
+    dist: np.ndarray | torch.Tensor,
+    query_ids: Sequence,
+    gallery_ids: Sequence,
+    query_cams: Sequence | None = None,
+    gallery_cams: Sequence | None = None,
+    leave_one_out: bool = False,
+    max_rank: int = 10,
+    chunk_size: int | None = None,
+    max_chunk_elements: int = 2**22,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    n_threads: int | None = None,
+) -> dict:
+    """mAP, CMC, mINP of a (Q, G) distance matrix (smaller = more similar).
+
+    float64 distances are ranked exactly on a slower stable-sort path; everything else is
+    ranked as float32 (see the module docstring for the tie rule).
+    ``leave_one_out``: Q == G and column i is removed from row i's gallery. Cameras, when
+    both are given, remove gallery items with the query's identity *and* camera.
+    Queries with no true match left are skipped and counted; if none is valid a ValueError
+    is raised. Rows are processed ``chunk_size`` at a time (default: as many as fit in
+    ``max_chunk_elements`` keys) so memory stays bounded. ``device`` defaults to the tensor's
+    device; "auto" picks CUDA when present. On CPU, row blocks are sorted on ``n_threads``
+    threads (default ``torch.get_num_threads()``).
+
+    Returns ``mAP``, ``cmc`` (length ``max_rank``, index 0 = rank 1), ``mINP`` (fractions),
+    ``n_valid_queries``, ``n_skipped_queries`` and per-query arrays ``ap``, ``inp``
+    (NaN when skipped), ``first_match_rank`` (-1 when skipped), ``n_true_matches``.
+    """
+    dist_t = _as_tensor(dist)
+    if dist_t.ndim != 2:
+        raise ValueError(f"dist must be 2-D (queries x gallery), got shape {tuple(dist_t.shape)}")
+    dev = _resolve_device(device, dist_t)
+    return _rank_core(
+        lambda s, e: dist_t[s:e],
+        dist_t.shape[0],
+        dist_t.shape[1],
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        leave_one_out,
+        max_rank,
+        chunk_size,
+        max_chunk_elements,
+        dev,
+        progress,
+        n_threads,
+    )
+
+
+def pairwise_distance(
+    qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean"
+) -> torch.Tensor:
+    """Euclidean (the paper's protocol) or cosine (1 - cos) distances between feature rows."""
+    if metric == "euclidean":
+        return torch.cdist(qf.float(), gf.float())
+    if metric == "cosine":
+        qn = torch.nn.functional.normalize(qf.float(), dim=1)
+        gn = torch.nn.functional.normalize(gf.float(), dim=1)
+        return 1.0 - qn @ gn.T
+    raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+
+
+def rank_metrics_from_features(
+    query_feats: np.ndarray | torch.Tensor,
+    gallery_feats: np.ndarray | torch.Tensor,
+    query_ids: Sequence,
+    gallery_ids: Sequence,
+    query_cams: Sequence | None = None,
+    gallery_cams: Sequence | None = None,
+    leave_one_out: bool = False,
+    max_rank: int = 10,
+    metric: str = "euclidean",
+    chunk_size: int | None = None,
+    max_chunk_elements: int = 2**22,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    n_threads: int | None = None,
+) -> dict:
+    """:func:`rank_metrics` computing distances chunk by chunk, never the full (Q, G) matrix.
+
+    For galleries whose distance matrix does not fit in memory (20,000 x 100,000 float32 is
+    8 GB). Same outputs and tie rule as ``rank_metrics(pairwise_distance(qf, gf, metric))``.
+    """
+    qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"feature shapes {tuple(qf.shape)} and {tuple(gf.shape)} do not match")
+    dev = _resolve_device(device, qf)
+    qf, gf = qf.to(dev), gf.to(dev)
+    return _rank_core(
+        lambda s, e: pairwise_distance(qf[s:e], gf, metric),
+        qf.shape[0],
+        gf.shape[0],
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        leave_one_out,
+        max_rank,
+        chunk_size,
+        max_chunk_elements,
+        dev,
+        progress,
+        n_threads,
+    )

@@ -1,0 +1,344 @@
+"""Which known individual is this photo, or is it a new one? Build, grow and query an index.
+
+Everything runs from an exported model folder (model.safetensors + model.json, see
+:mod:`indivaid_core.train.export`); no training state is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from indivaid_core.evaluate.features import FEATURE_KEYS
+from indivaid_core.identify.calibrate import CalibrationError, calibrate_threshold
+from indivaid_core.identify.index import (
+    EmptyGalleryError,
+    GalleryIndex,
+    check_identity,
+    model_identity,
+    recall_at_1,
+)
+from indivaid_core.identify.inputs import (
+    collect_files,
+    embed_files,
+    read_gallery,
+    warn_errors,
+)
+from indivaid_core.train.engine import resolve_device
+from indivaid_core.train.export import WEIGHTS, file_sha256, load_export
+from indivaid_core.transforms import eval_transform
+
+NEW = "new"
+
+
+@dataclass
+class LoadedModel:
+    """An exported encoder with its preprocessing and the identity an index records."""
+
+    encoder: torch.nn.Module
+    spec: dict[str, Any]
+    identity: dict[str, Any]
+    model_dir: Path
+    device: torch.device
+
+    def embed(
+        self, paths: Sequence[str | Path], batch_size: int = 64
+    ) -> tuple[torch.Tensor, list[bool], dict[str, str]]:
+        """(features of readable files, ok mask, {path: error})."""
+        tf = eval_transform(self.spec["image_size"], self.spec["mean"], self.spec["std"])
+        return embed_files(
+            self.encoder.encode,
+            tf,
+            list(paths),
+            self.device,
+            self.spec["eval_feature"],
+            flip=self.identity["flip"],
+            batch_size=batch_size,
+        )
+
+
+def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) -> LoadedModel:
+    """Load an export and check its weights file against the hash in its model.json."""
+    model_dir = Path(model_dir)
+    encoder, spec = load_export(model_dir, "cpu")
+    actual = file_sha256(model_dir / WEIGHTS)
+    if spec.get("weights_sha256") != actual:
+        raise ValueError(
+            f"{model_dir / WEIGHTS}: sha256 {actual[:12]}… differs from the "
+            f"{spec.get('weights_sha256', 'missing')!r} recorded in model.json; the export was "
+            "modified after it was written"
+        )
+    dims = encoder.feature_dims
+    dim = sum(dims[k.removesuffix("_bn")] for k in FEATURE_KEYS[spec["eval_feature"]])
+    dev = resolve_device(device)
+    return LoadedModel(encoder.to(dev), spec, model_identity(spec, flip, dim), model_dir, dev)
+
+
+def build_index(
+    model: LoadedModel,
+    images: str | Path,
+    root: str | Path | None = None,
+    backend: str = "exact",
+    backend_params: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    calibrate: bool = True,
+    heldout_fraction: float = 0.2,
+    calibration_repeats: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[GalleryIndex, dict[str, Any]]:
+    """Embed a labelled gallery (identity folders or a metadata CSV) into a new index.
+
+    The new-individual threshold is ``threshold`` when given, else calibrated on the gallery by
+    leaving identities out (:func:`calibrate_threshold`); when the gallery is too small to
+    calibrate, a warning is issued and nothing is flagged. Returns (index, report).
+    """
+    table = read_gallery(images, root)
+    if table.empty:
+        raise EmptyGalleryError(f"{images}: the gallery lists no images")
+    feats, ok, errors = model.embed(table["path"], batch_size)
+    warn_errors(errors.items(), "gallery")
+    kept = table[np.asarray(ok, dtype=bool)].reset_index(drop=True)
+    if kept.empty:
+        raise EmptyGalleryError(
+            f"{images}: none of the {len(table)} gallery images could be read "
+            f"(first error: {next(iter(errors.items()))})"
+        )
+    calibration: dict[str, Any] = {"method": "manual" if threshold is not None else "none"}
+    if threshold is None and calibrate:
+        try:
+            calibration = calibrate_threshold(
+                feats, kept["identity"], heldout_fraction, repeats=calibration_repeats, seed=seed
+            )
+            threshold = calibration["threshold"]
+        except CalibrationError as err:
+            warn_errors([(str(images), str(err))], "calibration")
+            calibration = {"method": "none", "reason": str(err)}
+    index = GalleryIndex(
+        feats,
+        kept,
+        model.identity,
+        backend,
+        dict(backend_params or {}),
+        threshold,
+        calibration,
+    )
+    report = {
+        "n_images": len(kept),
+        "n_identities": int(kept["identity"].nunique()),
+        "errors": errors,
+        "threshold": threshold,
+        "calibration": calibration,
+    }
+    if index.approximate:
+        report["recall_at_1"] = self_recall(index, seed=seed)
+    return index, report
+
+
+def self_recall(index: GalleryIndex, sample: int = 1000, seed: int = 0) -> float:
+    """Recall@1 of the approximate backend against exact search, gallery vectors as queries,
+    each query's own entry excluded (it would otherwise be a trivial hit). Exact duplicates in
+    the gallery can make the two disagree on a tie; held-out queries (identify) avoid that."""
+    rng = np.random.default_rng(seed)
+    n = len(index.gallery)
+    if n < 2:
+        return float("nan")
+    rows = rng.choice(n, size=min(sample, n), replace=False)
+    q = index.vectors[rows].numpy()
+    approx = _drop_self(*index.search(q, 2), rows)
+    exact = _drop_self(*index.exact_search(q, 2), rows)
+    return recall_at_1(approx[:, None], exact[:, None])
+
+
+def _drop_self(dist: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Nearest neighbour other than the query's own row (-1 when none was returned)."""
+    first_other = np.where(idx[:, 0] == rows, idx[:, 1] if idx.shape[1] > 1 else -1, idx[:, 0])
+    return np.asarray(first_other)
+
+
+def save_index(index: GalleryIndex, out: str | Path, model: LoadedModel) -> Path:
+    """Write the index, remembering the model folder relative to it (they can move together)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index.model_dir = os.path.relpath(model.model_dir.resolve(), out.resolve())
+    return index.save(out)
+
+
+def open_index(
+    path: str | Path, model_dir: str | Path | None = None, device: str = "auto"
+) -> tuple[GalleryIndex, LoadedModel]:
+    """Load an index and its model (``model_dir`` or the one it remembers), refusing a mismatch."""
+    path = Path(path)
+    index = GalleryIndex.load(path)
+    if model_dir is None:
+        if not index.model_dir:
+            raise ValueError(f"{path}: the index does not name its model; pass --checkpoint")
+        model_dir = path / index.model_dir
+        if not (Path(model_dir) / "model.json").is_file():
+            raise FileNotFoundError(
+                f"{path}: its model folder {model_dir} is gone; pass --checkpoint MODEL_DIR"
+            )
+    model = load_model(model_dir, device, flip=index.model["flip"])
+    check_identity(index.model, model.identity, f"index {path}")
+    return index, model
+
+
+def add_to_index(
+    index: GalleryIndex,
+    model: LoadedModel,
+    images: str | Path,
+    root: str | Path | None = None,
+    recalibrate: bool = False,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Embed more labelled images into an index (new individuals or new photos of known ones)."""
+    check_identity(index.model, model.identity, "the index")
+    table = read_gallery(images, root)
+    feats, ok, errors = model.embed(table["path"], batch_size)
+    warn_errors(errors.items(), "gallery")
+    kept = table[np.asarray(ok, dtype=bool)].reset_index(drop=True)
+    if len(kept):
+        index.add(feats, kept)
+    report: dict[str, Any] = {"n_added": len(kept), "errors": errors}
+    if recalibrate and index.calibration.get("method") == "leave_identities_out":
+        c = index.calibration
+        index.calibration = calibrate_threshold(
+            index.vectors,
+            index.gallery["identity"],
+            c["heldout_fraction"],
+            c["known_per_identity"],
+            c["repeats"],
+            objective=c["objective"],
+            seed=c["seed"],
+        )
+        index.threshold = index.calibration["threshold"]
+    report["threshold"] = index.threshold
+    return report
+
+
+def rank_identities(
+    index: GalleryIndex, queries: torch.Tensor | np.ndarray, top_k: int = 5, oversample: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query, its top_k distinct identities by their nearest gallery image.
+
+    Returns (identities (Q, top_k) object, distances (Q, top_k), gallery rows (Q, top_k)).
+    ``top_k * oversample`` neighbours are searched first; queries whose neighbours hold fewer
+    than top_k identities are searched again with 4x as many, up to the whole gallery. Slots
+    stay None / inf / -1 only when the gallery has fewer identities (or an approximate search
+    returns fewer neighbours).
+    """
+    q_all = np.asarray(queries, dtype=np.float32)
+    n = len(index.gallery)
+    want = min(top_k, index.gallery["identity"].nunique())
+    gal_ids = index.gallery["identity"].to_numpy(dtype=object)
+    out_ids = np.full((len(q_all), top_k), None, dtype=object)
+    out_d = np.full((len(q_all), top_k), np.inf)
+    out_rows = np.full((len(q_all), top_k), -1, dtype=np.int64)
+    todo = np.arange(len(q_all))
+    k = min(n, top_k * oversample)
+    while len(todo):
+        dist, idx = index.search(q_all[todo], k)
+        short = []
+        for q, d_q, i_q in zip(todo, dist, idx, strict=True):
+            valid = i_q >= 0  # FAISS pads with -1 when it finds fewer than k
+            ids_q = gal_ids[i_q[valid]]
+            _, first = np.unique(ids_q, return_index=True)  # nearest image of each identity
+            first = np.sort(first)[:top_k]
+            if len(first) < want and k < n:
+                short.append(q)
+                continue
+            out_ids[q, : len(first)] = ids_q[first]
+            out_d[q, : len(first)] = d_q[valid][first]
+            out_rows[q, : len(first)] = i_q[valid][first]
+        todo, k = np.asarray(short, dtype=np.int64), min(n, 4 * k)
+    return out_ids, out_d, out_rows
+
+
+def result_frame(
+    index: GalleryIndex,
+    names: Sequence[str],
+    queries: torch.Tensor | np.ndarray,
+    top_k: int = 5,
+) -> pd.DataFrame:
+    """One row per query: prediction, distance, score, new_individual, top-k alternatives.
+
+    ``score`` is the cosine similarity of the unit vectors, 1 - d^2 / 2. ``predicted_identity``
+    is the nearest known individual; ``new_individual`` says its distance exceeds the index's
+    threshold (then the prediction is only the closest candidate). The ``top{r}_*`` columns list
+    distinct identities, nearest first, with the gallery image that matched.
+    """
+    ids, dist, rows = rank_identities(index, queries, top_k)
+    paths = index.gallery["path"].to_numpy(dtype=object)
+    d1 = dist[:, 0]
+    thr = index.threshold
+    frame = pd.DataFrame(
+        {
+            "query": list(names),
+            "predicted_identity": ids[:, 0],
+            "distance": d1,
+            "score": 1.0 - d1**2 / 2.0,
+            "new_individual": (d1 > thr) if thr is not None else pd.array([pd.NA] * len(d1)),
+            "threshold": thr,
+        }
+    )
+    for r in range(top_k):
+        have = rows[:, r] >= 0
+        frame[f"top{r + 1}_identity"] = ids[:, r]
+        frame[f"top{r + 1}_distance"] = np.where(have, dist[:, r], np.nan)
+        frame[f"top{r + 1}_image"] = np.where(have, paths[np.maximum(rows[:, r], 0)], None)
+    frame["error"] = ""
+    return frame
+
+
+def identify(
+    index: GalleryIndex,
+    model: LoadedModel,
+    sources: Sequence[str | Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    recall_sample: int = 100,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Identify photos (files or folders); bad inputs get a row with ``error`` and a warning.
+
+    With an approximate backend, up to ``recall_sample`` queries are also searched exactly and
+    the recall@1 of the approximate search against it is reported in the summary.
+    """
+    check_identity(index.model, model.identity, "the index")
+    files, input_errors = collect_files(sources)
+    feats, ok, errors = model.embed(files, batch_size)
+    warn_errors(input_errors + list(errors.items()), "identify")
+    good = [str(f) for f, o in zip(files, ok, strict=True) if o]
+    frame = result_frame(index, good, feats, top_k) if good else result_frame_empty(top_k)
+    bad = pd.DataFrame(
+        {
+            "query": [p for p, _ in input_errors] + list(errors),
+            "error": [m for _, m in input_errors] + list(errors.values()),
+        }
+    )
+    frame = pd.concat([frame, bad], ignore_index=True) if len(bad) else frame
+    summary: dict[str, Any] = {
+        "n_queries": len(good),
+        "n_errors": len(bad),
+        "n_new_individual": int(frame["new_individual"].fillna(False).astype(bool).sum()),
+        "threshold": index.threshold,
+        "backend": index.backend,
+    }
+    if index.approximate and good:
+        q = feats[: min(recall_sample, len(good))].numpy()
+        summary["recall_at_1"] = recall_at_1(index.search(q, 1)[1], index.exact_search(q, 1)[1])
+        summary["recall_queries"] = len(q)
+    return frame, summary
+
+
+def result_frame_empty(top_k: int) -> pd.DataFrame:
+    cols = ["query", "predicted_identity", "distance", "score", "new_individual", "threshold"]
+    for r in range(1, top_k + 1):
+        cols += [f"top{r}_identity", f"top{r}_distance", f"top{r}_image"]
+    return pd.DataFrame(columns=[*cols, "error"])

@@ -1,0 +1,144 @@
+"""Photos in, features out, with every bad file reported on its own and the rest still run."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from indivaid_core.data import from_identity_folders, from_wildlife_metadata, load_rgb
+from indivaid_core.evaluate.features import extract_features
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class BadInputWarning(UserWarning):
+    """A file or folder that was skipped; the run goes on without it."""
+
+
+def collect_files(
+    sources: Iterable[str | Path], suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to query, and (path, error) for what cannot be: missing paths, empty folders,
+    files in folders that are not images by their suffix (hidden files are ignored).
+
+    A file named explicitly is always tried, whatever its suffix; the decoder then decides.
+    """
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            images = [f for f in found if f.suffix.lower() in suffixes]
+            errors += [
+                (str(f), f"not an image file (suffix {f.suffix or 'none'!r})")
+                for f in found
+                if f.suffix.lower() not in suffixes
+            ]
+            if not images:
+                errors.append((str(p), "folder holds no image files"))
+            files += images
+        elif p.is_file():
+            files.append(p)
+        else:
+            errors.append((str(p), "no such file or folder"))
+    return files, errors
+
+
+def read_gallery(source: str | Path, root: str | Path | None = None) -> pd.DataFrame:
+    """Labelled gallery images as a table with ``identity`` and ``path`` (joined to the root).
+
+    ``source`` is a folder of identity sub-folders (``root/<identity>/<image>``) or a CSV in the
+    wildlife-datasets metadata format (``identity``, ``path`` relative to ``root``, which
+    defaults to the CSV's folder).
+    """
+    source = Path(source)
+    if source.is_dir():
+        df, base = _adapter_result(from_identity_folders(source), source)
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        base_root = Path(root) if root is not None else source.parent
+        df, base = _adapter_result(from_wildlife_metadata(source, base_root), base_root)
+    elif source.exists():
+        raise ValueError(f"{source}: gallery images must be a folder of identity folders or a CSV")
+    else:
+        raise FileNotFoundError(f"{source}: no such gallery folder or CSV")
+    for col in ("identity", "path"):
+        if col not in df:
+            raise KeyError(f"{source}: gallery table has no {col!r} column; it has {list(df)}")
+    out = df[["identity", "path"]].copy()
+    out["identity"] = out["identity"].astype(str)
+    out["path"] = [str(Path(base) / p) for p in out["path"]]
+    return out.reset_index(drop=True)
+
+
+def _adapter_result(result, default_root: Path) -> tuple[pd.DataFrame, Path]:
+    """Adapters return a table, or (table, image root)."""
+    if isinstance(result, tuple):
+        return result[0], Path(result[1])
+    return result, default_root
+
+
+class _Images(torch.utils.data.Dataset):
+    """Already-decoded images of one chunk, as the dicts extract_features expects."""
+
+    def __init__(self, images: list[torch.Tensor]):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "index": i}
+
+
+def embed_files(
+    encode,
+    transform,
+    paths: Sequence[str | Path],
+    device: torch.device,
+    feature: str,
+    flip: bool = False,
+    batch_size: int = 64,
+    chunk: int = 512,
+    amp: bool = True,
+) -> tuple[torch.Tensor, list[bool], dict[str, str]]:
+    """Features of the readable files, a per-file ok mask and {path: error} for the others.
+
+    Files are decoded in chunks (bounded memory); a file that fails to decode (not an image,
+    truncated, unreadable) is recorded with the reader's message and skipped.
+    """
+    feats: list[torch.Tensor] = []
+    ok: list[bool] = []
+    errors: dict[str, str] = {}
+    for start in tqdm(
+        range(0, len(paths), chunk), desc="images", leave=False, disable=len(paths) <= chunk
+    ):
+        images = []
+        for p in paths[start : start + chunk]:
+            try:
+                images.append(transform(load_rgb(p)))
+                ok.append(True)
+            except Exception as err:  # noqa: BLE001 - any decoder failure is this file's error
+                errors[str(p)] = f"{type(err).__name__}: {err}"
+                ok.append(False)
+        if images:
+            loader = torch.utils.data.DataLoader(_Images(images), batch_size=batch_size)
+            feats.append(
+                extract_features(encode, loader, device, amp=amp, flip=flip, feature=feature)
+            )
+    dim = feats[0].shape[1] if feats else 0
+    return (torch.cat(feats) if feats else torch.empty(0, dim)), ok, errors
+
+
+def warn_errors(errors: Iterable[tuple[str, str]], what: str) -> None:
+    for path, msg in errors:
+        warnings.warn(f"{what}: skipped {path}: {msg}", BadInputWarning, stacklevel=2)

@@ -1,0 +1,201 @@
+"""The `indivaid` command as a new user runs it: build an index from an export and a labelled
+folder, identify a folder of photos (bad files included), grow the index, and be refused when
+the model or the gallery is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from indivaid_core import cli, config
+from indivaid_core.data.synthetic import generate_preset, tiny_preset
+from indivaid_core.identify.demo import random_export
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "indivaid_core.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A user's folder: identity folders of tiger photos, a folder of new photos, two models."""
+    root = tmp_path_factory.mktemp("cli")
+    table = generate_preset(root / "tiger", tiny_preset("synth-tiger", 5, 3), image_size=40)
+    gallery = root / "gallery"
+    photos = root / "new_photos"
+    photos.mkdir()
+    for i, row in table.iterrows():
+        src = root / "tiger" / row["path"]
+        if i % 3 == 0:  # one photo per individual is "new", the rest is the labelled gallery
+            shutil.copy(src, photos / f"{row['image_id']}.jpg")
+        else:
+            (gallery / row["identity"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, gallery / row["identity"] / src.name)
+    (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (photos / "notes.txt").write_text("field notes")
+    cfg = config.load(REPO / "params.yaml", {"profile": "smoke"})
+    labels = sorted(table["identity"].unique())
+    random_export(root / "model_a", cfg, labels, seed=0)
+    random_export(root / "model_b", cfg, labels, seed=1)
+    return root
+
+
+def test_build_then_identify_a_folder(work):
+    built = run_cli(
+        "index",
+        "build",
+        "--checkpoint",
+        "model_a",
+        "--images",
+        "gallery",
+        "--out",
+        "idx",
+        "--device",
+        "cpu",
+        cwd=work,
+    )
+    assert built.returncode == 0, built.stderr
+    report = json.loads(built.stdout)
+    assert report["n_images"] == 10 and report["n_identities"] == 5
+    assert report["calibration"]["method"] == "leave_identities_out"
+
+    out = run_cli(
+        "identify",
+        "--index",
+        "idx",
+        "new_photos",
+        "--top-k",
+        "3",
+        "--out",
+        "results.csv",
+        "--device",
+        "cpu",
+        cwd=work,
+    )
+    assert out.returncode == 0, out.stderr
+    res = pd.read_csv(work / "results.csv", keep_default_na=False)
+    for col in (
+        "query",
+        "predicted_identity",
+        "score",
+        "distance",
+        "new_individual",
+        "top3_identity",
+        "top3_distance",
+        "error",
+    ):
+        assert col in res.columns
+    bad = res[res["error"] != ""]
+    assert sorted(Path(q).name for q in bad["query"]) == ["corrupt.jpg", "notes.txt"]
+    assert "corrupt.jpg" in out.stderr and "notes.txt" in out.stderr
+    good = res[res["error"] == ""]
+    assert len(good) == 5
+    assert set(good["predicted_identity"]) <= {p.name for p in (work / "gallery").iterdir()}
+    assert (good["top1_identity"] == good["predicted_identity"]).all()
+    assert json.loads(out.stdout)["n_errors"] == 2
+
+
+def test_other_checkpoint_is_refused(work):
+    if not (work / "idx").exists():
+        pytest.skip("needs the index built by test_build_then_identify_a_folder")
+    out = run_cli(
+        "identify",
+        "--index",
+        "idx",
+        "--checkpoint",
+        "model_b",
+        "new_photos",
+        "--out",
+        "r.csv",
+        "--device",
+        "cpu",
+        cwd=work,
+    )
+    assert out.returncode == 2
+    assert "built with another model" in out.stderr and "weights_sha256" in out.stderr
+    assert "Traceback" not in out.stderr and not (work / "r.csv").exists()
+
+
+def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
+    def main(*args) -> tuple[int, str, str]:
+        rc = cli.main([*map(str, args), "--device", "cpu"])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    rc, out, err = main(
+        "index",
+        "build",
+        "--checkpoint",
+        work / "model_a",
+        "--images",
+        work / "gallery",
+        "--out",
+        tmp_path / "hnsw",
+        "--backend",
+        "faiss-hnsw",
+        "--threshold",
+        "5",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["threshold"] == 5.0 and 0 <= json.loads(out)["recall_at_1"] <= 1
+
+    newcomer = tmp_path / "more" / "tiger_new"
+    newcomer.mkdir(parents=True)
+    shutil.copy(next((work / "new_photos").glob("tiger_*.jpg")), newcomer / "a.jpg")
+    rc, out, err = main("index", "add", tmp_path / "hnsw", "--images", tmp_path / "more")
+    assert rc == 0, err
+    assert json.loads(out)["n_vectors"] == 11
+
+    rc, out, err = main(
+        "identify", "--index", tmp_path / "hnsw", newcomer / "a.jpg", "--out", tmp_path / "r.csv"
+    )
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["n_new_individual"] == 0 and summary["recall_queries"] == 1  # threshold 5 > 2
+    res = pd.read_csv(tmp_path / "r.csv")
+    assert res.loc[0, "predicted_identity"] == "tiger_new" and res.loc[0, "distance"] < 1e-3
+
+    (tmp_path / "empty").mkdir()
+    rc, _, err = main(
+        "index",
+        "build",
+        "--checkpoint",
+        work / "model_a",
+        "--images",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "e",
+    )
+    assert rc == 2 and "error:" in err and str(tmp_path / "empty") in err
+
+    junk = tmp_path / "junk" / "someone"
+    junk.mkdir(parents=True)
+    (junk / "x.jpg").write_text("no")
+    rc, _, err = main(
+        "index",
+        "build",
+        "--checkpoint",
+        work / "model_a",
+        "--images",
+        tmp_path / "junk",
+        "--out",
+        tmp_path / "j",
+    )
+    assert rc == 2 and "none of the 1 gallery images" in err and "x.jpg" in err
+
+    rc, _, err = main("identify", "--index", tmp_path / "nope", "x.jpg")
+    assert rc == 2 and "not a gallery index" in err
