@@ -26,7 +26,7 @@ def random_export(out_dir: str | Path, cfg: Config, labels: Sequence[str], seed:
     """
     m = cfg.model
     torch.manual_seed(seed)
-    clip = build_clip(m.backbone, None, tuple(m.image_size), m.stride)
+    clip = build_clip(m.backbone, None, tuple(m.image_size), m.stride or None)
     encoder = ReIDEncoder(clip, len(labels), sie_coef=m.sie_coef)
     meta = {"labels": {str(name): i for i, name in enumerate(labels)}, "image_ids": []}
     save_export(encoder.eval(), clip, cfg, Path(out_dir), meta)
