@@ -161,13 +161,16 @@ class DescriptionGenerator(nn.Module):
     def forward(
         self, ids: torch.Tensor, img_feats: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        prompts_g, prompts_h = self.prompt_learner(ids, img_feats)
+        # h depends on the identity only: encode each identity of the batch once.
+        uniq, inverse = torch.unique(ids, return_inverse=True)
         tokens = self.prompt_learner.tokens
-        if prompts_g is prompts_h:
-            h = self.text_encoder(prompts_h, tokens)
+        prompts_h = self.prompt_learner.individual_prompts(uniq)
+        if self.prompt_learner.meta_net is None:
+            h = self.text_encoder(prompts_h, tokens)[inverse]
             return h, h
+        prompts_g, _ = self.prompt_learner(ids, img_feats)
         both = self.text_encoder(torch.cat([prompts_g, prompts_h]), tokens)  # one pass
-        return both[: ids.shape[0]], both[ids.shape[0] :]
+        return both[: ids.shape[0]], both[ids.shape[0] :][inverse]
 
     def individual(self, ids: torch.Tensor) -> torch.Tensor:
         """h_y for each id, (B, D); no image needed."""
