@@ -14,11 +14,12 @@ from .evaluate.features import _combine
 
 
 def target_layer(encoder: nn.Module) -> nn.Module:
-    """Last spatial layer: the timm trunk's final BN, or the ViT's last residual block."""
+    """Last spatial layer: the timm trunk's final BN; for a ViT the input norm of the last
+    block (the last block's own patch outputs no longer reach the class token)."""
     if encoder.kind == "timm":
         trunk = encoder.visual.trunk
         return getattr(trunk, "bn2", None) or trunk.conv_head
-    return encoder.visual.transformer.resblocks[-1]
+    return encoder.visual.transformer.resblocks[-1].ln_1
 
 
 def _spatial(act: torch.Tensor, encoder: nn.Module) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""Report tables, the paired bootstrap, corruptions and Grad-CAM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from indivaid_core import report
+from indivaid_core.model import ReIDEncoder, build_clip
+from indivaid_core.robustness import corruption
+from indivaid_core.saliency import gradcam
+
+
+def _write_run(root, ds, variant, mAP, aps):
+    (root / "metrics" / ds).mkdir(parents=True, exist_ok=True)
+    m = {
+        "dataset": ds,
+        "variant": variant,
+        "mAP": mAP,
+        "R1": 0.5,
+        "R5": 0.7,
+        "R10": 0.8,
+        "mINP": 0.2,
+        "std": {k: 0.0 for k in ("mAP", "R1", "R5", "R10", "mINP")},
+        "n_seeds": 1,
+        "device": "cpu",
+        "inference_images_per_s": 10.0,
+    }
+    (root / "metrics" / ds / f"{variant}.json").write_text(json.dumps(m))
+    (root / "pq" / ds).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "image_id": [f"q{i}" for i in range(len(aps))],
+            "ap": aps,
+            "seed": 0,
+            "daynight": ["day", "night"] * (len(aps) // 2),
+        }
+    ).to_csv(root / "pq" / ds / f"{variant}.csv", index=False)
+
+
+def test_main_table_says_not_run_for_absent_cells(tmp_path):
+    _write_run(tmp_path, "a", "indivaid", 0.5, [0.5, 0.5])
+    df = report.collect_metrics(tmp_path / "metrics")
+    t = report.main_table(df, ["a", "Stoat"])
+    assert t.loc["indivaid", ("a", "mAP")] == "50.0"
+    assert t.loc["indivaid", ("Stoat", "mAP")] == "not run"
+    assert t.loc["clipreid", ("a", "mAP")] == "not run"
+
+
+def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, 200)
+    b = np.clip(a - 0.1 + rng.normal(0, 0.05, 200), 0, 1)
+    _write_run(tmp_path, "a", "indivaid", a.mean(), a)
+    _write_run(tmp_path, "a", "clipreid", b.mean(), b)
+    sig = report.significance_table(
+        tmp_path / "pq", ["a"], n_resamples=2000, seed=3, comparisons=[("indivaid", "clipreid")]
+    )
+    row = sig.iloc[0]
+    assert row["ΔmAP"] == pytest.approx(100 * (a - b).mean())
+    # independent recomputation with the same resampling indices over the sorted query ids
+    order = np.argsort(np.array([f"q{i}" for i in range(200)]))
+    idx = np.random.default_rng(3).integers(0, 200, size=(2000, 200))
+    boot = (a - b)[order][idx].mean(axis=1)
+    assert row["CI low"] == pytest.approx(100 * np.quantile(boot, 0.025))
+    assert row["CI high"] == pytest.approx(100 * np.quantile(boot, 0.975))
+    assert row["verdict"] == "significant gain"
+    flipped = report.significance_table(
+        tmp_path / "pq", ["a"], 2000, 3, comparisons=[("clipreid", "indivaid")]
+    )
+    assert flipped.iloc[0]["verdict"] == "significant loss"
+    assert "significant loss" in report.significance_sentences(flipped)[0]
+
+
+def test_condition_table_splits_per_query_ap(tmp_path):
+    _write_run(tmp_path, "a", "indivaid", 0.5, [1.0, 0.0, 1.0, 0.0])
+    cond = report.condition_table(tmp_path / "pq", ["a"], ["indivaid"], ["daynight"])
+    by = cond.set_index("value")["mAP"]
+    assert by["day"] == 100.0 and by["night"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["blur", "noise", "low_light", "fog"])
+def test_corruptions_are_identity_at_zero_and_grow_with_strength(name):
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(corruption(name, 0.0)(x), x, atol=2e-3)
+    d = [float((corruption(name, s)(x) - x).abs().mean()) for s in (0.25, 0.5, 1.0)]
+    assert d[0] < d[1] < d[2]
+    with pytest.raises(ValueError, match="strength"):
+        corruption(name, 1.5)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-vit", "lite0"])
+def test_gradcam_returns_a_normalised_map_that_depends_on_the_target(backbone):
+    clip = build_clip(backbone, None, (64, 64), None)
+    enc = ReIDEncoder(clip, 3)
+    img, other, third = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    enc.eval()
+    with torch.no_grad():
+        out = enc(torch.stack([other, third]))
+    t1, t2 = torch.cat([out["global"], out["proj"]], dim=1)
+    cam1, cam2 = gradcam(enc, img, t1), gradcam(enc, img, t2)
+    assert cam1.shape == (64, 64) and float(cam1.min()) >= 0 and float(cam1.max()) == 1.0
+    assert not torch.allclose(cam1, cam2)
