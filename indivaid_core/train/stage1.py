@@ -191,7 +191,7 @@ def write_descriptions(
     table: pd.DataFrame,
     out_dir: Path,
     device: torch.device,
-    chunk: int = 256,
+    chunk: int = 64,
 ) -> None:
     """Cache g for every training image and h for every individual, for stage 2."""
     gen.eval()
@@ -200,7 +200,9 @@ def write_descriptions(
         f = torch.from_numpy(np.array(feats[lo : lo + chunk])).to(device)
         g.append(gen(labels[lo : lo + chunk].to(device), f)[0].float().cpu())
     ids = torch.arange(len(labels_of), device=device)
-    h = gen.individual(ids).float().cpu()
+    h = torch.cat(
+        [gen.individual(ids[lo : lo + chunk]).float().cpu() for lo in range(0, len(ids), chunk)]
+    )
     save_file(
         {"g": torch.cat(g).contiguous(), "g_labels": labels.contiguous(), "h": h.contiguous()},
         str(out_dir / "descriptions.safetensors"),
