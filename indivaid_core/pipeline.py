@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from . import config as config_mod
 from .config import Config
-from .data import load_dataset, prepare_table
+from .data import load_dataset, prepare_table, train_rows
 from .data.dataset import ImageTableDataset
 from .evaluate import (
     cmc_curve_frame,
@@ -130,10 +130,8 @@ def read_table(cfg: Config, dataset: str) -> pd.DataFrame:
 
 
 def train_split(table: pd.DataFrame) -> pd.DataFrame:
-    """Training rows, minus identities with a single image (nothing to contrast them with)."""
-    train = table[table["split"] == "train"]
-    counts = train["identity"].value_counts()
-    return train[train["identity"].isin(counts[counts > 1].index)].reset_index(drop=True)
+    """Training rows, minus identities with a single image (warned about): nothing to contrast."""
+    return train_rows(table)
 
 
 def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any]:

@@ -120,8 +120,7 @@ def from_wildlife_metadata(
         unknown = df["identity"] == UNKNOWN_IDENTITY
         if unknown.any():
             warnings.warn(
-                f"{source}: dropped {int(unknown.sum())} images of identity "
-                f"'{UNKNOWN_IDENTITY}'",
+                f"{source}: dropped {int(unknown.sum())} images of identity '{UNKNOWN_IDENTITY}'",
                 stacklevel=2,
             )
             df = df[~unknown].reset_index(drop=True)
@@ -154,8 +153,9 @@ def from_identity_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
                 continue
             rows.append({"image_id": rel, "identity": d.name, "path": rel})
     if skipped:
-        warnings.warn(f"{root}: skipped {len(skipped)} non-image file(s): {skipped[:10]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{root}: skipped {len(skipped)} non-image file(s): {skipped[:10]}", stacklevel=2
+        )
     if not rows:
         raise DataError(f"{root}: no images in per-identity sub-folders")
     return pd.DataFrame(rows), root
@@ -169,8 +169,9 @@ def from_wildlife_class(name: str, root: str | Path) -> tuple[pd.DataFrame, Path
     if name not in WILDLIFE_CLASSES:
         near = difflib.get_close_matches(name, WILDLIFE_CLASSES, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise DataError(f"unknown wildlife-datasets class '{name}'{hint} (known: "
-                        f"{list(WILDLIFE_CLASSES)})")
+        raise DataError(
+            f"unknown wildlife-datasets class '{name}'{hint} (known: {list(WILDLIFE_CLASSES)})"
+        )
     try:
         from wildlife_datasets import datasets as wd
     except ImportError as exc:
@@ -185,8 +186,9 @@ def from_wildlife_class(name: str, root: str | Path) -> tuple[pd.DataFrame, Path
     return from_wildlife_metadata(ds.df, root)
 
 
-def _test_side(df: pd.DataFrame, test: np.ndarray, query_per_identity: int, seed: int,
-               test_split: str) -> pd.DataFrame:
+def _test_side(
+    df: pd.DataFrame, test: np.ndarray, query_per_identity: int, seed: int, test_split: str
+) -> pd.DataFrame:
     out = df.copy()
     out["split"] = np.where(test, "test", "train")
     if test_split == "test":
@@ -195,8 +197,9 @@ def _test_side(df: pd.DataFrame, test: np.ndarray, query_per_identity: int, seed
     t = out["split"] == "test"
     rank = key[t].groupby(out.loc[t, "identity"]).rank(method="first")
     size = out.loc[t].groupby("identity")["identity"].transform("size")
-    out.loc[t, "split"] = np.where(rank <= np.minimum(query_per_identity, size - 1),
-                                   "query", "gallery")
+    out.loc[t, "split"] = np.where(
+        rank <= np.minimum(query_per_identity, size - 1), "query", "gallery"
+    )
     return out
 
 
@@ -264,9 +267,7 @@ ADAPTERS: dict[str, Callable[..., tuple[pd.DataFrame, Path]]] = {
 }
 
 
-def load_dataset(
-    adapter: str, path: str | Path, root_dir: str | Path
-) -> tuple[pd.DataFrame, Path]:
+def load_dataset(adapter: str, path: str | Path, root_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     """Read `<root_dir>/<path>` with a named adapter; returns (table, image root).
 
     wildlife_csv: path is the CSV; identity_folders / reid_folders: the dataset folder;

@@ -31,7 +31,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         arr = arr.astype(np.float64)
         scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8))
+        return Image.fromarray(
+            np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        )
     arr = arr.astype(np.int64)
     top = int(arr.max()) if arr.size else 0
     if img.mode.startswith("I;16") or 255 < top <= 65535:

@@ -47,7 +47,9 @@ def check_columns(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
         null = df[col].isna() | (df[col].astype(str).str.strip() == "")
         if null.any():
             rows = list(df.index[null][:MAX_LISTED])
-            raise DataError(f"{source}: empty '{col}' in {int(null.sum())} row(s), e.g. rows {rows}")
+            raise DataError(
+                f"{source}: empty '{col}' in {int(null.sum())} row(s), e.g. rows {rows}"
+            )
         df[col] = df[col].astype(str)
     dup = df["image_id"].duplicated(keep=False)
     if dup.any():
@@ -70,7 +72,9 @@ def check_splits(df: pd.DataFrame, source: str = "table", require_train: bool = 
     evals = ("query", "gallery") if present & {"query", "gallery"} else ("test",)
     for need in (("train",) if require_train else ()) + evals:
         if need not in present:
-            raise DataError(f"{source}: split '{need}' is empty (splits present: {sorted(present)})")
+            raise DataError(
+                f"{source}: split '{need}' is empty (splits present: {sorted(present)})"
+            )
 
 
 def query_identities_missing_from_gallery(df: pd.DataFrame) -> list[str]:

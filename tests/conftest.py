@@ -1,0 +1,38 @@
+"""Shared fixtures.
+
+`tiny_suite` (session scope): a synthetic tiger set of 5 individuals x 3 photos at 48 px,
+generated once per test session into a temporary folder. It yields `(df, root)`: `df` is the
+wildlife-format table read from `<root>/metadata.csv` (image_id, identity, path, date, species,
+camera, viewpoint, daynight, occlusion, bbox), `path` relative to `root`. Read-only: tests that
+modify the table or files should use `tiny_table` (a fresh copy of the table) or copy the files.
+`tiny_table` (function scope): `(df.copy(), root)` of the same suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from indivaid_core.data.synthetic import generate_preset, tiny_preset
+
+TINY_IDENTITIES = 5
+TINY_IMAGES = 3
+TINY_SIZE = 48
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory) -> tuple[pd.DataFrame, Path]:
+    root = tmp_path_factory.mktemp("tiny_suite") / "synth-tiger"
+    generate_preset(
+        root, tiny_preset("synth-tiger", TINY_IDENTITIES, TINY_IMAGES), image_size=TINY_SIZE
+    )
+    df = pd.read_csv(root / "metadata.csv", dtype={"identity": str, "image_id": str})
+    return df, root
+
+
+@pytest.fixture
+def tiny_table(tiny_suite) -> tuple[pd.DataFrame, Path]:
+    df, root = tiny_suite
+    return df.copy(), root
