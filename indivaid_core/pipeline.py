@@ -6,8 +6,8 @@ Paths follow one convention (all relative to the repo, roots from params):
   {work}/stage2/{dataset}/{variant}/        exported encoder, attention, checkpoint
   {work}/stage2/{dataset}/{variant}/seed{s}/ one exported encoder per seed
   {work}/features/{dataset}/{variant}/seed{s}.npz  evaluation features with their image ids
-  {metrics}/{dataset}/{variant}.json          evaluation metrics (dvc metrics)
-  {metrics}/{dataset}/{variant}.train.json    training cost (dvc metrics)
+  {metrics}/eval/{dataset}/{variant}.json     evaluation metrics (dvc metrics)
+  {metrics}/train/{dataset}/{variant}.json    training cost (dvc metrics)
   {reports}/per_query/{dataset}/{variant}.csv per-query AP / rank (bootstrap input)
   {reports}/cmc/{dataset}/{variant}.csv       CMC curve (dvc plots)
 """
@@ -79,8 +79,9 @@ class Paths:
     def reports(self) -> Path:
         return Path(self.cfg.data.reports)
 
-    def metrics(self, variant: str, suffix: str = "") -> Path:
-        return Path(self.cfg.data.metrics) / self.dataset / f"{variant}{suffix}.json"
+    def metrics(self, variant: str, kind: str = "eval") -> Path:
+        """`metrics/eval/<dataset>/<variant>.json` or `metrics/train/...` (dvc metrics)."""
+        return Path(self.cfg.data.metrics) / kind / self.dataset / f"{variant}.json"
 
     def per_query(self, variant: str) -> Path:
         return self.reports / "per_query" / self.dataset / f"{variant}.csv"
@@ -143,6 +144,7 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
     if text == "none":
         result = {"stage": "stage1", "text": "none", "trained": False}
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        publish_curves(out, paths.curves("stage1") / text)  # an empty plot folder
         return result
     run_cfg = cfg.for_run(dataset, text)
     table = read_table(cfg, dataset)
@@ -156,7 +158,7 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
         **kw,
     )
     if dist_info().is_main:
-        publish_curves(out, paths.curves(f"stage1-{text}"))
+        publish_curves(out, paths.curves("stage1") / text)
     return result
 
 
@@ -195,8 +197,7 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     first = per_seed[cfg.pipeline.seeds[0]]
     if not dist_info().is_main:  # DDP: only rank 0 writes
         return {"dataset": dataset, "variant": variant, "per_seed": per_seed}
-    if v.train:
-        publish_curves(paths.stage2(variant, cfg.pipeline.seeds[0]), paths.curves(variant))
+    publish_curves(paths.stage2(variant, cfg.pipeline.seeds[0]), paths.curves(variant))
     result = {"dataset": dataset, "variant": variant, "seeds": list(per_seed), **first}
     if stage1_dir is not None:
         s1 = json.loads((stage1_dir / "metrics.json").read_text())
@@ -204,8 +205,13 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     if v.train:
         result["wall_time_s"] = mean_std([r["wall_time_s"] for r in per_seed.values()])["mean"]
         result["final_loss"] = mean_std([r["final_loss"] for r in per_seed.values()])
-    write_metrics_json(paths.metrics(variant, ".train"), result)
+    write_metrics_json(paths.metrics(variant, "train"), result)
     return result
+
+
+def variants_of(cfg: Config, dataset: str) -> list[str]:
+    """The variants `runs` trains for a dataset, in params order."""
+    return [r["variant"] for r in cfg.runs.values() if r["dataset"] == dataset]
 
 
 def eval_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:

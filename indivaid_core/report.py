@@ -46,13 +46,12 @@ COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only"), ("indivaid"
 
 
 def collect_metrics(metrics_dir: str | Path) -> pd.DataFrame:
-    """One row per (dataset, variant) evaluation JSON, plus its training-cost JSON."""
+    """One row per (dataset, variant) evaluation JSON, with its training-cost JSON."""
     rows = []
-    for path in sorted(Path(metrics_dir).glob("*/*.json")):
-        if path.name.endswith(".train.json"):
-            continue
+    root = Path(metrics_dir)
+    for path in sorted((root / "eval").glob("*/*.json")):
         m = json.loads(path.read_text())
-        train_path = path.with_name(f"{path.stem}.train.json")
+        train_path = root / "train" / path.parent.name / path.name
         train = json.loads(train_path.read_text()) if train_path.exists() else {}
         rows.append({**m, "train": train})
     return pd.DataFrame(rows)

@@ -59,13 +59,13 @@ def test_dvc_repro_smoke_profile(tmp_path):
 
     _run([*DVC, "repro", "-q"], repo)
     for variant in ("zero_shot", "indivaid"):
-        m = json.loads((repo / f"metrics/synth-stoat/{variant}.json").read_text())
+        m = json.loads((repo / f"metrics/eval/synth-stoat/{variant}.json").read_text())
         assert 0.0 < m["mAP"] <= 1.0 and 0.0 <= m["R1"] <= 1.0
         assert m["n_valid_queries"] > 0 and m["protocol"] == "leave_one_out"
         assert not {"timestamp", "date", "time"} & set(m)  # diff-stable: no clock readings
     results = (repo / "reports/results.md").read_text()
     assert "Main table" in results and "not run" in results  # the real benchmarks are absent
-    assert (repo / "reports/notebooks/04_evaluate/synth-stoat-indivaid.ipynb").exists()
+    assert (repo / "reports/notebooks/04_evaluate/synth-stoat.ipynb").exists()
 
     # an unchanged pipeline is skipped; a stage-2 param re-runs stage 2 onward but not stage 1
     assert "up to date" in _run([*DVC, "status"], repo).lower()
@@ -74,3 +74,4 @@ def test_dvc_repro_smoke_profile(tmp_path):
     status = _run([*DVC, "status"], repo)
     assert "stage2@synth-stoat-indivaid" in status
     assert "stage1@" not in status and "prepare" not in status
+    assert "evaluate@synth-stoat" in status

@@ -16,7 +16,7 @@ from indivaid_core.saliency import gradcam
 
 
 def _write_run(root, ds, variant, mAP, aps):
-    (root / "metrics" / ds).mkdir(parents=True, exist_ok=True)
+    (root / "metrics" / "eval" / ds).mkdir(parents=True, exist_ok=True)
     m = {
         "dataset": ds,
         "variant": variant,
@@ -30,7 +30,7 @@ def _write_run(root, ds, variant, mAP, aps):
         "device": "cpu",
         "inference_images_per_s": 10.0,
     }
-    (root / "metrics" / ds / f"{variant}.json").write_text(json.dumps(m))
+    (root / "metrics" / "eval" / ds / f"{variant}.json").write_text(json.dumps(m))
     (root / "pq" / ds).mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
