@@ -17,7 +17,9 @@ DVC = [sys.executable, "-m", "dvc"]
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 1200) -> str:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout
 
 
@@ -25,7 +27,10 @@ def _copy_repo(dst: Path) -> None:
     """The working tree as git sees it (tracked + untracked, not ignored), plus data/."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel

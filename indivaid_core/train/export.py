@@ -59,7 +59,9 @@ def load_export(
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
     spec = json.loads(cfg_path.read_text())
-    clip_model = build_clip(spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None)
+    clip_model = build_clip(
+        spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None
+    )
     encoder = ReIDEncoder(clip_model, spec["num_classes"], sie_coef=spec["sie_coef"])
     state = load_file(str(model_dir / WEIGHTS))
     missing, unexpected = encoder.load_state_dict(state, strict=False)
