@@ -48,7 +48,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     repo.mkdir()
     _copy_repo(repo)
     if not (repo / "data").is_dir():
-        _run([*DVC, "pull", "-q"], repo)
+        _run([*DVC, "pull", "-q", "data.dvc"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["pipeline"]["datasets"] = ["synth-stoat"]
