@@ -55,6 +55,11 @@ def test_dvc_repro_smoke_profile(tmp_path):
     params["pipeline"]["text_runs"] = {
         k: v for k, v in params["pipeline"]["text_runs"].items() if k in ("none", "meta-ctx4")
     }
+    params["variants"] = {
+        k: v
+        for k, v in params["variants"].items()
+        if v.get("text", "none") in params["pipeline"]["text_runs"]
+    }
     params["pipeline"]["robustness_variants"] = ["zero_shot", "indivaid"]
     params["runs"] = {
         f"synth-stoat-{v}": {"dataset": "synth-stoat", "variant": v, "text": t}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,12 +192,16 @@ def test_ddp_two_cpu_processes_match_one_process(in_repo):
     """Same global batch on 1 and 2 gloo processes.
 
     Stage 1 has no BatchNorm, so it must match to float tolerance (1e-5). Stage 2's BN necks
-    normalise with per-process batch statistics (SyncBatchNorm is CUDA-only), so its weights
-    are compared at a stated, looser tolerance: max |diff| / max |w| < 5e-2.
+    normalise with per-process batch statistics (SyncBatchNorm is CUDA-only), so its trained
+    weights are compared at a stated, looser tolerance: ||w_ddp - w_single|| / ||w_single|| < 5e-2
+    over all trained tensors, and BN running statistics (buffers, not weights) are not compared.
     """
     common = ["--dataset", "toy", "--no-resume"]
     for n, tag in ((1, "single"), (2, "ddp")):
         work = f"--set=data.work=work_{tag}"
+        shutil.copytree(
+            in_repo / "work" / "tables", in_repo / f"work_{tag}" / "tables", dirs_exist_ok=True
+        )
         _torchrun(in_repo, n, "stage1", "--text", "meta-ctx4", work, *common)
         _torchrun(in_repo, n, "stage2", "--variant", "indivaid", work, *common)
     s1 = [
@@ -206,7 +211,10 @@ def test_ddp_two_cpu_processes_match_one_process(in_repo):
     for k in s1[0]:
         torch.testing.assert_close(s1[0][k], s1[1][k], atol=1e-5, rtol=1e-4)
     s2 = [_weights(in_repo / f"work_{t}/stage2/toy/indivaid/seed0") for t in ("single", "ddp")]
-    for k in s2[0]:
-        if s2[0][k].is_floating_point():
-            scale = s2[0][k].abs().max().clamp_min(1e-6)
-            assert (s2[0][k] - s2[1][k]).abs().max() / scale < 5e-2, k
+    # trained weights only: BN running statistics are per-rank buffers (rank 0's are kept)
+    keys = [k for k in s2[0] if s2[0][k].is_floating_point() and "running_" not in k]
+    diff = torch.sqrt(sum(((s2[0][k] - s2[1][k]) ** 2).sum() for k in keys))
+    norm = torch.sqrt(sum((s2[0][k] ** 2).sum() for k in keys))
+    assert diff / norm < 5e-2, float(diff / norm)
+    # the DDP run is its own computation (BN statistics differ), not a copy of the single one
+    assert not torch.equal(s2[0]["head_global.weight"], s2[1]["head_global.weight"])

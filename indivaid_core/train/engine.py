@@ -193,6 +193,7 @@ def maybe_ddp(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     if dist_info().world_size == 1:
         yield model
         return
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU BN keeps per-rank stats
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     yield nn.parallel.DistributedDataParallel(model, device_ids=ids)
