@@ -39,6 +39,7 @@ from .evaluate import (
     rerank,
     rerank_loo,
     save_features,
+    summarise,
     write_metrics_json,
 )
 from .train.engine import device_name, dist_info, peak_memory_mb, resolve_device
@@ -287,15 +288,13 @@ def score(
     return dist, m
 
 
-def summarise(m: dict[str, Any]) -> dict[str, float]:
-    cmc = m["cmc"]
-    return {
-        "mAP": float(m["mAP"]),
-        "R1": float(cmc[0]),
-        "R5": float(cmc[min(4, len(cmc) - 1)]),
-        "R10": float(cmc[min(9, len(cmc) - 1)]),
-        "mINP": float(m["mINP"]),
-    }
+METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
+
+
+def headline(m: dict[str, Any]) -> dict[str, float]:
+    """The table metrics of a `rank_metrics` result (via `evaluate.summarise`)."""
+    s = summarise(m)
+    return {k: float(s[k]) for k in METRIC_KEYS}
 
 
 def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
@@ -315,12 +314,12 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
         save_features(paths.features(variant, seed), feats, test)
         qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
         dist, m = score(cfg, qf, gf, query, gallery, loo)
-        per_seed[seed] = {**summarise(m), "inference_images_per_s": len(test) / seconds}
+        per_seed[seed] = {**headline(m), "inference_images_per_s": len(test) / seconds}
         frames.append(per_query_frame(m, query).assign(seed=seed))
         cmcs.append(np.asarray(m["cmc"], dtype=float))
         if first is None:
             first = {"dist": dist, "metrics": m, "features": feats}
-    keys = ["mAP", "R1", "R5", "R10", "mINP"]
+    keys = METRIC_KEYS
     stats = {k: mean_std([r[k] for r in per_seed.values()]) for k in keys}
     result = {
         "dataset": dataset,
@@ -380,7 +379,7 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
                 qf = features_for(cfg, encoder, spec, query, root, transform=tf)
                 _, m = score(cfg, qf, gf, query, gallery, loo)
                 rows.append(
-                    {"variant": variant, "corruption": name, "strength": level, **summarise(m)}
+                    {"variant": variant, "corruption": name, "strength": level, **headline(m)}
                 )
     return sweep_frame(rows)
 
