@@ -42,25 +42,27 @@ from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.train.stage1 import cache_key, image_feature_cache, label_map, train_stage1
 from indivaid_core.transforms import eval_transform
 
-DATASET = "synth-stoat"
+DEFAULT_DATASET = "synth-stoat"
 
 
 def load_avg() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
-def setup(work: Path, data_root: Path | None) -> tuple[Config, pd.DataFrame, Path, str]:
-    """Config (default profile, outputs under `work`) and the stoat training split."""
+def setup(
+    work: Path, data_root: Path | None, dataset: str
+) -> tuple[Config, pd.DataFrame, Path, str]:
+    """Config (default profile, outputs under `work`) and the dataset's training split."""
     overrides = {"data.work": str(work / "work")}
     if data_root is None:
         data_root = work / "data"
-        generate_suite(data_root, [DATASET])
+        generate_suite(data_root, [dataset])
     overrides["data.root"] = str(data_root)
     cfg = config_mod.load("params.yaml", overrides)
-    pipeline.prepare(cfg, DATASET)
-    table = pipeline.read_table(cfg, DATASET)
+    pipeline.prepare(cfg, dataset)
+    table = pipeline.read_table(cfg, dataset)
     train = pipeline.train_split(table)
-    return cfg, train, Path(table["image_root"].iloc[0]), cfg.dataset(DATASET).species
+    return cfg, train, Path(table["image_root"].iloc[0]), cfg.dataset(dataset).species
 
 
 def clip_of(cfg: Config) -> torch.nn.Module:
@@ -221,6 +223,7 @@ def main() -> None:
     ap.add_argument("--baseline-epochs", type=int, default=None)
     ap.add_argument("--baseline-budget-s", type=float, default=None)
     ap.add_argument("--data", default="data", help="suite root; generated if it lacks the preset")
+    ap.add_argument("--dataset", default=DEFAULT_DATASET, help="a synthetic preset in params")
     args = ap.parse_args()
     epochs = args.epochs or (3 if args.quick else None)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -230,15 +233,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average before: {load_avg()}")
     data_root = Path(args.data).resolve()
-    if not (data_root / DATASET / "metadata.csv").exists():
+    if not (data_root / args.dataset / "metadata.csv").exists():
         data_root = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cfg, train, root, species = setup(work, data_root)
+        cfg, train, root, species = setup(work, data_root, args.dataset)
         epochs = epochs or cfg.stage1.epochs
         m = cfg.model
         print(
-            f"{DATASET}: {len(train)} training images, {train['identity'].nunique()} individuals;"
+            f"{args.dataset}: {len(train)} training images,"
+            f" {train['identity'].nunique()} individuals;"
             f" {m.backbone} {m.image_size[0]}x{m.image_size[1]}, stage-1 batch"
             f" {cfg.stage1.batch_size}, {epochs} epochs\n"
         )

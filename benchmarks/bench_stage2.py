@@ -63,7 +63,9 @@ def main() -> None:
     seed_everything(cfg.seed)
     clip = build_clip(m.backbone, m.pretrained, size, m.stride or None)
     net = ReIDEncoder(clip, args.num_classes).train()
-    opt = torch.optim.Adam(param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor))
+    opt = torch.optim.Adam(
+        param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+    )
     images = torch.randn(batch, 3, *size)
     labels = torch.arange(s2.p).repeat_interleave(s2.k)
     w = s2.loss_weights

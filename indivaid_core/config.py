@@ -110,6 +110,8 @@ class Stage2Cfg:
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     bias_lr_factor: float = 2.0
+    backbone_lr_factor: float = 1.0
+    freeze_bn: bool = False
     warmup_epochs: int = 1
     milestones: list[int] = field(default_factory=lambda: [6])
     gamma: float = 0.1

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from . import config as config_mod
 from .config import Config
-from .data import load_dataset, prepare_table, train_rows
+from .data import camera_map_of, load_dataset, prepare_table, train_rows
 from .data.dataset import ImageTableDataset
 from .evaluate import (
     cmc_curve_frame,
@@ -183,6 +183,11 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     paths = Paths(cfg, dataset)
     table = read_table(cfg, dataset)
     stage1_dir = paths.stage1(v.text) if v.text != "none" else None
+    camera_map = None
+    if cfg.variant(variant, dataset).model.sie_coef > 0:
+        if "camera" not in table:
+            raise ValueError(f"{paths.table}: model.sie_coef > 0 needs a 'camera' column")
+        camera_map = camera_map_of(table["camera"])  # all splits: test cameras need an id too
     per_seed = {}
     for seed in cfg.pipeline.seeds:
         run_cfg = dataclasses.replace(cfg.variant(variant, dataset), seed=seed)
@@ -193,6 +198,7 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
             paths.stage2(variant, seed),
             stage1_dir,
             train=v.train,
+            camera_map=camera_map,
             **kw,
         )
     first = per_seed[cfg.pipeline.seeds[0]]
@@ -235,8 +241,13 @@ def features_for(
 ) -> torch.Tensor:
     """Evaluation features of `rows` with the exported model's own preprocessing."""
     tf = transform or eval_transform(spec["image_size"], spec["mean"], spec["std"])
+    camera_map = spec.get("camera_map")
+    if camera_map:
+        unknown = sorted(set(rows["camera"].astype(str)) - set(camera_map))
+        if unknown:
+            raise ValueError(f"cameras {unknown[:5]} were not seen when the SIE model was built")
     loader = DataLoader(
-        ImageTableDataset(rows, root, tf),
+        ImageTableDataset(rows, root, tf, camera_map=camera_map),
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
     )
@@ -248,6 +259,7 @@ def features_for(
         amp=cfg.stage2.amp,
         flip=cfg.model.flip_tta,
         feature=cfg.model.eval_feature,
+        cameras=bool(camera_map),
     )
 
 
@@ -405,11 +417,16 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
         dist[torch.arange(len(dist)), torch.arange(len(dist))] = float("inf")
     tf = eval_transform(spec["image_size"], spec["mean"], spec["std"])
     size = tuple(reversed(spec["image_size"]))
+    cam_of = spec.get("camera_map") or {}
+
+    def camera(rows: pd.DataFrame, i: int) -> int | None:
+        return cam_of[str(rows["camera"][i])] if cam_of else None
+
     out = []
     for i, j in enumerate(dist.argmin(1).tolist()):
         q_img, g_img = load_rgb(root / query["path"][i]), load_rgb(root / gallery["path"][j])
-        q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"])
-        g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"])
+        q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"], camera(query, i))
+        g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"], camera(gallery, j))
         same = query["identity"][i] == gallery["identity"][j]
         out.append(
             (

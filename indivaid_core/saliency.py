@@ -31,9 +31,17 @@ def _spatial(act: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
 
 
 def gradcam(
-    encoder: nn.Module, image: torch.Tensor, target: torch.Tensor, feature: str = "concat"
+    encoder: nn.Module,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    feature: str = "concat",
+    camera: int | None = None,
 ) -> torch.Tensor:
-    """Heatmap (H, W) in [0, 1] of cos(feature(image), target) w.r.t. the last spatial layer."""
+    """Heatmap (H, W) in [0, 1] of cos(feature(image), target) w.r.t. the last spatial layer.
+
+    `camera` is the image's SIE camera id, for encoders trained with camera embeddings.
+    """
+    cams = () if camera is None else (torch.tensor([camera], device=image.device),)
     store: dict[str, torch.Tensor] = {}
 
     def keep(_m, _i, out):
@@ -45,7 +53,7 @@ def gradcam(
     try:
         encoder.eval()
         with torch.enable_grad():
-            feat = _combine(encoder(image[None]), feature)
+            feat = _combine(encoder(image[None], *cams), feature)
             score = F.cosine_similarity(feat, target[None].to(feat)).sum()
             score.backward()
     finally:

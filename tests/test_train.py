@@ -18,7 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from indivaid_core import config, pipeline
+from indivaid_core.identify import load_model
 from indivaid_core.train.engine import TrainingDiverged
+from indivaid_core.train.export import load_export
 from indivaid_core.train.loop import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ def tiny_repo(tmp_path_factory) -> Path:
                     "identity": f"id{i}",
                     "path": name,
                     "viewpoint": "left" if j % 2 else "right",
+                    "camera": f"cam{j % 3}",
                 }
             )
     pd.DataFrame(rows).to_csv(root / "data" / "toy" / "metadata.csv", index=False)
@@ -133,6 +136,30 @@ def test_stage2_same_seed_twice_is_identical_and_other_seed_differs(in_repo):
     assert not _same(first, _weights(pipeline.Paths(other, "toy").stage2("indivaid", 1)))
     hist = pd.read_json(out / "plots" / "history.json")
     assert {"id", "triplet", "i2t"} <= set(hist.columns)
+
+
+def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_repo):
+    cfg = _cfg(**{"model.sie_coef": 1.0})
+    pipeline.run_stage2(cfg, "toy", "image_only", resume=False)
+    out = pipeline.Paths(cfg, "toy").stage2("image_only", 0)
+    encoder, spec = load_export(out)
+    assert spec["camera_map"] == {"cam0": 0, "cam1": 1, "cam2": 2}  # every split's cameras
+    assert encoder.sie.shape[0] == 3
+    image = torch.rand(1, 3, *spec["image_size"])
+    with torch.no_grad():
+        a, b = (encoder.encode(image, torch.tensor([c]))["global"] for c in (0, 1))
+    assert not torch.allclose(a, b)  # the camera id reaches the features
+    result = pipeline.evaluate(cfg, "toy", "image_only")
+    assert 0 < result["mAP"] <= 1
+    with pytest.raises(ValueError, match="SIE camera embeddings"):
+        load_model(out)
+    no_cams = pipeline.read_table(cfg, "toy").drop(columns="camera")
+    no_cams.to_csv(pipeline.Paths(cfg, "toy").table, index=False)
+    try:
+        with pytest.raises(ValueError, match="needs a 'camera' column"):
+            pipeline.run_stage2(cfg, "toy", "image_only", resume=False)
+    finally:
+        pipeline.prepare(cfg, "toy")
 
 
 def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):

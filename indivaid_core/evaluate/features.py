@@ -49,6 +49,7 @@ def extract_features(
     flip: bool = False,
     feature: str = "concat",
     n_rows: int | None = None,
+    cameras: bool = False,
 ) -> torch.Tensor:
     """(N, D) float32 L2-normalised features on the CPU, in table row order.
 
@@ -56,6 +57,7 @@ def extract_features(
     table); ``n_rows`` defaults to ``len(loader.dataset)``. ``flip`` averages the features of
     the image and its horizontal mirror before normalising. AMP (autocast) is used on CUDA
     only. An ``nn.Module`` passed as (or bound to) ``encode`` is put in eval mode meanwhile.
+    ``cameras`` passes each batch's ``camera`` ids as ``encode(images, cams)`` (SIE models).
     """
     if feature not in FEATURE_KEYS:
         raise ValueError(f"unknown feature {feature!r}; choose one of {sorted(FEATURE_KEYS)}")
@@ -73,7 +75,7 @@ def extract_features(
     seen = torch.zeros(n_rows, dtype=torch.bool)
     try:
         for batch in tqdm(loader, desc="features", leave=False):
-            for key in ("image", "index"):
+            for key in ("image", "index", *(("camera",) if cameras else ())):
                 if key not in batch:
                     raise KeyError(f"loader batch lacks key {key!r}; it has {sorted(batch)}")
             images = batch["image"].to(dev, non_blocking=True)
@@ -82,10 +84,11 @@ def extract_features(
                 raise IndexError(
                     f"batch row index {index.tolist()} outside the table [0, {n_rows})"
                 )
+            extra = (torch.as_tensor(batch["camera"]).long().to(dev),) if cameras else ()
             with torch.autocast("cuda", enabled=amp and dev.type == "cuda"):
-                f = _combine(encode(images), feature)
+                f = _combine(encode(images, *extra), feature)
                 if flip:
-                    f = (f + _combine(encode(torch.flip(images, dims=[3])), feature)) / 2
+                    f = (f + _combine(encode(torch.flip(images, dims=[3]), *extra), feature)) / 2
             f = F.normalize(f.float(), dim=1).cpu()
             if feats is None:
                 feats = torch.zeros(n_rows, f.shape[1], dtype=torch.float32)

@@ -68,6 +68,11 @@ def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) 
     """Load an export and check its weights file against the hash in its model.json."""
     model_dir = Path(model_dir)
     encoder, spec = load_export(model_dir, "cpu")
+    if spec.get("camera_map"):
+        raise ValueError(
+            f"{model_dir}: this export uses SIE camera embeddings, which need the camera id of "
+            "every photo; identify works with camera-free exports (train with model.sie_coef: 0)"
+        )
     actual = file_sha256(model_dir / WEIGHTS)
     if spec.get("weights_sha256") != actual:
         raise ValueError(

@@ -113,8 +113,9 @@ def flops_per_image(model: nn.Module, image_size: tuple[int, int], device: torch
     was_training = model.training
     model.eval()
     x = torch.zeros(2, 3, *image_size, device=device)
+    cams = torch.zeros(2, dtype=torch.long, device=device)  # SIE encoders need camera ids
     with FlopCounterMode(display=False) as counter:
-        model(x)
+        model(x, *((cams,) if getattr(model, "sie", None) is not None else ()))
     model.train(was_training)
     return counter.get_total_flops() // 2
 

@@ -62,7 +62,12 @@ def load_export(
     clip_model = build_clip(
         spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None
     )
-    encoder = ReIDEncoder(clip_model, spec["num_classes"], sie_coef=spec["sie_coef"])
+    encoder = ReIDEncoder(
+        clip_model,
+        spec["num_classes"],
+        num_cameras=len(spec.get("camera_map") or {}),
+        sie_coef=spec["sie_coef"],
+    )
     state = load_file(str(model_dir / WEIGHTS))
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:

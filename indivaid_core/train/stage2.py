@@ -40,29 +40,53 @@ from .stage1 import label_map
 
 
 class Stage2Model(torch.nn.Module):
-    """The encoder and the fusion module in one module, so DDP syncs both."""
+    """The encoder and the fusion module in one module, so DDP syncs both.
 
-    def __init__(self, encoder: ReIDEncoder, fusion: AttentionFusion | None) -> None:
+    With `freeze_bn`, the pretrained trunk's BatchNorm layers stay in eval mode while
+    training: they keep their ImageNet statistics (their affine weights still learn), because
+    re-estimating them from a few hundred augmented images is what shifts the features most.
+    """
+
+    def __init__(
+        self, encoder: ReIDEncoder, fusion: AttentionFusion | None, freeze_bn: bool = False
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.fusion = fusion
+        self.freeze_bn = freeze_bn
 
-    def forward(self, images, h=None, g=None, g_labels=None):
-        out = self.encoder(images)
+    def train(self, mode: bool = True) -> Stage2Model:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.encoder.visual.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, images, h=None, g=None, g_labels=None, cams=None):
+        out = self.encoder(images, cams)
         if self.fusion is not None:
             out["z"] = self.fusion(h, g, g_labels)[0]
         return out
 
 
-def param_groups(model: torch.nn.Module, lr: float, wd: float, bias_factor: float) -> list[dict]:
-    """Biases (and norm shifts) at lr x bias_factor, as in the re-ID baselines."""
-    weights, biases = [], []
+def param_groups(
+    model: torch.nn.Module, lr: float, wd: float, bias_factor: float, backbone_factor: float
+) -> list[dict]:
+    """Biases (and norm shifts) at lr x bias_factor, as in the re-ID baselines; the pretrained
+    trunk (`encoder.visual`) at a further x backbone_factor, so a small set does not erase it."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (biases if name.endswith("bias") else weights).append(p)
+            key = (name.startswith("encoder.visual."), name.endswith("bias"))
+            groups.setdefault(key, []).append(p)
     return [
-        {"params": weights, "lr": lr, "weight_decay": wd},
-        {"params": biases, "lr": lr * bias_factor, "weight_decay": wd},
+        {
+            "params": params,
+            "lr": lr * (backbone_factor if trunk else 1.0) * (bias_factor if bias else 1.0),
+            "weight_decay": wd,
+        }
+        for (trunk, bias), params in sorted(groups.items())
     ]
 
 
@@ -86,22 +110,27 @@ def train_stage2(
     train: bool = True,
     resume: bool = True,
     interrupt_after_steps: int = 0,
+    camera_map: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune (or, with train=False, just export the zero-shot model) and write metrics."""
+    """Fine-tune (or, with train=False, just export the zero-shot model) and write metrics.
+
+    `camera_map` ({camera: id}, covering every split) feeds the SIE embedding when
+    `model.sie_coef > 0`; it is stored in the export so evaluation uses the same ids.
+    """
     device = resolve_device(cfg.device)
     info = init_distributed(device)
     seed_everything(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     m, s2 = cfg.model, cfg.stage2
-    if m.sie_coef > 0:
-        raise NotImplementedError(
-            "model.sie_coef > 0: SIE camera embeddings exist in ReIDEncoder, but camera ids are "
-            "not yet passed through training and feature extraction; set model.sie_coef: 0"
-        )
+    if m.sie_coef > 0 and not camera_map:
+        raise ValueError("model.sie_coef > 0 needs camera ids: pass camera_map ({camera: id})")
+    camera_map = camera_map if m.sie_coef > 0 else None
     clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
     train_table = train_table.reset_index(drop=True)
     labels_of = label_map(train_table["identity"])
-    encoder = ReIDEncoder(clip_model, len(labels_of), sie_coef=m.sie_coef)
+    encoder = ReIDEncoder(
+        clip_model, len(labels_of), num_cameras=len(camera_map or {}), sie_coef=m.sie_coef
+    )
     use_text = train and s2.loss_weights.i2t > 0
     desc = load_descriptions(stage1_dir, labels_of) if use_text and stage1_dir else None
     if use_text and desc is None:
@@ -109,8 +138,12 @@ def train_stage2(
     fusion = (
         AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
     )
-    net = Stage2Model(encoder, fusion).to(device)
-    meta = {"labels": labels_of, "image_ids": train_table["image_id"].astype(str).tolist()}
+    net = Stage2Model(encoder, fusion, s2.freeze_bn).to(device)
+    meta = {
+        "labels": labels_of,
+        "image_ids": train_table["image_id"].astype(str).tolist(),
+        "camera_map": camera_map or {},
+    }
     flops = flops_per_image(encoder, tuple(m.image_size), device)
     if not train:
         save_export(net.encoder, clip_model, cfg, out_dir, meta)
@@ -125,7 +158,9 @@ def train_stage2(
 
     info_pp = preprocess_info(clip_model)
     tf = train_transform(m.image_size, info_pp.mean, info_pp.std, s2.augment)
-    ds = SeededDataset(ImageTableDataset(train_table, image_root, tf, label_map=labels_of))
+    ds = SeededDataset(
+        ImageTableDataset(train_table, image_root, tf, label_map=labels_of, camera_map=camera_map)
+    )
     sampler = PKSampler(
         train_table["identity"].astype(str).map(labels_of).tolist(),
         s2.p,
@@ -135,7 +170,8 @@ def train_stage2(
         info.rank,
         info.world_size,
     )
-    opt = torch.optim.Adam(param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor))
+    groups = param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+    opt = torch.optim.Adam(groups)
     sched = warmup_multistep(opt, s2.warmup_epochs, s2.milestones, s2.gamma)
     state = LoopState({"net": net}, opt, sched)
     text = {k: v.to(device) for k, v in desc.items()} if desc else {}
@@ -151,8 +187,9 @@ def train_stage2(
 
         def step(batch: dict[str, torch.Tensor]):
             images, y = batch["image"].to(device), batch["label"].to(device)
+            cams = batch["camera"].to(device) if camera_map else None
             with autocast(device, s2.amp):
-                out = model(images, text.get("h"), text.get("g"), text.get("g_labels"))
+                out = model(images, text.get("h"), text.get("g"), text.get("g_labels"), cams)
             y = gather_cat(y)
             logits = [gather_cat(lg.float()) for lg in out["logits"]]
             trip = [gather_cat(f.float()) for f in out["triplet"]]
