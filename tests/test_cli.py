@@ -30,6 +30,13 @@ def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def index_build(
+    images: str | Path, out: str | Path, *extra: str | Path, checkpoint: str | Path
+) -> tuple[str | Path, ...]:
+    """`indivaid index build` arguments, spelled once for the builds the tests vary."""
+    return ("index", "build", "--checkpoint", checkpoint, "--images", images, "--out", out, *extra)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A user's folder: identity folders of tiger photos, a folder of new photos, two models."""
@@ -56,17 +63,7 @@ def work(tmp_path_factory):
 
 def test_build_then_identify_a_folder(work):
     built = run_cli(
-        "index",
-        "build",
-        "--checkpoint",
-        "model_a",
-        "--images",
-        "gallery",
-        "--out",
-        "idx",
-        "--device",
-        "cpu",
-        cwd=work,
+        *index_build("gallery", "idx", "--device", "cpu", checkpoint="model_a"), cwd=work
     )
     assert built.returncode == 0, built.stderr
     report = json.loads(built.stdout)
@@ -136,19 +133,11 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
         captured = capsys.readouterr()
         return rc, captured.out, captured.err
 
-    rc, out, err = main(
-        "index",
-        "build",
-        "--checkpoint",
-        work / "model_a",
-        "--images",
-        work / "gallery",
-        "--out",
-        tmp_path / "hnsw",
-        "--backend",
-        "faiss-hnsw",
-        "--threshold",
-        "5",
+    def build(images: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+        return main(*index_build(images, out, *extra, checkpoint=work / "model_a"))
+
+    rc, out, err = build(
+        work / "gallery", tmp_path / "hnsw", "--backend", "faiss-hnsw", "--threshold", "5"
     )
     assert rc == 0, err
     assert json.loads(out)["threshold"] == 5.0 and 0 <= json.loads(out)["recall_at_1"] <= 1
@@ -170,31 +159,13 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
     assert res.loc[0, "predicted_identity"] == "tiger_new" and res.loc[0, "distance"] < 1e-3
 
     (tmp_path / "empty").mkdir()
-    rc, _, err = main(
-        "index",
-        "build",
-        "--checkpoint",
-        work / "model_a",
-        "--images",
-        tmp_path / "empty",
-        "--out",
-        tmp_path / "e",
-    )
+    rc, _, err = build(tmp_path / "empty", tmp_path / "e")
     assert rc == 2 and "error:" in err and str(tmp_path / "empty") in err
 
     junk = tmp_path / "junk" / "someone"
     junk.mkdir(parents=True)
     (junk / "x.jpg").write_text("no")
-    rc, _, err = main(
-        "index",
-        "build",
-        "--checkpoint",
-        work / "model_a",
-        "--images",
-        tmp_path / "junk",
-        "--out",
-        tmp_path / "j",
-    )
+    rc, _, err = build(tmp_path / "junk", tmp_path / "j")
     assert rc == 2 and "none of the 1 gallery images" in err and "x.jpg" in err
 
     rc, _, err = main("identify", "--index", tmp_path / "nope", "x.jpg")

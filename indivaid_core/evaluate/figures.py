@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from sklearn.manifold import TSNE
 
 from indivaid_core.evaluate.metrics import encode_labels
+from indivaid_core.figures_common import framed_image
 
 CORRECT_COLOUR = "tab:green"
 WRONG_COLOUR = "tab:red"
@@ -21,22 +21,6 @@ WRONG_COLOUR = "tab:red"
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _show(ax, path: str | Path, title: str, colour: str | None, border: float) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as im:
-        ax.imshow(np.asarray(im.convert("RGB")))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
-    for spine in ax.spines.values():
-        spine.set_visible(colour is not None)
-        if colour is not None:
-            spine.set_edgecolor(colour)
-            spine.set_linewidth(border)
 
 
 def retrieval_grid(
@@ -76,11 +60,13 @@ def retrieval_grid(
         len(rows), k + 1, figsize=(1.6 * (k + 1), 2.0 * len(rows)), squeeze=False
     )
     for r, q in enumerate(rows):
-        _show(axes[r, 0], query_paths[q], f"query\n{qid[q]}", None, border)
+        framed_image(axes[r, 0], query_paths[q], f"query\n{qid[q]}", None, border)
         top = np.argsort(d[q], kind="stable")[:k]
         for c, g in enumerate(top, start=1):
             colour = CORRECT_COLOUR if gid[g] == qid[q] else WRONG_COLOUR
-            _show(axes[r, c], gallery_paths[g], f"#{c} {gid[g]}\nd={d[q, g]:.3f}", colour, border)
+            framed_image(
+                axes[r, c], gallery_paths[g], f"#{c} {gid[g]}\nd={d[q, g]:.3f}", colour, border
+            )
     fig.tight_layout()
     return fig
 

@@ -22,6 +22,14 @@ def _as_float(x: np.ndarray | torch.Tensor, device: torch.device | None) -> torc
     return t.to(device=device or t.device, dtype=torch.float32)
 
 
+def _inputs(
+    device: str | torch.device | None, *dists: np.ndarray | torch.Tensor
+) -> list[torch.Tensor]:
+    """float32 tensors on ``device`` (None: where each input already is), for both entry points."""
+    dev = None if device is None else resolve_device(device)
+    return [_as_float(x, dev) for x in dists]
+
+
 def _reciprocal(rank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k-reciprocal sets as (dense bool membership, forward neighbour lists (N, k+1))."""
     n = rank.shape[0]
@@ -99,8 +107,7 @@ def rerank(
     Inputs are plain (not squared) distances, e.g. Euclidean. ``chunk_size`` bounds the
     Jaccard step's memory at chunk_size x nnz x N floats.
     """
-    dev = None if device is None else resolve_device(device)
-    qg, qq, gg = (_as_float(x, dev) for x in (q_g, q_q, g_g))
+    qg, qq, gg = _inputs(device, q_g, q_q, g_g)
     nq, ng = qg.shape
     if qq.shape != (nq, nq) or gg.shape != (ng, ng):
         raise ValueError(
@@ -124,8 +131,7 @@ def rerank_loo(
     Each image appears once in the neighbourhood graph (not once as query and once as
     gallery), so its self-match is just the diagonal that the leave-one-out metric removes.
     """
-    dev = None if device is None else resolve_device(device)
-    d = _as_float(dist, dev)
+    (d,) = _inputs(device, dist)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise ValueError(f"rerank_loo needs a square distance matrix, got {tuple(d.shape)}")
     return _rerank_full(d, d.shape[0], k1, k2, lambda_value, chunk_size)

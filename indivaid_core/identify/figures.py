@@ -8,23 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
+
+from indivaid_core.figures_common import framed_image
 
 MATCH, MISMATCH, NEW_COLOUR = "tab:green", "tab:red", "tab:orange"
-
-
-def _tile(ax, path: str | Path | None, title: str, colour: str | None, border: float) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=7)
-    if path is not None and Path(path).is_file():
-        with Image.open(path) as im:
-            ax.imshow(np.asarray(im.convert("RGB")))
-    for spine in ax.spines.values():
-        spine.set_visible(colour is not None)
-        if colour is not None:
-            spine.set_edgecolor(colour)
-            spine.set_linewidth(border)
 
 
 def results_grid(
@@ -54,7 +41,15 @@ def results_grid(
         title = f"{Path(row['query']).name}\n{'NEW? ' if new else ''}→ {row['predicted_identity']}"
         if true_id is not None:
             title += f"\n(true {true_id})"
-        _tile(axes[r, 0], row["query"], title, NEW_COLOUR if new else None, border)
+        framed_image(
+            axes[r, 0],
+            row["query"],
+            title,
+            NEW_COLOUR if new else None,
+            border,
+            fontsize=7,
+            missing_ok=True,
+        )
         for c in range(1, k + 1):
             ident = row[f"top{c}_identity"]
             if ident is None or (isinstance(ident, float) and np.isnan(ident)):
@@ -62,12 +57,14 @@ def results_grid(
                 continue
             d = float(row[f"top{c}_distance"])
             colour = None if true_id is None else (MATCH if ident == true_id else MISMATCH)
-            _tile(
+            framed_image(
                 axes[r, c],
                 row[f"top{c}_image"],
                 f"#{c} {ident}\nd={d:.3f} s={1 - d * d / 2:.3f}",
                 colour,
                 border,
+                fontsize=7,
+                missing_ok=True,
             )
     fig.tight_layout()
     return fig
