@@ -317,6 +317,7 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     query, gallery, loo = eval_rows(table)
     test = query if loo else pd.concat([query, gallery], ignore_index=True)
+    train = train_split(table).reset_index(drop=True)
     per_seed, frames, cmcs, first = {}, [], [], None
     for seed in cfg.pipeline.seeds:
         encoder, spec = load_export(paths.stage2(variant, seed), device)
@@ -326,12 +327,19 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
         save_features(paths.features(variant, seed), feats, test)
         qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
         dist, m = score(cfg, qf, gf, query, gallery, loo)
-        per_seed[seed] = {**headline(m), "inference_images_per_s": len(test) / seconds}
+        # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
+        tf = features_for(cfg, encoder, spec, train, root)
+        train_map = headline(score(cfg, tf, tf, train, train, True)[1])["mAP"]
+        per_seed[seed] = {
+            **headline(m),
+            "train_mAP": train_map,
+            "inference_images_per_s": len(test) / seconds,
+        }
         frames.append(per_query_frame(m, query).assign(seed=seed))
         cmcs.append(np.asarray(m["cmc"], dtype=float))
         if first is None:
             first = {"dist": dist, "metrics": m, "features": feats}
-    keys = METRIC_KEYS
+    keys = (*METRIC_KEYS, "train_mAP")
     stats = {k: mean_std([r[k] for r in per_seed.values()]) for k in keys}
     result = {
         "dataset": dataset,

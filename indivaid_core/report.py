@@ -80,6 +80,12 @@ def main_table(
     )
 
 
+def fit_table(df: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
+    """Training-set against test mAP per method: does fine-tuning fit, and does it transfer?"""
+    has = df[df["train_mAP"].notna()] if "train_mAP" in df else df.iloc[:0]
+    return main_table(has, datasets, ("train_mAP", "mAP"))
+
+
 def ablation_table(df: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
     """Which component does what: each row changes one switch of the full method."""
     t = main_table(df, datasets, ("mAP", "R1"), list(ABLATION_ROWS))
@@ -297,6 +303,13 @@ def write_results_md(
         "### Wide (mAP, R1, R5, R10, mINP, %)",
         "",
         to_markdown(wide),
+        "",
+        "## Does training fit? (mAP %, training images vs held-out test individuals)",
+        "",
+        "`train_mAP` ranks each training image against the other training images "
+        "(leave-one-out) with the exported encoder; `mAP` is the test protocol above.",
+        "",
+        to_markdown(fit_table(metrics, cfg.pipeline.datasets)),
         "",
         "## Ablation (mAP / R1, %)",
         "",

@@ -25,6 +25,7 @@ from indivaid_core.model import (
     preprocess_info,
 )
 from indivaid_core.model.backbones import lite0_checkpoint_path
+from indivaid_core.train.stage2 import Stage2Model, param_groups
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_COFFEE = {504, 967, 968}  # coffee mug, espresso, cup
@@ -181,3 +182,22 @@ def test_whole_model_trains_one_step(backbone, size, sie):
         ev = enc.encode(images, cams)
     assert ev["global"].shape == (batch, enc.feature_dims["global"])
     assert [t.shape for t in ev["logits"]] == [(batch, num_ids)] * 2
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_bn_keeps_the_tower_statistics_but_not_the_necks(freeze):
+    torch.manual_seed(0)
+    enc = ReIDEncoder(build_clip("lite0", None, (64, 64)), 3)
+    net = Stage2Model(enc, None, freeze_bn=freeze).train()
+    tower_bn = next(m for m in enc.visual.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before_tower = tower_bn.running_mean.clone()
+    before_neck = enc.bn_global.running_mean.clone()
+    net(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert tower_bn.training is not freeze
+    assert torch.equal(tower_bn.running_mean, before_tower) is freeze
+    assert not torch.equal(enc.bn_global.running_mean, before_neck)  # necks always learn
+    # the tower's parameters get lr x backbone_factor (biases x bias_factor on top)
+    lrs = {p: g["lr"] for g in param_groups(net, 1.0, 0.0, 2.0, 0.1) for p in g["params"]}
+    assert lrs[enc.visual.trunk.conv_stem.weight] == pytest.approx(0.1)
+    assert lrs[enc.head_global.weight] == pytest.approx(1.0)
+    assert lrs[tower_bn.bias] == pytest.approx(0.2)

@@ -51,6 +51,20 @@ def test_main_table_says_not_run_for_absent_cells(tmp_path):
     assert t.loc["clipreid", ("a", "mAP")] == "not run"
 
 
+def test_fit_table_pairs_training_and_test_map_and_tolerates_old_metrics(tmp_path):
+    _write_run(tmp_path, "a", "indivaid", 0.5, [0.5, 0.5])
+    old = report.fit_table(report.collect_metrics(tmp_path / "metrics"), ["a"])
+    assert old.loc["indivaid", ("a", "train_mAP")] == "not run"  # JSON from before train_mAP
+    path = tmp_path / "metrics" / "eval" / "a" / "indivaid.json"
+    m = json.loads(path.read_text())
+    m["train_mAP"], m["std"]["train_mAP"] = 0.75, 0.0
+    path.write_text(json.dumps(m))
+    t = report.fit_table(report.collect_metrics(tmp_path / "metrics"), ["a"])
+    assert t.loc["indivaid", ("a", "train_mAP")] == "75.0"
+    assert t.loc["indivaid", ("a", "mAP")] == "50.0"
+    assert t.loc["clipreid", ("a", "mAP")] == "not run"
+
+
 def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 1, 200)

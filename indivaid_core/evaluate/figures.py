@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from sklearn.manifold import TSNE
 
 from indivaid_core.evaluate.metrics import encode_labels
 from indivaid_core.figures_common import framed_image
@@ -138,6 +137,8 @@ def embedding_map(
         raise ValueError(f"features of shape {x.shape} do not fit {len(ids)} identities")
     if len(x) < 3:
         raise ValueError(f"t-SNE needs at least 3 points, got {len(x)}")
+    from sklearn.manifold import TSNE  # here: importing it costs ~2 s in every notebook kernel
+
     xy = TSNE(
         n_components=2, perplexity=min(perplexity, len(x) - 1), init="pca", random_state=seed
     ).fit_transform(x)
