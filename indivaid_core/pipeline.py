@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from . import config as config_mod
 from .config import Config
-from .data import camera_map_of, load_dataset, prepare_table, train_rows
+from .data import camera_ids, camera_map_of, load_dataset, prepare_table, train_rows
 from .data.dataset import ImageTableDataset
 from .evaluate import (
     cmc_curve_frame,
@@ -183,14 +183,15 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     paths = Paths(cfg, dataset)
     table = read_table(cfg, dataset)
     stage1_dir = paths.stage1(v.text) if v.text != "none" else None
+    variant_cfg = cfg.variant(variant, dataset)
     camera_map = None
-    if cfg.variant(variant, dataset).model.sie_coef > 0:
+    if variant_cfg.model.sie_coef > 0:
         if "camera" not in table:
             raise ValueError(f"{paths.table}: model.sie_coef > 0 needs a 'camera' column")
         camera_map = camera_map_of(table["camera"])  # all splits: test cameras need an id too
     per_seed = {}
     for seed in cfg.pipeline.seeds:
-        run_cfg = dataclasses.replace(cfg.variant(variant, dataset), seed=seed)
+        run_cfg = dataclasses.replace(variant_cfg, seed=seed)
         per_seed[seed] = train_stage2(
             run_cfg,
             train_split(table),
@@ -242,10 +243,6 @@ def features_for(
     """Evaluation features of `rows` with the exported model's own preprocessing."""
     tf = transform or eval_transform(spec["image_size"], spec["mean"], spec["std"])
     camera_map = spec.get("camera_map")
-    if camera_map:
-        unknown = sorted(set(rows["camera"].astype(str)) - set(camera_map))
-        if unknown:
-            raise ValueError(f"cameras {unknown[:5]} were not seen when the SIE model was built")
     loader = DataLoader(
         ImageTableDataset(rows, root, tf, camera_map=camera_map),
         batch_size=cfg.eval.batch_size,
@@ -328,8 +325,8 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
         qf, gf = (feats, feats) if loo else (feats[: len(query)], feats[len(query) :])
         dist, m = score(cfg, qf, gf, query, gallery, loo)
         # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
-        tf = features_for(cfg, encoder, spec, train, root)
-        train_map = headline(score(cfg, tf, tf, train, train, True)[1])["mAP"]
+        train_feats = features_for(cfg, encoder, spec, train, root)
+        train_map = headline(score(cfg, train_feats, train_feats, train, train, True)[1])["mAP"]
         per_seed[seed] = {
             **headline(m),
             "train_mAP": train_map,
@@ -425,16 +422,17 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
         dist[torch.arange(len(dist)), torch.arange(len(dist))] = float("inf")
     tf = eval_transform(spec["image_size"], spec["mean"], spec["std"])
     size = tuple(reversed(spec["image_size"]))
-    cam_of = spec.get("camera_map") or {}
-
-    def camera(rows: pd.DataFrame, i: int) -> int | None:
-        return cam_of[str(rows["camera"][i])] if cam_of else None
-
+    cam_of = spec.get("camera_map")
+    q_cams, g_cams = (
+        (camera_ids(query["camera"], cam_of), camera_ids(gallery["camera"], cam_of))
+        if cam_of
+        else ([None] * len(query), [None] * len(gallery))
+    )
     out = []
     for i, j in enumerate(dist.argmin(1).tolist()):
         q_img, g_img = load_rgb(root / query["path"][i]), load_rgb(root / gallery["path"][j])
-        q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"], camera(query, i))
-        g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"], camera(gallery, j))
+        q_cam = gradcam(encoder, tf(q_img), gf[j], spec["eval_feature"], q_cams[i])
+        g_cam = gradcam(encoder, tf(g_img), qf[i], spec["eval_feature"], g_cams[j])
         same = query["identity"][i] == gallery["identity"][j]
         out.append(
             (

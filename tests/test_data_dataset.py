@@ -31,6 +31,9 @@ def test_camera_map_and_unknown_cameras(tiny_table):
     ds = ImageTableDataset(df, root, camera_map=cmap)
     assert [ds[i]["camera"] for i in range(3)] == [cmap[c] for c in df.camera[:3]]
     assert ImageTableDataset(df, root)[0]["camera"] == -1  # strings without a map
+    stray = df.assign(camera=["camX"] + list(df.camera[1:]))
+    with pytest.raises(DataError, match=r"row 0: camera 'camX' is not in the camera map"):
+        ImageTableDataset(stray, root, camera_map=cmap)
     assert ImageTableDataset(df.drop(columns="camera"), root)[0]["camera"] == -1
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from indivaid_core import config, pipeline
+from indivaid_core.data import DataError
 from indivaid_core.identify import load_model
 from indivaid_core.train.engine import TrainingDiverged
 from indivaid_core.train.export import load_export
@@ -102,6 +103,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+def _fresh_indivaid(**over) -> tuple[config.Config, Path]:
+    """Stage 1, then the toy indivaid cell's stage 2 from scratch: (its config, its output)."""
+    cfg = _cfg(**over)
+    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
+    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+    return cfg, pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
+
+
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -124,10 +133,7 @@ def test_stage1_loss_falls_and_cache_is_reused(in_repo):
 
 
 def test_stage2_same_seed_twice_is_identical_and_other_seed_differs(in_repo):
-    cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    out = pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+    cfg, out = _fresh_indivaid()
     first = _weights(out)
     pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
     assert _same(first, _weights(out))
@@ -151,6 +157,9 @@ def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_re
     assert not torch.allclose(a, b)  # the camera id reaches the features
     result = pipeline.evaluate(cfg, "toy", "image_only")
     assert 0 < result["mAP"] <= 1
+    table = pipeline.read_table(cfg, "toy")
+    with pytest.raises(DataError, match="camera 'camZ' is not in the camera map"):
+        pipeline.features_for(cfg, encoder, spec, table.assign(camera="camZ"), Path("data/toy"))
     with pytest.raises(ValueError, match="SIE camera embeddings"):
         load_model(out)
     no_cams = pipeline.read_table(cfg, "toy").drop(columns="camera")
@@ -163,10 +172,7 @@ def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_re
 
 
 def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
-    cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    out = pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+    cfg, out = _fresh_indivaid()
     reference = _weights(out)
     ref_metrics = pd.read_json(out / "plots" / "history.json")
     # 4 steps per epoch on this data: step 6 is the middle of epoch 2
@@ -182,10 +188,7 @@ def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(in_repo):
-    cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    out = pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
-    pipeline.run_stage2(_cfg(**{"stage2.epochs": 1}), "toy", "indivaid", resume=False)
+    _, out = _fresh_indivaid(**{"stage2.epochs": 1})
     good = torch.load(out / "checkpoint.pt", weights_only=False)
     bad = _cfg(**{"stage2.loss_weights.id": float("nan")})
     with pytest.raises(TrainingDiverged, match="checkpoint"):

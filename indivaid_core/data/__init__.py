@@ -13,7 +13,7 @@ from .adapters import (
     load_dataset,
     wildlife_split,
 )
-from .dataset import ImageTableDataset, camera_map_of, label_map_of
+from .dataset import ImageTableDataset, camera_ids, camera_map_of, label_map_of
 from .images import DataError, load_rgb, to_rgb
 from .splits import (
     leave_one_out_split,
@@ -28,6 +28,7 @@ __all__ = [
     "ADAPTERS",
     "DataError",
     "ImageTableDataset",
+    "camera_ids",
     "camera_map_of",
     "from_identity_folders",
     "from_reid_folders",

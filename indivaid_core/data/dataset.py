@@ -24,6 +24,22 @@ def camera_map_of(cameras: pd.Series | list) -> dict[str, int]:
     return {c: i for i, c in enumerate(sorted(pd.Series(cameras).astype(str).unique()))}
 
 
+def camera_ids(cameras: pd.Series, camera_map: Mapping) -> list[int]:
+    """`camera_map[str(camera)]` per row; a camera outside the map is an error (an SIE model
+    has no embedding for it), named with its first row."""
+    keyed = {str(k): int(v) for k, v in camera_map.items()}
+    cams = pd.Series(cameras).astype(str).reset_index(drop=True)
+    unknown = ~cams.isin(list(keyed))
+    if unknown.any():
+        first = int(unknown.idxmax())
+        raise DataError(
+            f"row {first}: camera {cams[first]!r} is not in the camera map "
+            f"({int(unknown.sum())} rows, cameras {sorted(set(cams[unknown]))[:5]}); "
+            f"the map knows {sorted(keyed)[:10]}"
+        )
+    return cams.map(keyed).astype(int).tolist()
+
+
 def parse_bbox(value) -> tuple[float, float, float, float] | None:
     """[x, y, w, h] from a list or its CSV string form; None when absent."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
@@ -40,8 +56,8 @@ class ImageTableDataset(Dataset):
     - image: `transform(PIL RGB image)`; default `to_tensor` (float in [0, 1]).
     - label: `label_map[identity]`, or -1 for identities outside it (test rows).
     - index: the row's position in `df` (0..len-1), to scatter features back into order.
-    - camera: `camera_map[str(camera)]` when a map is given, else the camera column if it
-      holds integers, else -1 (unknown).
+    - camera: `camera_map[str(camera)]` when a map is given (a camera outside it is an
+      error), else the camera column if it holds integers, else -1 (unknown).
     With `crop_bbox`, images are cropped to the row's `bbox` ([x, y, w, h]) when present.
     """
 
@@ -74,8 +90,7 @@ class ImageTableDataset(Dataset):
             return [-1] * len(self.df)
         cams = self.df["camera"]
         if camera_map:
-            keyed = {str(k): int(v) for k, v in camera_map.items()}
-            return cams.astype(str).map(keyed).fillna(-1).astype(int).tolist()
+            return camera_ids(cams, camera_map)
         numeric = pd.to_numeric(cams, errors="coerce")
         if numeric.notna().all() and (numeric == numeric.round()).all():
             return numeric.astype(int).tolist()
