@@ -197,6 +197,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(in_re
     assert kept["epoch"] == good["epoch"] == 1
     assert _same(kept["modules"]["net"], good["modules"]["net"])
     assert not list(out.glob("*.tmp"))
+    no_fusion = _cfg(**{"stage2.loss_weights.i2t": 0.0})  # a net without the fusion module
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: cannot resume.*delete it"):
+        pipeline.run_stage2(no_fusion, "toy", "indivaid", resume=True)
 
 
 def _torchrun(repo: Path, nproc: int, *args: str) -> None:

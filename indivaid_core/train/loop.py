@@ -74,7 +74,14 @@ def run_epochs(
     """
     info = dist_info()
     if resume and (ckpt := load_checkpoint(checkpoint)) is not None:
-        state.load(ckpt)
+        try:
+            state.load(ckpt)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{checkpoint}: cannot resume, it was written for a different model or "
+                f"optimiser setup ({type(err).__name__}: {str(err).splitlines()[0]}); delete "
+                "it to train from scratch, or run with resume=False"
+            ) from err
     meter = CostMeter()
     steps = 0
     bar = tqdm(range(state.epoch, epochs), desc=desc, disable=not info.is_main, unit="epoch")
