@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from indivaid_core.train.engine import autocast, resolve_device
+
 # Which encoder outputs each feature choice concatenates.
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "concat": ("global", "proj"),
@@ -22,13 +24,6 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "proj": ("proj",),
     "concat_bn": ("global_bn", "proj_bn"),
 }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _combine(out: dict, feature: str) -> torch.Tensor:
@@ -85,7 +80,7 @@ def extract_features(
                     f"batch row index {index.tolist()} outside the table [0, {n_rows})"
                 )
             extra = (torch.as_tensor(batch["camera"]).long().to(dev),) if cameras else ()
-            with torch.autocast("cuda", enabled=amp and dev.type == "cuda"):
+            with autocast(dev, amp):
                 f = _combine(encode(images, *extra), feature)
                 if flip:
                     f = (f + _combine(encode(torch.flip(images, dims=[3]), *extra), feature)) / 2

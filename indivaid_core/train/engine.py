@@ -23,11 +23,12 @@ class TrainingDiverged(RuntimeError):
     """A NaN or inf loss: the run stops, and the last good checkpoint is kept."""
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """`auto` picks CUDA when present; `cuda` without a GPU is a clear error."""
+    device = str(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("params.yaml asks for device: cuda, but no CUDA device is visible")
     if dist_info().world_size > 1 and device == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -52,6 +53,8 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        # CUDA generators too, so a resumed GPU run draws the same dropout/augment numbers
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -59,6 +62,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One prepared GPU session (the device tool's H200): the CUDA tests, stage-2 throughput with
+# and without bf16 AMP, and the default pipeline's train/eval path on the GPU next to the
+# committed CPU metrics. Run from the repo root on a machine whose python3 has torch; the
+# pure-Python packages it lacks (open_clip, ftfy, wcwidth, the lite0 weights) travel in
+# .gpu_site. Results go to $OUT (default /tmp/device_out); each step has its own timeout so a
+# slow one cannot take the others with it.
+set -uo pipefail
+OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/.gpu_site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip',
+    open_clip.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+timeout "${T_TESTS:-150}" python3 -m pytest -q -o addopts="" -p no:cacheprovider -rA \
+    tests/test_train.py -k cuda 2>&1 | tail -25 | tee "$OUT/tests.txt"
+timeout "${T_BENCH:-120}" python3 benchmarks/bench_stage2.py --device cuda 2>&1 \
+    | tee "$OUT/bench_stage2.txt"
+timeout "${T_PIPE:-300}" python3 benchmarks/bench_device.py --device cuda --out /tmp/dev \
+    --log "$OUT/device_runs.jsonl" --seeds ${SEEDS:-0 1 2} --workers 8 2>&1 \
+    | grep -v -i "warning\|warn(" | tee "$OUT/bench_device.txt"
+echo "exit codes: ${PIPESTATUS[*]}"
