@@ -96,9 +96,10 @@ class PromptLearner(nn.Module):
         self.register_buffer("tokens", tokens, persistent=False)
         self.eot_index = int((tokens[0] == tokenizer.eot_token_id).nonzero()[0])
         with torch.no_grad():
-            emb = clip_model.token_embedding(tokens)
-        self.register_buffer("prefix", emb[:, :n_prefix].clone(), persistent=False)
-        self.register_buffer("suffix", emb[:, n_prefix + n_ctx :].clone(), persistent=False)
+            # the CLIP model may already sit on the GPU; the buffers follow the module's .to()
+            emb = clip_model.token_embedding(tokens.to(clip_model.token_embedding.weight.device))
+        self.register_buffer("prefix", emb[:, :n_prefix].cpu().clone(), persistent=False)
+        self.register_buffer("suffix", emb[:, n_prefix + n_ctx :].cpu().clone(), persistent=False)
 
         self.ctx = nn.Parameter(torch.randn(num_ids, n_ctx, d_text) * ctx_init_std)
         self.meta_net = None
