@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from indivaid_core import config as config_mod
 from indivaid_core import pipeline
@@ -47,6 +48,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="data.num_workers")
     ap.add_argument("--log", default=None, help="JSON-lines file (default <out>/device_runs.jsonl)")
     ap.add_argument("--profile", default=None, help="params profile (smoke: a quick check)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="params override (YAML)"
+    )
     ap.add_argument("--no-amp-variant", default="indivaid", help="also run this with amp off")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -56,6 +60,7 @@ def main() -> None:
         "data.num_workers": args.workers,
         "pipeline.seeds": args.seeds,
         **({"profile": args.profile} if args.profile else {}),
+        **{k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)},
         "data.metrics": str(out / "metrics"),
         "data.reports": str(out / "reports"),
     }

@@ -74,6 +74,7 @@ class ModelCfg:
     fusion_heads: int = 4
     eval_feature: Literal["concat", "global", "proj", "concat_bn"] = "concat"
     flip_tta: bool = False
+    channels_last: bool = True
 
 
 @dataclass
@@ -105,6 +106,7 @@ class AugmentCfg:
 class Stage2Cfg:
     epochs: int = 8
     iters_per_epoch: int = 0
+    min_iters_per_epoch: int = 0
     p: int = 8
     k: int = 4
     lr: float = 3.5e-4

@@ -257,6 +257,7 @@ def features_for(
         flip=cfg.model.flip_tta,
         feature=cfg.model.eval_feature,
         cameras=bool(camera_map),
+        channels_last=cfg.model.channels_last,
     )
 
 

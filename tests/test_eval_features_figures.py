@@ -214,3 +214,27 @@ def test_distance_distribution_embedding_and_condition_figures() -> None:
     plt.close(fig)
     with pytest.raises(KeyError, match="no column 'camera'"):
         condition_bars(df, "camera")
+
+
+class _ConvEncoder(torch.nn.Module):
+    """A conv + BN trunk, where NHWC takes other kernels than NCHW."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, groups=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        g = self.bn(self.dw(self.conv(x))).mean((2, 3))
+        return {"global": g, "proj": g[:, :4]}
+
+
+def test_channels_last_features_equal_the_nchw_ones() -> None:
+    torch.manual_seed(0)
+    enc = _ConvEncoder().eval()
+    loader = DataLoader(_Images(7), batch_size=3)
+    nchw = extract_features(enc, loader, device="cpu")
+    nhwc = extract_features(enc, loader, device="cpu", channels_last=True)
+    assert enc.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, nchw, atol=1e-5, rtol=0)

@@ -53,3 +53,12 @@ def test_errors():
     with pytest.raises(ValueError, match="not divisible"):
         PKSampler(LABELS, 3, 1, world_size=2)
     assert len(PKSampler(np.array(LABELS), 2, 2, iters_per_epoch=5)) == 5
+
+
+def test_min_iters_per_epoch_lengthens_only_short_epochs():
+    one_pass = len(PKSampler(LABELS, 2, 2))
+    assert len(PKSampler(LABELS, 2, 2, min_iters_per_epoch=one_pass + 3)) == one_pass + 3
+    assert len(PKSampler(LABELS, 2, 2, min_iters_per_epoch=1)) == one_pass
+    assert len(PKSampler(LABELS, 2, 2, iters_per_epoch=2, min_iters_per_epoch=9)) == 2
+    batches = PKSampler(LABELS, 2, 2, min_iters_per_epoch=one_pass + 3).global_batches(0)
+    assert len(batches) == one_pass + 3 and len({tuple(b) for b in batches}) == len(batches)

@@ -78,7 +78,13 @@ def tiny_repo(tmp_path_factory) -> Path:
     raw["runs"] = {"toy-indivaid": {"dataset": "toy", "variant": "indivaid", "text": "meta-ctx4"}}
     raw["profiles"]["smoke"].pop("data", None)
     raw["profiles"]["smoke"]["stage1"] = {"epochs": 6, "batch_size": 8, "warmup_epochs": 1}
-    raw["profiles"]["smoke"]["stage2"] = {"epochs": 3, "p": 2, "k": 2, "milestones": [2]}
+    raw["profiles"]["smoke"]["stage2"] = {
+        "epochs": 3,
+        "p": 2,
+        "k": 2,
+        "milestones": [2],
+        "min_iters_per_epoch": 0,
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     cwd = os.getcwd()
     os.chdir(root)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from indivaid_core.train.engine import autocast, resolve_device
+from indivaid_core.train.engine import autocast, memory_format, resolve_device
 
 # Which encoder outputs each feature choice concatenates.
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
@@ -45,6 +45,7 @@ def extract_features(
     feature: str = "concat",
     n_rows: int | None = None,
     cameras: bool = False,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """(N, D) float32 L2-normalised features on the CPU, in table row order.
 
@@ -53,12 +54,16 @@ def extract_features(
     the image and its horizontal mirror before normalising. AMP (autocast) is used on CUDA
     only. An ``nn.Module`` passed as (or bound to) ``encode`` is put in eval mode meanwhile.
     ``cameras`` passes each batch's ``camera`` ids as ``encode(images, cams)`` (SIE models).
+    ``channels_last`` feeds NHWC batches and converts the module to NHWC (faster convolutions).
     """
     if feature not in FEATURE_KEYS:
         raise ValueError(f"unknown feature {feature!r}; choose one of {sorted(FEATURE_KEYS)}")
     dev = resolve_device(device)
+    fmt = memory_format(channels_last)
     module = encode if isinstance(encode, torch.nn.Module) else getattr(encode, "__self__", None)
     was_training = isinstance(module, torch.nn.Module) and module.training
+    if channels_last and isinstance(module, torch.nn.Module):
+        module.to(memory_format=fmt)  # in place: 4-D weights to NHWC, values unchanged
     if was_training:
         module.eval()
     if n_rows is None:
@@ -73,7 +78,7 @@ def extract_features(
             for key in ("image", "index", *(("camera",) if cameras else ())):
                 if key not in batch:
                     raise KeyError(f"loader batch lacks key {key!r}; it has {sorted(batch)}")
-            images = batch["image"].to(dev, non_blocking=True)
+            images = batch["image"].to(dev, non_blocking=True, memory_format=fmt)
             index = torch.as_tensor(batch["index"]).long().cpu()
             if index.min() < 0 or index.max() >= n_rows:
                 raise IndexError(

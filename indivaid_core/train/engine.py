@@ -35,6 +35,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """NHWC makes lite0's (depthwise) convolutions 1.3-1.6x faster on the CPU; see bench_stage2."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA (no grad scaler needed); a no-op on the CPU."""
     if enabled and device.type == "cuda":

@@ -30,6 +30,7 @@ class PKSampler:
     k: int
     seed: int = 0
     iters_per_epoch: int = 0
+    min_iters_per_epoch: int = 0
     rank: int = 0
     world_size: int = 1
     epoch: int = 0
@@ -54,7 +55,8 @@ class PKSampler:
     def __len__(self) -> int:
         if self.iters_per_epoch:
             return self.iters_per_epoch
-        return max(1, int(np.ceil(len(self.labels) / self.global_batch)))
+        one_pass = int(np.ceil(len(self.labels) / self.global_batch))
+        return max(1, one_pass, self.min_iters_per_epoch)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to replay and how many of its batches are already done."""

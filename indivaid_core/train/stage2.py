@@ -29,6 +29,7 @@ from .engine import (
     gather_cat,
     init_distributed,
     maybe_ddp,
+    memory_format,
     resolve_device,
     seed_everything,
 )
@@ -138,7 +139,8 @@ def train_stage2(
     fusion = (
         AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
     )
-    net = Stage2Model(encoder, fusion, s2.freeze_bn).to(device)
+    fmt = memory_format(m.channels_last)
+    net = Stage2Model(encoder, fusion, s2.freeze_bn).to(device, memory_format=fmt)
     meta = {
         "labels": labels_of,
         "image_ids": train_table["image_id"].astype(str).tolist(),
@@ -167,6 +169,7 @@ def train_stage2(
         s2.k,
         cfg.seed,
         s2.iters_per_epoch,
+        s2.min_iters_per_epoch,
         info.rank,
         info.world_size,
     )
@@ -186,7 +189,8 @@ def train_stage2(
         model.train()
 
         def step(batch: dict[str, torch.Tensor]):
-            images, y = batch["image"].to(device), batch["label"].to(device)
+            images = batch["image"].to(device, memory_format=fmt)
+            y = batch["label"].to(device)
             cams = batch["camera"].to(device) if camera_map else None
             with autocast(device, s2.amp):
                 out = model(images, text.get("h"), text.get("g"), text.get("g_labels"), cams)
