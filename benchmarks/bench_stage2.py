@@ -8,7 +8,9 @@ Adam step with the stage-2 parameter groups. FLOPs: the forward is counted by
 the counter overcounts depthwise-conv backward about 10x (DESIGN.md). The mm peak is measured
 next to every step, so both see the same load. On CUDA both fp32 and bf16 autocast (the
 pipeline's AMP) are timed, each against the mm peak of its own dtype, at the params batch and
-at --batch-mult times it. Usage: python benchmarks/bench_stage2.py [--device cuda]
+at --batch-mult times it. Each row is timed in NCHW and in channels_last (NHWC), one after the
+other, so the layout ratio is read off neighbouring rows.
+Usage: python benchmarks/bench_stage2.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import torch
 from indivaid_core import config as config_mod
 from indivaid_core.losses import id_loss, triplet_loss
 from indivaid_core.model import ReIDEncoder, build_clip
-from indivaid_core.train.engine import autocast, flops_per_image, resolve_device, seed_everything
+from indivaid_core.train.engine import (
+    autocast,
+    flops_per_image,
+    memory_format,
+    resolve_device,
+    seed_everything,
+)
 from indivaid_core.train.stage2 import param_groups
 
 
@@ -85,9 +93,11 @@ def main() -> None:
     )
     w = s2.loss_weights
 
-    def timed(batch: int, amp: bool, dtype: torch.dtype) -> tuple[float, float]:
-        """(median step seconds, median mm peak FLOP/s) for one batch size and precision."""
-        images = torch.randn(batch, 3, *size, device=device)
+    def timed(batch: int, amp: bool, dtype: torch.dtype, nhwc: bool) -> tuple[float, float]:
+        """(median step seconds, median mm peak FLOP/s) for one batch, precision and layout."""
+        fmt = memory_format(nhwc)
+        net.to(memory_format=fmt)
+        images = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)
         labels = torch.arange(batch // s2.k, device=device).repeat_interleave(s2.k)
         a = torch.randn(mm_size, mm_size, device=device, dtype=dtype)
         b = torch.randn(mm_size, mm_size, device=device, dtype=dtype)
@@ -119,18 +129,19 @@ def main() -> None:
     if cuda:
         cases += [(base, True, torch.bfloat16)]
         cases += [(base * args.batch_mult, amp, dt) for _, amp, dt in cases]
+    cases = [(*c, nhwc) for c in cases for nhwc in (False, True)]  # NCHW, then channels_last
     print(
-        f"{'batch':>6s} {'precision':>10s} {'step s':>8s} {'images/s':>9s} "
+        f"{'batch':>6s} {'precision':>10s} {'layout':>6s} {'step s':>8s} {'images/s':>9s} "
         f"{'GFLOP/s':>9s} {'mm peak GFLOP/s':>16s} {'of peak':>8s}"
     )
-    for batch, amp, dtype in cases:
-        t, peak = timed(batch, amp, dtype)
+    for batch, amp, dtype, nhwc in cases:
+        t, peak = timed(batch, amp, dtype, nhwc)
         ips = batch / t
         achieved = 3 * fwd_flops * ips
         prec = "bf16 AMP" if amp else "fp32"
         print(
-            f"{batch:6d} {prec:>10s} {t:8.4f} {ips:9.1f} {achieved / 1e9:9.1f} "
-            f"{peak / 1e9:16.1f} {achieved / peak:8.2%}"
+            f"{batch:6d} {prec:>10s} {'NHWC' if nhwc else 'NCHW':>6s} {t:8.4f} {ips:9.1f} "
+            f"{achieved / 1e9:9.1f} {peak / 1e9:16.1f} {achieved / peak:8.2%}"
         )
     print(f"\nload average after: {load_avg()}")
     print(f"fwd GFLOP/image {fwd_flops / 1e9:.3f}; train step taken as 3x fwd")

@@ -249,6 +249,8 @@ def features_for(
         num_workers=cfg.data.num_workers,
     )
     device = resolve_device(cfg.device)
+    if cfg.model.channels_last:  # here, not under extract_features' inference mode
+        encoder.to(memory_format=torch.channels_last)
     return extract_features(
         encoder.encode,
         loader,

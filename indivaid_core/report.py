@@ -242,7 +242,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     head = ([""] if show_index else []) + headers
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for idx, row in df.iterrows():
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
+        cells = [
+            ("—" if np.isnan(v) else f"{v:.2f}") if isinstance(v, float) else str(v) for v in row
+        ]
         lines.append("| " + " | ".join(([str(idx)] if show_index else []) + cells) + " |")
     return "\n".join(lines)
 
@@ -317,7 +319,11 @@ def write_results_md(
         "",
         "## Significance: paired bootstrap over queries",
         "",
-        f"{cfg.eval.bootstrap} resamples; 95 % CI of the mAP difference in points. "
+        f"{cfg.eval.bootstrap} resamples; 95 % percentile CI of the mAP difference in points. "
+        "To recompute: per query (`image_id` in `reports/per_query/<dataset>/<variant>.csv`), "
+        "average `ap` over seeds, pair the two variants by `image_id`, resample the paired "
+        "differences with replacement (`numpy.random.default_rng(0)`) and take the 2.5/97.5 % "
+        "quantiles of the resampled means. "
         f"Seeds per cell: {len(cfg.pipeline.seeds)}"
         + (
             " (one seed: seed variance is not measured in this profile)."

@@ -119,3 +119,9 @@ def test_gradcam_returns_a_normalised_map_that_depends_on_the_target(backbone):
     cam1, cam2 = gradcam(enc, img, t1), gradcam(enc, img, t2)
     assert cam1.shape == (64, 64) and float(cam1.min()) >= 0 and float(cam1.max()) == 1.0
     assert not torch.allclose(cam1, cam2)
+
+
+def test_markdown_shows_missing_numbers_as_a_dash_not_nan():
+    frame = pd.DataFrame({"variant": ["zero_shot", "indivaid"], "img/s": [np.nan, 36.5]})
+    md = report.to_markdown(frame)
+    assert md.splitlines()[2:] == ["| zero_shot | — |", "| indivaid | 36.50 |"]

@@ -138,14 +138,18 @@ def test_stage1_loss_falls_and_cache_is_reused(in_repo):
         assert r[key] > 0
 
 
-def test_stage2_same_seed_twice_is_identical_and_other_seed_differs(in_repo):
+def test_two_seeds_twice_each_are_identical_and_differ_from_each_other(in_repo):
     cfg, out = _fresh_indivaid()
     first = _weights(out)
     pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
     assert _same(first, _weights(out))
     other = _cfg(**{"pipeline.seeds": [1]})
+    other_out = pipeline.Paths(other, "toy").stage2("indivaid", 1)
     pipeline.run_stage2(other, "toy", "indivaid", resume=False)
-    assert not _same(first, _weights(pipeline.Paths(other, "toy").stage2("indivaid", 1)))
+    second = _weights(other_out)
+    assert not _same(first, second)
+    pipeline.run_stage2(other, "toy", "indivaid", resume=False)  # the other seed twice, too
+    assert _same(second, _weights(other_out))
     hist = pd.read_json(out / "plots" / "history.json")
     assert {"id", "triplet", "i2t"} <= set(hist.columns)
 
@@ -296,3 +300,18 @@ def test_cuda_kill_mid_epoch_then_resume_ends_close_to_the_uninterrupted_run(in_
     diff = torch.sqrt(sum(((reference[k] - resumed[k]) ** 2).sum() for k in keys))
     norm = torch.sqrt(sum((reference[k] ** 2).sum() for k in keys))
     assert diff / norm < 1e-3, float(diff / norm)
+
+
+def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
+    """features_for puts the weights in NHWC outside inference mode: a backward pass (Grad-CAM
+    in 06_attention) still works on the same encoder afterwards."""
+    cfg = _cfg(**{"model.channels_last": True})
+    pipeline.run_stage2(cfg, "toy", "zero_shot", resume=False)
+    encoder, spec = load_export(pipeline.Paths(cfg, "toy").stage2("zero_shot", 0))
+    table = pipeline.read_table(cfg, "toy")
+    pipeline.features_for(cfg, encoder, spec, table, Path(table["image_root"].iloc[0]))
+    conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
+    encoder.encode(image)["global"].sum().backward()
+    assert image.grad is not None and conv.weight.grad is not None

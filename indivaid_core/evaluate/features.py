@@ -54,7 +54,8 @@ def extract_features(
     the image and its horizontal mirror before normalising. AMP (autocast) is used on CUDA
     only. An ``nn.Module`` passed as (or bound to) ``encode`` is put in eval mode meanwhile.
     ``cameras`` passes each batch's ``camera`` ids as ``encode(images, cams)`` (SIE models).
-    ``channels_last`` feeds NHWC batches and converts the module to NHWC (faster convolutions).
+    ``channels_last`` feeds NHWC batches (faster convolutions; convert the module's weights
+    too, outside inference mode, as ``features_for`` does, or they become inference tensors).
     """
     if feature not in FEATURE_KEYS:
         raise ValueError(f"unknown feature {feature!r}; choose one of {sorted(FEATURE_KEYS)}")
@@ -62,8 +63,6 @@ def extract_features(
     fmt = memory_format(channels_last)
     module = encode if isinstance(encode, torch.nn.Module) else getattr(encode, "__self__", None)
     was_training = isinstance(module, torch.nn.Module) and module.training
-    if channels_last and isinstance(module, torch.nn.Module):
-        module.to(memory_format=fmt)  # in place: 4-D weights to NHWC, values unchanged
     if was_training:
         module.eval()
     if n_rows is None:
