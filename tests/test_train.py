@@ -315,3 +315,15 @@ def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
     image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
     encoder.encode(image)["global"].sum().backward()
     assert image.grad is not None and conv.weight.grad is not None
+
+
+def test_stage1_result_does_not_depend_on_whether_the_feature_cache_existed(in_repo):
+    """Building the cache iterates a DataLoader; that must not move the global RNG that then
+    initialises the prompt learner (it once did: a fresh clone got other numbers)."""
+    cfg = _cfg()
+    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4")
+    shutil.rmtree(Path(cfg.data.work) / "cache", ignore_errors=True)
+    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache miss: computed here
+    fresh = load_file(str(out / "text_learner.safetensors"))
+    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache hit
+    assert _same(fresh, load_file(str(out / "text_learner.safetensors")))

@@ -74,7 +74,11 @@ def image_feature_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     info = preprocess_info(clip_model)
     ds = ImageTableDataset(table, image_root, eval_transform(image_size, info.mean, info.std))
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+    # Its own generator: iterating a DataLoader draws a seed from the global torch RNG, which
+    # made stage 1's initialisation depend on whether this cache already existed.
+    loader = DataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
+    )
     clip_model = clip_model.to(device).eval()
     tmp = cache_dir / f"{key}.tmp.npy"
     out = None
