@@ -8,7 +8,7 @@ It writes under --out only (never the pipeline's work/, metrics/ or reports/), p
 so a run cut short keeps what it finished. The CPU columns come from metrics/ (the committed
 `dvc repro` outputs); a GPU run is not bit-identical to the CPU one (other kernels, bf16), so
 expect mAP to differ by run-to-run noise, not to match.
-Usage: python benchmarks/bench_device.py --device cuda --out /tmp/device [--seeds 0 1 2]
+Usage: python benchmarks/bench_device.py --device cuda --out work/device [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def cpu_metrics(dataset: str, variant: str) -> dict:
         path = Path("metrics") / kind / dataset / f"{variant}.json"
         out[kind] = json.loads(path.read_text()) if path.exists() else {}
     return out
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def main() -> None:
@@ -97,7 +105,8 @@ def main() -> None:
                 overrides["data.metrics"] = str(out / "metrics_fp32")
                 overrides["data.reports"] = str(out / "reports_fp32")
                 run_cfg = config_mod.load("params.yaml", overrides)
-            torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             train = pipeline.run_stage2(run_cfg, dataset, variant, resume=False)
             ev = pipeline.evaluate(run_cfg, dataset, variant)
             cpu = cpu_metrics(dataset, variant)
@@ -123,12 +132,6 @@ def main() -> None:
             }
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-
-            def pct(x: float | None) -> str:
-                return "-" if x is None else f"{100 * x:.1f}"
-
-            def num(x: float | None) -> str:
-                return "-" if x is None else f"{x:.1f}"
 
             print(
                 f"{dataset:14s} {variant:16s} {'on' if amp else 'off':>4s} "

@@ -3,10 +3,10 @@
 # and without bf16 AMP, and the default pipeline's train/eval path on the GPU next to the
 # committed CPU metrics. Run from the repo root on a machine whose python3 has torch; the
 # pure-Python packages it lacks (open_clip, ftfy, wcwidth, the lite0 weights) travel in
-# .gpu_site. Results go to $OUT (default /tmp/device_out); each step has its own timeout so a
+# .gpu_site. Results go to $OUT (default work/device_out, relative to the repo root); each step has its own timeout so a
 # slow one cannot take the others with it.
 set -uo pipefail
-OUT=${OUT:-/tmp/device_out}
+OUT=${OUT:-work/device_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.gpu_site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -16,7 +16,7 @@ timeout "${T_TESTS:-150}" python3 -m pytest -q -o addopts="" -p no:cacheprovider
     tests/test_train.py -k cuda 2>&1 | tail -25 | tee "$OUT/tests.txt"
 timeout "${T_BENCH:-120}" python3 benchmarks/bench_stage2.py --device cuda 2>&1 \
     | tee "$OUT/bench_stage2.txt"
-timeout "${T_PIPE:-300}" python3 benchmarks/bench_device.py --device cuda --out /tmp/dev \
+timeout "${T_PIPE:-300}" python3 benchmarks/bench_device.py --device cuda --out work/device_scratch \
     --log "$OUT/device_runs.jsonl" --seeds ${SEEDS:-0 1 2} --workers 8 2>&1 \
     | grep -v -i "warning\|warn(" | tee "$OUT/bench_device.txt"
 echo "exit codes: ${PIPESTATUS[*]}"
