@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -82,8 +83,33 @@ def test_dvc_repro_smoke_profile(tmp_path):
 
     # an unchanged pipeline is skipped; a stage-2 param re-runs stage 2 onward but not stage 1
     assert "up to date" in _run([*DVC, "status"], repo).lower()
+
+    # the report and its inputs are kept as reports/<profile>/ and a rerun is checked against it
+    snap = [sys.executable, "-m", "indivaid_core.snapshot"]
+    _run([*snap, "--wall-s", "60"], repo)
+    kept = repo / "reports/smoke"
+    assert "profile `smoke`" in (kept / "PROVENANCE.md").read_text()
+    assert (kept / "per_query/synth-stoat/indivaid.csv").exists()
+    assert (kept / "metrics/eval/synth-stoat/indivaid.json").exists()
+    assert "0 differing cells" in _run([*snap, "--check", "reports/smoke"], repo)
+    cost = pd.read_csv(kept / "tables/cost.csv")
+    cost["stage-2 wall (s)"] += 5.0  # a timing column: the machine, not the method
+    cost.to_csv(kept / "tables/cost.csv", index=False)
+    main = (kept / "tables/main.csv").read_text()
+    changed = main.replace("not run", "12.3", 1)
+    (kept / "tables/main.csv").write_text(changed)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    check = subprocess.run(
+        [*snap, "--check", "reports/smoke"], cwd=repo, capture_output=True, text=True, env=env
+    )
+    assert check.returncode == 1
+    assert "main.csv" in check.stdout and "1 differing cells" in check.stdout
+    assert "cost.csv" not in check.stdout
+
     params["model"]["fusion"] = "mean"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run([*DVC, "status"], repo)
     assert "stage2@synth-stoat-indivaid" in status
     assert "stage1@" not in status and "prepare" not in status
+    refused = subprocess.run(snap, cwd=repo, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "stage2@synth-stoat-indivaid" in refused.stderr

@@ -90,6 +90,29 @@ def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
     assert "significant loss" in report.significance_sentences(flipped)[0]
 
 
+def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path):
+    (tmp_path / "pq" / "a").mkdir(parents=True)
+    ids = [f"q{i}" for i in range(4)]
+    # seed 0: a beats b by 0.3 on every query; seed 1: b beats a by 0.1 on every query
+    for variant, ap0, ap1 in (("indivaid", 0.8, 0.4), ("clipreid", 0.5, 0.5)):
+        pd.DataFrame(
+            {"image_id": ids * 2, "ap": [ap0] * 4 + [ap1] * 4, "seed": [0] * 4 + [1] * 4}
+        ).to_csv(tmp_path / "pq" / "a" / f"{variant}.csv", index=False)
+    sig = report.significance_table(
+        tmp_path / "pq", ["a"], 500, 0, comparisons=[("indivaid", "clipreid")]
+    )
+    row = sig.iloc[0]
+    assert row["ΔmAP"] == pytest.approx(10.0)  # seed-averaged AP: 0.6 vs 0.5 on every query
+    assert row["verdict"] == "significant gain"  # over queries, with no query variance
+    assert row["per-seed ΔmAP"] == "+30.0 / -10.0"
+    assert row["seeds with that sign"] == "1/2"
+    assert "that sign in 1 of 2" in report.significance_sentences(sig)[0]
+    diffs = report.per_seed_map_diff(
+        tmp_path / "pq" / "a" / "indivaid.csv", tmp_path / "pq" / "a" / "clipreid.csv"
+    )
+    assert diffs.to_dict() == pytest.approx({0: 0.3, 1: -0.1})
+
+
 def test_condition_table_splits_per_query_ap(tmp_path):
     _write_run(tmp_path, "a", "indivaid", 0.5, [1.0, 0.0, 1.0, 0.0])
     cond = report.condition_table(tmp_path / "pq", ["a"], ["indivaid"], ["daynight"])

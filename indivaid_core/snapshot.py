@@ -1,0 +1,197 @@
+"""Keep a longer profile's report beside the default one, and check a rerun against it.
+
+DVC tracks one set of outputs per stage, so the report of a slower profile (`full`: 3 seeds per
+cell) cannot sit in `reports/` next to the default run. After `dvc repro` under that profile,
+`snapshot` copies the report and every file it was computed from into `reports/<profile>/`,
+with a PROVENANCE.md that says which commit, settings and wall time produced it. `compare`
+then checks a fresh rerun against that copy, number by number.
+
+  python -m indivaid_core.snapshot --wall-s 4080             # after `dvc repro` (profile: full)
+  python -m indivaid_core.snapshot --check reports/full      # after a rerun: does it match?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from indivaid_core.config import Config, load
+
+# What a report is computed from and consists of, relative to data.reports (and data.metrics).
+REPORT_PARTS = (
+    "results.md",
+    "tables",
+    "per_query",
+    "robustness",
+    "cmc",
+    "figures/report",
+    "figures/attention",
+    "notebooks/07_report.ipynb",
+)
+# Columns that time the machine rather than the method; `compare` leaves them out.
+TIMING_COLUMN = re.compile(r"wall|img/s|peak", re.IGNORECASE)
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
+
+
+class SnapshotError(RuntimeError):
+    """The report cannot be kept as it stands (stale stages, missing files)."""
+
+
+def stale_stages(repo: str | Path = ".") -> list[str]:
+    """Stages `dvc status` reports as changed: a snapshot of those would not be reproducible."""
+    done = subprocess.run(
+        ["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SnapshotError(f"`dvc status` failed in {repo}: {done.stderr.strip()}")
+    return sorted(json.loads(done.stdout or "{}"))
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def params_drift(repo: Path, params: str = "params.yaml") -> list[str]:
+    """Top-level keys of params.yaml that differ from the committed file, `profile` aside."""
+    committed = _git(repo, "show", f"HEAD:{params}")
+    if not committed:
+        return ["(no committed params.yaml to compare with)"]
+    now, then = yaml.safe_load((repo / params).read_text()), yaml.safe_load(committed)
+    keys = sorted(set(now) | set(then))
+    return [k for k in keys if k != "profile" and now.get(k) != then.get(k)]
+
+
+def notebook_seconds(notebooks: Path) -> float:
+    """Sum of papermill's recorded cell-execution time over the executed notebooks."""
+    total = 0.0
+    for nb in notebooks.rglob("*.ipynb"):
+        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
+        total += float(meta.get("duration") or 0.0)
+    return total
+
+
+def snapshot(
+    cfg: Config,
+    dest: str | Path,
+    repo: str | Path = ".",
+    wall_s: float | None = None,
+    require_clean: bool = True,
+) -> Path:
+    """Copy the current report and its inputs into `dest` and write PROVENANCE.md there."""
+    repo = Path(repo)
+    reports, metrics, dest = repo / cfg.data.reports, repo / cfg.data.metrics, repo / dest
+    if require_clean and (stale := stale_stages(repo)):
+        raise SnapshotError(
+            f"dvc status lists changed stages ({', '.join(stale)}): run `dvc repro` first"
+        )
+    missing = [p for p in REPORT_PARTS if not (reports / p).exists()]
+    if missing:
+        raise SnapshotError(f"{reports} lacks {', '.join(missing)}: run the pipeline first")
+    if dest.exists():
+        shutil.rmtree(dest)
+    for part in REPORT_PARTS:
+        src, out = reports / part, dest / part
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, out)
+    shutil.copytree(metrics, dest / "metrics")
+    drift = params_drift(repo)
+    wall = f"{wall_s:.0f} s ({wall_s / 60:.1f} min)" if wall_s else "not given"
+    lines = [
+        f"# Report snapshot: profile `{cfg.profile}`",
+        "",
+        f"- Commit: `{_git(repo, 'rev-parse', 'HEAD') or 'unknown'}`, with "
+        f"`profile: {cfg.profile}` in params.yaml"
+        + (f"; other top-level keys changed: {', '.join(drift)}" if drift else "; nothing else"),
+        f"- Seeds per cell: {', '.join(map(str, cfg.pipeline.seeds))}; "
+        f"corruption strengths: {', '.join(map(str, cfg.eval.corruption_levels))}",
+        f"- `dvc repro` wall time: {wall}; papermill's notebook time: "
+        f"{notebook_seconds(reports / 'notebooks'):.0f} s",
+        f"- Taken: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "To regenerate: set `profile:` to this profile in params.yaml, `dvc repro`, then",
+        f"`python -m indivaid_core.snapshot --check {dest.relative_to(repo)}` "
+        "compares every table number with this copy (timing columns aside).",
+        "",
+    ]
+    (dest / "PROVENANCE.md").write_text("\n".join(lines))
+    return dest
+
+
+def _cells_differ(a: object, b: object, tol: float) -> bool:
+    sa, sb = ("" if pd.isna(x) else str(x) for x in (a, b))
+    if NUMBER.sub("#", sa) != NUMBER.sub("#", sb):
+        return True
+    na, nb = (list(map(float, NUMBER.findall(s))) for s in (sa, sb))
+    return any(abs(x - y) > tol for x, y in zip(na, nb, strict=True))
+
+
+def _read_table(csv: Path) -> pd.DataFrame:
+    """A table as text cells; a table the report left empty (nothing to compare) is 0 × 0."""
+    try:
+        return pd.read_csv(csv, dtype=str)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def compare(reference: str | Path, reports: str | Path, tol: float = 0.0) -> list[str]:
+    """Cells of reference/tables/*.csv that the rerun in reports/tables/ does not reproduce.
+
+    Numbers inside a cell ("40.2 ± 1.3") must agree within `tol`; the text around them exactly.
+    """
+    reference, reports = Path(reference), Path(reports)
+    problems = []
+    for ref_csv in sorted((reference / "tables").glob("*.csv")):
+        new_csv = reports / "tables" / ref_csv.name
+        if not new_csv.exists():
+            problems.append(f"{new_csv}: missing")
+            continue
+        ref, new = _read_table(ref_csv), _read_table(new_csv)
+        if list(ref.columns) != list(new.columns) or ref.shape != new.shape:
+            problems.append(f"{new_csv}: shape/columns {new.shape} vs {ref.shape} in {ref_csv}")
+            continue
+        for col in (c for c in ref.columns if not TIMING_COLUMN.search(c)):
+            for row, (a, b) in enumerate(zip(ref[col], new[col], strict=True)):
+                if _cells_differ(a, b, tol):
+                    problems.append(f"{new_csv} row {row} [{col}]: {b!r} vs {a!r}")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m indivaid_core.snapshot", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dest", help="snapshot folder (default: <data.reports>/<profile>)")
+    parser.add_argument("--wall-s", type=float, help="measured `dvc repro` wall time, seconds")
+    parser.add_argument("--check", metavar="SNAPSHOT", help="compare the current report with it")
+    parser.add_argument("--tol", type=float, default=0.0, help="allowed difference per number")
+    args = parser.parse_args(argv)
+    cfg = load(args.params)
+    if args.check:
+        problems = compare(args.check, cfg.data.reports, args.tol)
+        for p in problems:
+            print(p)
+        print(f"{len(problems)} differing cells against {args.check}")
+        return 1 if problems else 0
+    if cfg.profile == "default" and not args.dest:
+        parser.error("the default report already lives in reports/; pass --dest to copy it")
+    dest = args.dest or str(Path(cfg.data.reports) / cfg.profile)
+    try:
+        print(snapshot(cfg, dest, wall_s=args.wall_s))
+    except SnapshotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
