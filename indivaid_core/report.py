@@ -128,6 +128,12 @@ def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Se
         pd.read_csv(p, dtype={"image_id": str}).dropna(subset=["ap"])
         for p in (per_query_a, per_query_b)
     )
+    only = set(a["seed"]) ^ set(b["seed"])
+    if only:
+        raise ValueError(
+            f"seeds {sorted(only)} are in only one of {per_query_a} and {per_query_b}: "
+            "re-run the evaluate stage"
+        )
     joined = a.merge(b, on=["seed", "image_id"], suffixes=("_a", "_b"))
     if joined.empty:
         raise ValueError(f"no common (seed, query) pairs in {per_query_a} and {per_query_b}")
@@ -157,8 +163,9 @@ def significance_table(
                 if r["hi"] < 0
                 else "not significant"
             )
-            by_seed = per_seed_map_diff(pa, pb)
-            agree = int((np.sign(by_seed) == np.sign(r["diff"])).sum())
+            # signs at the 0.1 points shown, so rounding noise is a tie, not a flip
+            by_seed = (100 * per_seed_map_diff(pa, pb)).round(1)
+            agree = int((np.sign(by_seed) == np.sign(round(100 * r["diff"], 1))).sum())
             rows.append(
                 {
                     "dataset": ds,
@@ -168,8 +175,9 @@ def significance_table(
                     "CI high": 100 * r["hi"],
                     "queries": r["n_queries"],
                     "verdict": verdict,
-                    "per-seed ΔmAP": " / ".join(f"{100 * d:+.1f}" for d in by_seed),
-                    "seeds with that sign": f"{agree}/{len(by_seed)}",
+                    "per-seed ΔmAP": " / ".join(f"s{k} {d:+.1f}" for k, d in by_seed.items()),
+                    "seeds with that sign": agree,
+                    "seeds": len(by_seed),
                 }
             )
     return pd.DataFrame(rows)
@@ -184,8 +192,8 @@ def significance_sentences(sig: pd.DataFrame) -> list[str]:
             f"- **{r.dataset}**, {r.comparison}: {r['ΔmAP']:+.1f} mAP points "
             f"(95 % CI {r['CI low']:+.1f} … {r['CI high']:+.1f}, {r.queries} queries) — {r.verdict}"
         )
-        agree, n = (int(x) for x in r["seeds with that sign"].split("/"))
-        if n > 1:
+        agree, n = r["seeds with that sign"], r["seeds"]
+        if n > 1 and round(r["ΔmAP"], 1) != 0:
             line += f"; per seed {r['per-seed ΔmAP']}, " + (
                 "the same sign in every seed" if agree == n else f"that sign in {agree} of {n}"
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -38,8 +39,8 @@ REPORT_PARTS = (
     "figures/attention",
     "notebooks/07_report.ipynb",
 )
-# Columns that time the machine rather than the method; `compare` leaves them out.
-TIMING_COLUMN = re.compile(r"wall|img/s|peak", re.IGNORECASE)
+# Columns that describe the machine rather than the method; `compare` leaves them out.
+MACHINE_COLUMN = re.compile(r"wall|img/s|peak|device", re.IGNORECASE)
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
 
 
@@ -50,7 +51,11 @@ class SnapshotError(RuntimeError):
 def stale_stages(repo: str | Path = ".") -> list[str]:
     """Stages `dvc status` reports as changed: a snapshot of those would not be reproducible."""
     done = subprocess.run(
-        ["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise SnapshotError(f"`dvc status` failed in {repo}: {done.stderr.strip()}")
@@ -62,7 +67,7 @@ def _git(repo: Path, *args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def params_drift(repo: Path, params: str = "params.yaml") -> list[str]:
+def params_drift(repo: Path, params: str | Path = "params.yaml") -> list[str]:
     """Top-level keys of params.yaml that differ from the committed file, `profile` aside."""
     committed = _git(repo, "show", f"HEAD:{params}")
     if not committed:
@@ -72,40 +77,40 @@ def params_drift(repo: Path, params: str = "params.yaml") -> list[str]:
     return [k for k in keys if k != "profile" and now.get(k) != then.get(k)]
 
 
-def notebook_seconds(notebooks: Path) -> float:
-    """Sum of papermill's recorded cell-execution time over the executed notebooks."""
-    total = 0.0
-    for nb in notebooks.rglob("*.ipynb"):
-        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
-        total += float(meta.get("duration") or 0.0)
-    return total
-
-
 def snapshot(
     cfg: Config,
     dest: str | Path,
     repo: str | Path = ".",
     wall_s: float | None = None,
     require_clean: bool = True,
+    params: str | Path = "params.yaml",
 ) -> Path:
-    """Copy the current report and its inputs into `dest` and write PROVENANCE.md there."""
+    """Copy the current report and its inputs into `dest` and write PROVENANCE.md there.
+
+    The copy is built beside `dest` and swapped in at the end, so a failure keeps the old one.
+    """
     repo = Path(repo)
     reports, metrics, dest = repo / cfg.data.reports, repo / cfg.data.metrics, repo / dest
+    inside = [reports / p for p in REPORT_PARTS] + [metrics]
+    if any(
+        dest.resolve() == p.resolve() or p.resolve().is_relative_to(dest.resolve()) for p in inside
+    ):
+        raise SnapshotError(f"{dest} would overwrite the report it copies: choose another --dest")
     if require_clean and (stale := stale_stages(repo)):
         raise SnapshotError(
             f"dvc status lists changed stages ({', '.join(stale)}): run `dvc repro` first"
         )
-    missing = [p for p in REPORT_PARTS if not (reports / p).exists()]
+    missing = [str(p) for p in inside if not p.exists()]
     if missing:
-        raise SnapshotError(f"{reports} lacks {', '.join(missing)}: run the pipeline first")
-    if dest.exists():
-        shutil.rmtree(dest)
+        raise SnapshotError(f"missing {', '.join(missing)}: run the pipeline first")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     for part in REPORT_PARTS:
-        src, out = reports / part, dest / part
+        src, out = reports / part, tmp / part
         out.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out)
-    shutil.copytree(metrics, dest / "metrics")
-    drift = params_drift(repo)
+    shutil.copytree(metrics, tmp / "metrics")
+    drift = params_drift(repo, params)
     wall = f"{wall_s:.0f} s ({wall_s / 60:.1f} min)" if wall_s else "not given"
     lines = [
         f"# Report snapshot: profile `{cfg.profile}`",
@@ -115,16 +120,18 @@ def snapshot(
         + (f"; other top-level keys changed: {', '.join(drift)}" if drift else "; nothing else"),
         f"- Seeds per cell: {', '.join(map(str, cfg.pipeline.seeds))}; "
         f"corruption strengths: {', '.join(map(str, cfg.eval.corruption_levels))}",
-        f"- `dvc repro` wall time: {wall}; papermill's notebook time: "
-        f"{notebook_seconds(reports / 'notebooks'):.0f} s",
+        f"- `dvc repro` wall time (measured by whoever ran it): {wall}",
         f"- Taken: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         "To regenerate: set `profile:` to this profile in params.yaml, `dvc repro`, then",
-        f"`python -m indivaid_core.snapshot --check {dest.relative_to(repo)}` "
-        "compares every table number with this copy (timing columns aside).",
+        f"`python -m indivaid_core.snapshot --check {os.path.relpath(dest, repo)}` compares every "
+        "table number"
+        " with this copy (wall time, speed, memory and device columns aside).",
         "",
     ]
-    (dest / "PROVENANCE.md").write_text("\n".join(lines))
+    (tmp / "PROVENANCE.md").write_text("\n".join(lines))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
     return dest
 
 
@@ -137,11 +144,17 @@ def _cells_differ(a: object, b: object, tol: float) -> bool:
 
 
 def _read_table(csv: Path) -> pd.DataFrame:
-    """A table as text cells; a table the report left empty (nothing to compare) is 0 × 0."""
-    try:
-        return pd.read_csv(csv, dtype=str)
-    except pd.errors.EmptyDataError:
+    """A table as text cells with one-line column names; an empty table (nothing to compare)
+    is 0 × 0. Tables with (dataset, metric) columns have two header rows and an index."""
+    head = csv.read_text().splitlines()[:2]
+    if not head:
         return pd.DataFrame()
+    two_level = len(head) == 2 and all(line.startswith(",") for line in head)
+    if not two_level:
+        return pd.read_csv(csv, dtype=str)
+    table = pd.read_csv(csv, dtype=str, header=[0, 1], index_col=0)
+    table.columns = [" · ".join(c).strip(" ·") for c in table.columns]
+    return table.reset_index()
 
 
 def compare(reference: str | Path, reports: str | Path, tol: float = 0.0) -> list[str]:
@@ -151,6 +164,10 @@ def compare(reference: str | Path, reports: str | Path, tol: float = 0.0) -> lis
     """
     reference, reports = Path(reference), Path(reports)
     problems = []
+    extra = {p.name for p in (reports / "tables").glob("*.csv")} - {
+        p.name for p in (reference / "tables").glob("*.csv")
+    }
+    problems += [f"{reports / 'tables' / name}: not in {reference}" for name in sorted(extra)]
     for ref_csv in sorted((reference / "tables").glob("*.csv")):
         new_csv = reports / "tables" / ref_csv.name
         if not new_csv.exists():
@@ -160,7 +177,7 @@ def compare(reference: str | Path, reports: str | Path, tol: float = 0.0) -> lis
         if list(ref.columns) != list(new.columns) or ref.shape != new.shape:
             problems.append(f"{new_csv}: shape/columns {new.shape} vs {ref.shape} in {ref_csv}")
             continue
-        for col in (c for c in ref.columns if not TIMING_COLUMN.search(c)):
+        for col in (c for c in ref.columns if not MACHINE_COLUMN.search(c)):
             for row, (a, b) in enumerate(zip(ref[col], new[col], strict=True)):
                 if _cells_differ(a, b, tol):
                     problems.append(f"{new_csv} row {row} [{col}]: {b!r} vs {a!r}")
@@ -186,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the default report already lives in reports/; pass --dest to copy it")
     dest = args.dest or str(Path(cfg.data.reports) / cfg.profile)
     try:
-        print(snapshot(cfg, dest, wall_s=args.wall_s))
+        print(snapshot(cfg, dest, wall_s=args.wall_s, params=args.params))
     except SnapshotError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

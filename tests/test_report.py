@@ -104,13 +104,17 @@ def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path
     row = sig.iloc[0]
     assert row["ΔmAP"] == pytest.approx(10.0)  # seed-averaged AP: 0.6 vs 0.5 on every query
     assert row["verdict"] == "significant gain"  # over queries, with no query variance
-    assert row["per-seed ΔmAP"] == "+30.0 / -10.0"
-    assert row["seeds with that sign"] == "1/2"
+    assert row["per-seed ΔmAP"] == "s0 +30.0 / s1 -10.0"
+    assert (row["seeds with that sign"], row["seeds"]) == (1, 2)
     assert "that sign in 1 of 2" in report.significance_sentences(sig)[0]
     diffs = report.per_seed_map_diff(
         tmp_path / "pq" / "a" / "indivaid.csv", tmp_path / "pq" / "a" / "clipreid.csv"
     )
     assert diffs.to_dict() == pytest.approx({0: 0.3, 1: -0.1})
+    one_seed = pd.read_csv(tmp_path / "pq" / "a" / "clipreid.csv").query("seed == 0")
+    one_seed.to_csv(tmp_path / "pq" / "a" / "clipreid.csv", index=False)
+    with pytest.raises(ValueError, match=r"seeds \[1\] are in only one"):
+        report.significance_table(tmp_path / "pq", ["a"], 500, 0, [("indivaid", "clipreid")])
 
 
 def test_condition_table_splits_per_query_ap(tmp_path):
