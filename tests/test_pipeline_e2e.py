@@ -81,7 +81,9 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "Main table" in results and "not run" in results  # the real benchmarks are absent
     assert (repo / "reports/notebooks/04_evaluate/synth-stoat.ipynb").exists()
 
-    # an unchanged pipeline is skipped; a stage-2 param re-runs stage 2 onward but not stage 1
+    # an unchanged pipeline is skipped, and so is an edit to a profile that is not selected
+    params["profiles"]["paper"]["seed"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "up to date" in _run([*DVC, "status"], repo).lower()
 
     # the report and its inputs are kept as reports/<profile>/ and a rerun is checked against it
@@ -106,6 +108,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "main.csv" in check.stdout and "1 differing cells" in check.stdout
     assert "cost.csv" not in check.stdout
 
+    # a stage-2 param re-runs stage 2 onward but not stage 1
     params["model"]["fusion"] = "mean"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run([*DVC, "status"], repo)
@@ -113,3 +116,8 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "stage1@" not in status and "prepare" not in status
     refused = subprocess.run(snap, cwd=repo, capture_output=True, text=True, env=env)
     assert refused.returncode == 2 and "stage2@synth-stoat-indivaid" in refused.stderr
+
+    # an edit to the selected profile's block does reach the stages it touches
+    params["profiles"]["smoke"]["stage1"]["epochs"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "stage1@synth-stoat" in _run([*DVC, "status"], repo)
