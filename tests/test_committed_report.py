@@ -1,0 +1,68 @@
+"""The committed report agrees with the per-query CSVs it was computed from.
+
+Recomputed here with numpy and pandas only, following the recipe results.md states, so a
+report/table bug cannot hide behind the same code path. Covers `reports/` and any profile
+snapshot under it (`reports/<profile>/`, see indivaid_core.snapshot)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from indivaid_core.config import load
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = [
+    d
+    for d in [REPO / "reports", *sorted((REPO / "reports").glob("*/PROVENANCE.md"))]
+    if (d if d.is_dir() else d.parent).joinpath("tables", "significance.csv").exists()
+]
+REPORTS = [d if d.is_dir() else d.parent for d in REPORTS]
+
+
+def _ap(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"image_id": str}).dropna(subset=["ap"])
+
+
+@pytest.mark.skipif(not REPORTS, reason="no committed report in this checkout")
+@pytest.mark.parametrize("reports", REPORTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_significance_table_is_recomputed_from_the_per_query_csvs(reports):
+    n_resamples = load(REPO / "params.yaml").eval.bootstrap
+    sig = pd.read_csv(reports / "tables" / "significance.csv")
+    assert len(sig) > 0
+    for _, row in sig.iterrows():
+        a, b = (v.strip() for v in row["comparison"].split("−"))
+        pa, pb = (_ap(reports / "per_query" / row["dataset"] / f"{v}.csv") for v in (a, b))
+        mean_a, mean_b = (p.groupby("image_id")["ap"].mean() for p in (pa, pb))
+        common = sorted(set(mean_a.index) & set(mean_b.index))
+        diff = mean_a[common].to_numpy() - mean_b[common].to_numpy()
+        idx = np.random.default_rng(0).integers(0, len(diff), size=(n_resamples, len(diff)))
+        lo, hi = np.quantile(diff[idx].mean(axis=1), [0.025, 0.975])
+        assert row["queries"] == len(common)
+        assert row["ΔmAP"] == pytest.approx(100 * diff.mean(), abs=1e-9)
+        assert (row["CI low"], row["CI high"]) == pytest.approx((100 * lo, 100 * hi), abs=1e-9)
+        significant = "significant gain" if lo > 0 else "significant loss" if hi < 0 else None
+        assert row["verdict"] == (significant or "not significant")
+
+
+@pytest.mark.skipif(not REPORTS, reason="no committed report in this checkout")
+@pytest.mark.parametrize("reports", REPORTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_main_table_map_is_the_seed_mean_of_per_query_ap(reports):
+    main = pd.read_csv(reports / "tables" / "main.csv", header=[0, 1], index_col=0, dtype=str)
+    checked = 0
+    for dataset, metric in main.columns:
+        for variant, cell in main[(dataset, metric)].items():
+            csv = reports / "per_query" / dataset / f"{variant}.csv"
+            if metric != "mAP" or cell == "not run" or not csv.exists():
+                continue
+            per_seed = 100 * _ap(csv).groupby("seed")["ap"].mean()
+            numbers = [float(x) for x in re.findall(r"\d+\.\d", cell)]
+            assert numbers[0] == pytest.approx(per_seed.mean(), abs=0.051), (dataset, variant)
+            if len(per_seed) > 1:  # "mean ± std": the sample std over seeds
+                assert numbers[1] == pytest.approx(per_seed.std(ddof=1), abs=0.051)
+            checked += 1
+    assert checked > 0
