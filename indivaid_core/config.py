@@ -286,6 +286,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+# Read by dvc.yaml's `foreach` from the top level of params.yaml, before any profile is merged.
+FOREACH_KEYS = ("pipeline.datasets", "runs")
+
+
 def _check_references(cfg: Config) -> Config:
     """Cross-key checks: every name a list or run refers to must exist."""
     for ds in cfg.pipeline.datasets:
@@ -336,6 +340,14 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Con
         return _check_references(base)
     if base.profile not in base.profiles:
         raise ConfigError(_unknown("profiles", base.profile, ["default", *base.profiles]))
+    block = base.profiles[base.profile]
+    for key in FOREACH_KEYS:
+        head, *rest = key.split(".")
+        if head in block and (not rest or rest[0] in (block[head] or {})):
+            raise ConfigError(
+                f"profiles.{base.profile}.{key}: dvc.yaml builds its stages from the top-level "
+                f"`{key}`, so a profile cannot change it; edit the top level of params.yaml"
+            )
     merged = _set_dotted(deep_merge(raw, base.profiles[base.profile]), overrides)
     return _check_references(from_dict(merged, f"profiles.{base.profile}"))
 

@@ -47,6 +47,16 @@ def test_profile_overrides_merge_over_the_base():
     assert cfg.stage2.margin == config.load(REPO / "params.yaml").stage2.margin
 
 
+@pytest.mark.parametrize("block", [{"pipeline": {"datasets": ["x"]}}, {"runs": {}}])
+def test_a_profile_cannot_set_what_dvc_foreach_reads(tmp_path, block):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["full"].update(block)
+    raw["profile"] = "full"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ConfigError, match="profiles.full.* top-level"):
+        config.load(tmp_path / "p.yaml")
+
+
 def test_run_text_must_match_its_variant(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     first = next(iter(raw["runs"]))
