@@ -8,6 +8,7 @@ then checks a fresh rerun against that copy, number by number.
 
   python -m indivaid_core.snapshot --wall-s 4080             # after `dvc repro` (profile: full)
   python -m indivaid_core.snapshot --check reports/full      # after a rerun: does it match?
+  python -m indivaid_core.snapshot --check-rev HEAD          # default report vs the committed one
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,20 +186,41 @@ def compare(reference: str | Path, reports: str | Path, tol: float = 0.0) -> lis
     return problems
 
 
+def tables_at_revision(rev: str, reports: str | Path, out: Path, repo: str | Path = ".") -> Path:
+    """Write `<reports>/tables/*.csv` as committed at git revision `rev` into out/tables/."""
+    folder = f"{Path(reports).as_posix()}/tables"
+    names = _git(Path(repo), "ls-tree", "--name-only", f"{rev}:{folder}").split()
+    if not names:
+        raise SnapshotError(f"git revision {rev!r} has no {folder}/")
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for name in (n for n in names if n.endswith(".csv")):
+        (out / "tables" / name).write_text(
+            _git(Path(repo), "show", f"{rev}:{folder}/{name}") + "\n"
+        )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indivaid_core.snapshot", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dest", help="snapshot folder (default: <data.reports>/<profile>)")
     parser.add_argument("--wall-s", type=float, help="measured `dvc repro` wall time, seconds")
     parser.add_argument("--check", metavar="SNAPSHOT", help="compare the current report with it")
+    parser.add_argument(
+        "--check-rev", metavar="REV", help="compare the current report with the tables at a commit"
+    )
     parser.add_argument("--tol", type=float, default=0.0, help="allowed difference per number")
     args = parser.parse_args(argv)
     cfg = load(args.params)
-    if args.check:
-        problems = compare(args.check, cfg.data.reports, args.tol)
+    if args.check or args.check_rev:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference = args.check or tables_at_revision(
+                args.check_rev, cfg.data.reports, Path(tmp)
+            )
+            problems = compare(reference, cfg.data.reports, args.tol)
         for p in problems:
             print(p)
-        print(f"{len(problems)} differing cells against {args.check}")
+        print(f"differences against {args.check or args.check_rev}: {len(problems)}")
         return 1 if problems else 0
     if cfg.profile == "default" and not args.dest:
         parser.error("the default report already lives in reports/; pass --dest to copy it")

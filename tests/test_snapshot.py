@@ -63,3 +63,11 @@ def test_snapshot_refuses_a_destination_that_holds_what_it_copies(tmp_path, dest
     with pytest.raises(snapshot.SnapshotError, match="would overwrite"):
         snapshot.snapshot(load(PARAMS), dest, repo=tmp_path, require_clean=False)
     assert (tmp_path / "reports" / "tables" / "main.csv").exists()
+
+
+def test_tables_at_a_git_revision_are_extracted_for_comparison(tmp_path):
+    out = snapshot.tables_at_revision("HEAD", "reports", tmp_path, repo=PARAMS.parent)
+    assert (out / "tables" / "main.csv").read_text().startswith(",")
+    assert not snapshot.compare(out, out)
+    with pytest.raises(snapshot.SnapshotError, match="has no nowhere/tables"):
+        snapshot.tables_at_revision("HEAD", "nowhere", tmp_path, repo=PARAMS.parent)
