@@ -6,6 +6,7 @@ snapshot under it (`reports/<profile>/`, see indivaid_core.snapshot)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -66,3 +67,29 @@ def test_main_table_map_is_the_seed_mean_of_per_query_ap(reports):
                 assert numbers[1] == pytest.approx(per_seed.std(ddof=1), abs=0.051)
             checked += 1
     assert checked > 0
+
+
+SNAPSHOTS = [d for d in REPORTS if d != REPO / "reports"]
+
+
+@pytest.mark.skipif(not SNAPSHOTS, reason="no profile snapshot in this checkout")
+@pytest.mark.parametrize("snapshot", SNAPSHOTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_a_snapshots_seeds_reproduce_the_default_runs_seeds(snapshot):
+    """A profile that only adds seeds (and corruption strengths) must give the default run's
+    numbers for the seeds both share: the snapshot was made in a separate fresh clone, so this
+    is a fresh-clone reproduction of every default cell."""
+    name = re.search(r"profile `(\w+)`", (snapshot / "PROVENANCE.md").read_text()).group(1)
+    block = load(REPO / "params.yaml").profiles[name]
+    changes = {f"{k}.{sub}" for k, v in block.items() for sub in v}
+    if not changes <= {"pipeline.seeds", "eval.corruption_levels"}:
+        pytest.skip(f"profile {name} changes {sorted(changes)}, not only seeds")
+    shared = 0
+    for path in sorted((snapshot / "metrics" / "eval").glob("*/*.json")):
+        default = REPO / "metrics" / "eval" / path.parent.name / path.name
+        if not default.exists():
+            continue
+        ours, theirs = (json.loads(p.read_text())["per_seed"] for p in (path, default))
+        for seed in set(ours) & set(theirs):
+            assert ours[seed] == theirs[seed], (path, seed)
+            shared += 1
+    assert shared > 0
