@@ -86,6 +86,7 @@ def snapshot(
     wall_s: float | None = None,
     require_clean: bool = True,
     params: str | Path = "params.yaml",
+    note: str = "",
 ) -> Path:
     """Copy the current report and its inputs into `dest` and write PROVENANCE.md there.
 
@@ -124,6 +125,7 @@ def snapshot(
         f"corruption strengths: {', '.join(map(str, cfg.eval.corruption_levels))}",
         f"- `dvc repro` wall time (measured by whoever ran it): {wall}",
         f"- Taken: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        *([f"- Note: {note}"] if note else []),
         "",
         "To regenerate: set `profile:` to this profile in params.yaml, `dvc repro`, then",
         f"`python -m indivaid_core.snapshot --check {os.path.relpath(dest, repo)}` compares every "
@@ -209,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check-rev", metavar="REV", help="compare the current report with the tables at a commit"
     )
+    parser.add_argument("--note", default="", help="a line for PROVENANCE.md (e.g. machine load)")
     parser.add_argument("--tol", type=float, default=0.0, help="allowed difference per number")
     args = parser.parse_args(argv)
     cfg = load(args.params)
@@ -226,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the default report already lives in reports/; pass --dest to copy it")
     dest = args.dest or str(Path(cfg.data.reports) / cfg.profile)
     try:
-        print(snapshot(cfg, dest, wall_s=args.wall_s, params=args.params))
+        print(snapshot(cfg, dest, wall_s=args.wall_s, params=args.params, note=args.note))
     except SnapshotError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

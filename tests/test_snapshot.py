@@ -44,9 +44,12 @@ def test_two_header_row_tables_are_read_with_joined_column_names(tmp_path):
 def test_snapshot_copies_then_compare_finds_a_changed_number_within_tolerance(tmp_path):
     _report_tree(tmp_path, 0.5)
     cfg = load(PARAMS, {"profile": "full"})
-    kept = snapshot.snapshot(cfg, "reports/full", repo=tmp_path, wall_s=120.0, require_clean=False)
+    kept = snapshot.snapshot(
+        cfg, "reports/full", repo=tmp_path, wall_s=120.0, require_clean=False, note="busy"
+    )
     assert (kept / "metrics" / "eval" / "a" / "indivaid.json").exists()
-    assert "120 s (2.0 min)" in (kept / "PROVENANCE.md").read_text()
+    provenance = (kept / "PROVENANCE.md").read_text()
+    assert "120 s (2.0 min)" in provenance and "- Note: busy" in provenance
     assert snapshot.compare(kept, tmp_path / "reports") == []
     main = tmp_path / "reports" / "tables" / "main.csv"
     main.write_text(main.read_text().replace("50.0", "50.3"))
