@@ -150,8 +150,8 @@ def _cells_differ(a: object, b: object, tol: float) -> bool:
 def _read_table(csv: Path) -> pd.DataFrame:
     """A table as text cells with one-line column names; an empty table (nothing to compare)
     is 0 × 0. Tables with (dataset, metric) columns have two header rows and an index."""
-    head = csv.read_text().splitlines()[:2]
-    if not head:
+    head = [line for line in csv.read_text().splitlines() if line.strip()][:2]
+    if not head:  # pandas writes an empty frame as a bare newline
         return pd.DataFrame()
     two_level = len(head) == 2 and all(line.startswith(",") for line in head)
     if not two_level:

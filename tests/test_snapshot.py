@@ -41,6 +41,11 @@ def test_two_header_row_tables_are_read_with_joined_column_names(tmp_path):
     assert table.set_index(table.columns[0]).loc["indivaid", "a · mAP"] == "50.0"
 
 
+def test_an_empty_table_as_pandas_writes_it_reads_as_empty(tmp_path):
+    pd.DataFrame().to_csv(tmp_path / "empty.csv", index=False)
+    assert snapshot._read_table(tmp_path / "empty.csv").empty
+
+
 def test_snapshot_copies_then_compare_finds_a_changed_number_within_tolerance(tmp_path):
     _report_tree(tmp_path, 0.5)
     cfg = load(PARAMS, {"profile": "full"})
