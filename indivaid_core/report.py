@@ -360,7 +360,8 @@ def write_results_md(
         "quantiles of the resampled means. "
         f"Seeds per cell: {len(cfg.pipeline.seeds)}"
         + (
-            " (one seed: seed variance is not measured in this profile)."
+            " (one seed: seed variance is not measured in this profile; the `full` profile runs"
+            " 3 seeds per cell)."
             if len(cfg.pipeline.seeds) == 1
             else ". The bootstrap resamples queries of the seed-averaged AP, so it does not see "
             "seed variance; each line therefore also gives the difference seed by seed."
