@@ -348,7 +348,7 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Con
                 f"profiles.{base.profile}.{key}: dvc.yaml builds its stages from the top-level "
                 f"`{key}`, so a profile cannot change it; edit the top level of params.yaml"
             )
-    merged = _set_dotted(deep_merge(raw, base.profiles[base.profile]), overrides)
+    merged = _set_dotted(deep_merge(raw, block), overrides)
     return _check_references(from_dict(merged, f"profiles.{base.profile}"))
 
 

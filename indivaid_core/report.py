@@ -93,10 +93,14 @@ def ablation_table(df: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
     return t
 
 
+def read_per_query(per_query_csv: str | Path) -> pd.DataFrame:
+    """One evaluate stage's per-query rows (all seeds), without the skipped queries (no AP)."""
+    return pd.read_csv(per_query_csv, dtype={"image_id": str}).dropna(subset=["ap"])
+
+
 def query_ap(per_query_csv: str | Path) -> pd.Series:
     """Per-query AP averaged over seeds, indexed by image_id (skipped queries dropped)."""
-    pq = pd.read_csv(per_query_csv, dtype={"image_id": str})
-    return pq.dropna(subset=["ap"]).groupby("image_id")["ap"].mean()
+    return read_per_query(per_query_csv).groupby("image_id")["ap"].mean()
 
 
 def paired_bootstrap(
@@ -124,10 +128,7 @@ def paired_bootstrap(
 def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Series:
     """mAP(a) − mAP(b) for each seed, over queries both evaluated: the seed spread the bootstrap
     (on seed-averaged AP) does not see."""
-    a, b = (
-        pd.read_csv(p, dtype={"image_id": str}).dropna(subset=["ap"])
-        for p in (per_query_a, per_query_b)
-    )
+    a, b = read_per_query(per_query_a), read_per_query(per_query_b)
     only = set(a["seed"]) ^ set(b["seed"])
     if only:
         raise ValueError(
@@ -234,9 +235,9 @@ def condition_table(
             path = Path(per_query_dir) / ds / f"{v}.csv"
             if not path.exists():
                 continue
-            pq = pd.read_csv(path)
+            pq = read_per_query(path)
             for col in (c for c in columns if c in pq):
-                for value, part in pq.dropna(subset=["ap"]).groupby(col):
+                for value, part in pq.groupby(col):
                     rows.append(
                         {
                             "dataset": ds,

@@ -19,10 +19,9 @@ from indivaid_core.config import load
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = [
     d
-    for d in [REPO / "reports", *sorted((REPO / "reports").glob("*/PROVENANCE.md"))]
-    if (d if d.is_dir() else d.parent).joinpath("tables", "significance.csv").exists()
+    for d in [REPO / "reports", *(p.parent for p in sorted(REPO.glob("reports/*/PROVENANCE.md")))]
+    if (d / "tables" / "significance.csv").exists()
 ]
-REPORTS = [d if d.is_dir() else d.parent for d in REPORTS]
 
 
 def _ap(path: Path) -> pd.DataFrame:
