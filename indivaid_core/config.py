@@ -85,6 +85,13 @@ class Stage1Cfg:
     warmup_epochs: int = 2
     weight_decay: float = 1e-4
     feature_batch_size: int = 64
+    num_threads: int = 1  # CPU threads; 0 = torch's default (see engine.cpu_threads)
+
+    def __post_init__(self) -> None:
+        if self.num_threads < 0:
+            raise ConfigError(
+                f"stage1.num_threads: expected 0 (torch's default) or more, got {self.num_threads}"
+            )
 
 
 @dataclass

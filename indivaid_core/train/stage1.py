@@ -26,6 +26,7 @@ from ..model import DescriptionGenerator, build_clip, preprocess_info
 from ..transforms import eval_transform
 from .engine import (
     count_params,
+    cpu_threads,
     gather_cat,
     init_distributed,
     main_process_first,
@@ -105,85 +106,90 @@ def train_stage1(
     interrupt_after_steps: int = 0,
 ) -> dict[str, Any]:
     """Train the description generator; write its weights, the descriptions and metrics."""
-    device = resolve_device(cfg.device)
-    info = init_distributed(device)
-    seed_everything(cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    m = cfg.model
-    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
-    clip_model.requires_grad_(False)
-    labels_of = label_map(train_table["identity"])
-    labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
-    key = cache_key(to_dict(cfg)["model"], train_table)
-    with main_process_first(info):
-        feats = image_feature_cache(
-            clip_model,
-            train_table.reset_index(drop=True),
-            image_root,
-            tuple(m.image_size),
-            cache_dir,
-            key,
-            cfg.stage1.feature_batch_size,
-            device,
-            cfg.data.num_workers,
+    with cpu_threads(cfg.stage1.num_threads):  # 1 thread: repeatable across processes
+        device = resolve_device(cfg.device)
+        info = init_distributed(device)
+        seed_everything(cfg.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        m = cfg.model
+        clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+        clip_model.requires_grad_(False)
+        labels_of = label_map(train_table["identity"])
+        labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
+        key = cache_key(to_dict(cfg)["model"], train_table)
+        with main_process_first(info):
+            feats = image_feature_cache(
+                clip_model,
+                train_table.reset_index(drop=True),
+                image_root,
+                tuple(m.image_size),
+                cache_dir,
+                key,
+                cfg.stage1.feature_batch_size,
+                device,
+                cfg.data.num_workers,
+            )
+        gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(
+            device
         )
-    gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(device)
-    trainable = [p for p in gen.parameters() if p.requires_grad]
-    s1 = cfg.stage1
-    opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
-    state = LoopState({"generator": gen}, opt, warmup_cosine(opt, s1.warmup_epochs, s1.epochs))
-    scale = clip_model.logit_scale.exp().detach().to(device)
-    n = len(labels)
-    bs = min(s1.batch_size, n)
-    per_rank = bs // info.world_size
+        trainable = [p for p in gen.parameters() if p.requires_grad]
+        s1 = cfg.stage1
+        opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
+        state = LoopState({"generator": gen}, opt, warmup_cosine(opt, s1.warmup_epochs, s1.epochs))
+        scale = clip_model.logit_scale.exp().detach().to(device)
+        n = len(labels)
+        bs = min(s1.batch_size, n)
+        per_rank = bs // info.world_size
 
-    def batches(epoch: int):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        for lo in range(0, n - bs + 1, bs):
-            idx = order[lo : lo + bs][info.rank * per_rank : (info.rank + 1) * per_rank]
-            yield idx.sort().values
+        def batches(epoch: int):
+            order = torch.randperm(
+                n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            )
+            for lo in range(0, n - bs + 1, bs):
+                idx = order[lo : lo + bs][info.rank * per_rank : (info.rank + 1) * per_rank]
+                yield idx.sort().values
 
-    with maybe_ddp(gen, device) as model:
+        with maybe_ddp(gen, device) as model:
 
-        def step(idx: torch.Tensor):
-            f = torch.from_numpy(np.array(feats[idx.numpy()])).to(device)
-            y = labels[idx].to(device)
-            g, h = model(y, f)
-            f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
-            parts = {
-                "i2t_g": supcon_loss(f, g, y, y, scale),
-                "t2i_g": supcon_loss(g, f, y, y, scale),
-                "i2t_h": supcon_loss(f, h, y, y, scale),
-                "t2i_h": supcon_loss(h, f, y, y, scale),
-            }
-            loss = sum(parts.values())
-            return loss, {k: v.item() for k, v in parts.items()}, len(idx)
+            def step(idx: torch.Tensor):
+                f = torch.from_numpy(np.array(feats[idx.numpy()])).to(device)
+                y = labels[idx].to(device)
+                g, h = model(y, f)
+                f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
+                parts = {
+                    "i2t_g": supcon_loss(f, g, y, y, scale),
+                    "t2i_g": supcon_loss(g, f, y, y, scale),
+                    "i2t_h": supcon_loss(f, h, y, y, scale),
+                    "t2i_h": supcon_loss(h, f, y, y, scale),
+                }
+                loss = sum(parts.values())
+                return loss, {k: v.item() for k, v in parts.items()}, len(idx)
 
-        meter = run_epochs(
-            state,
-            s1.epochs,
-            batches,
-            step,
-            out_dir / "checkpoint.pt",
-            out_dir / "plots",
-            "stage1",
-            resume,
-            interrupt_after_steps,
-        )
-    result = {
-        "stage": "stage1",
-        "epochs": s1.epochs,
-        "batch_size": bs,
-        "n_images": n,
-        "n_identities": len(labels_of),
-        "final_loss": round(state.history[-1]["loss"], 6) if state.history else None,
-        **count_params(gen),
-        **meter.summary(device),
-    }
-    if info.is_main:
-        write_descriptions(gen, feats, labels, labels_of, train_table, out_dir, device)
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
-    return result
+            meter = run_epochs(
+                state,
+                s1.epochs,
+                batches,
+                step,
+                out_dir / "checkpoint.pt",
+                out_dir / "plots",
+                "stage1",
+                resume,
+                interrupt_after_steps,
+            )
+        result = {
+            "stage": "stage1",
+            "epochs": s1.epochs,
+            "batch_size": bs,
+            "n_images": n,
+            "n_identities": len(labels_of),
+            "final_loss": round(state.history[-1]["loss"], 6) if state.history else None,
+            **count_params(gen),
+            **meter.summary(device),
+        }
+        if info.is_main:
+            write_descriptions(gen, feats, labels, labels_of, train_table, out_dir, device)
+            (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        return result
 
 
 @torch.no_grad()
