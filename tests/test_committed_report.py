@@ -76,8 +76,10 @@ SNAPSHOTS = [d for d in REPORTS if d != REPO / "reports"]
 def test_a_snapshots_seeds_reproduce_the_default_runs_text_free_cells(snapshot):
     """A profile that only adds seeds (and corruption strengths) must give the default run's
     numbers for the seeds both share. The snapshot was made in a separate fresh clone, so this
-    is a fresh-clone reproduction. Only cells without a stage-1 text run are held to it: two of
-    twelve stage-1 runs differed by ~1e-8 between processes, which stage 2 amplifies (README)."""
+    is a fresh-clone reproduction. Only cells without a stage-1 text run are held to it: the
+    committed snapshot predates `stage1.num_threads` and the thread-aware feature-cache key, and
+    its stage-1 runs differ from the default's in the last bits, which stage 2 amplifies
+    (README)."""
     cfg = load(REPO / "params.yaml")
     name = re.search(r"profile `(\w+)`", (snapshot / "PROVENANCE.md").read_text()).group(1)
     changes = {f"{k}.{sub}" for k, v in cfg.profiles[name].items() for sub in v}

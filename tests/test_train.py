@@ -342,6 +342,18 @@ def test_cpu_threads_sets_the_count_inside_and_restores_it_after_an_error():
         _cfg(**{"stage1.num_threads": -1})
 
 
+def test_stage1_does_not_reuse_a_feature_cache_made_on_another_thread_count(in_repo):
+    """Features made on 1 and 2 threads differed by up to 4e-6; reusing the other's cache
+    silently changed stage 1, so the key names device, threads and batch size."""
+    cache = Path(_cfg().data.work) / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    for threads in (1, 2, 1):
+        pipeline.run_stage1(
+            _cfg(**{"stage1.num_threads": threads}), "toy", "meta-ctx4", resume=False
+        )
+    assert len(list(cache.glob("*.npy"))) == 2  # one per thread count, the third run reused
+
+
 def test_stage1_gives_the_same_bytes_in_two_separate_processes(in_repo):
     """A fresh clone's `dvc repro` must reproduce the committed stage-1 weights exactly.
 

@@ -43,9 +43,15 @@ def label_map(identities: pd.Series) -> dict[str, int]:
     return {name: i for i, name in enumerate(sorted(identities.astype(str).unique()))}
 
 
-def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
-    """Hash of what the frozen features depend on: the checkpoint and the table rows."""
+def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame, compute: str) -> str:
+    """Hash of what the frozen features depend on: checkpoint, table rows and `compute`.
+
+    `compute` names the device, CPU thread count and batch size: features made on 1 and on 2
+    threads differed by up to 4e-6, and a cache made under one setting silently changed stage 1
+    under the other (a fresh clone disagreed with a working copy).
+    """
     h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode())
+    h.update(compute.encode())
     pretrained = model_cfg.get("pretrained", "")
     if pretrained and Path(str(pretrained)).is_file():
         h.update(Path(pretrained).read_bytes())
@@ -116,7 +122,10 @@ def train_stage1(
         clip_model.requires_grad_(False)
         labels_of = label_map(train_table["identity"])
         labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
-        key = cache_key(to_dict(cfg)["model"], train_table)
+        compute = (
+            f"{device}/threads={torch.get_num_threads()}/batch={cfg.stage1.feature_batch_size}"
+        )
+        key = cache_key(to_dict(cfg)["model"], train_table, compute)
         with main_process_first(info):
             feats = image_feature_cache(
                 clip_model,
