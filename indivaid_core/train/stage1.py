@@ -43,15 +43,9 @@ def label_map(identities: pd.Series) -> dict[str, int]:
     return {name: i for i, name in enumerate(sorted(identities.astype(str).unique()))}
 
 
-def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame, compute: str) -> str:
-    """Hash of what the frozen features depend on: checkpoint, table rows and `compute`.
-
-    `compute` names the device, CPU thread count and batch size: features made on 1 and on 2
-    threads differed by up to 4e-6, and a cache made under one setting silently changed stage 1
-    under the other (a fresh clone disagreed with a working copy).
-    """
+def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
+    """Hash of what the frozen features depend on: the checkpoint and the table rows."""
     h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode())
-    h.update(compute.encode())
     pretrained = model_cfg.get("pretrained", "")
     if pretrained and Path(str(pretrained)).is_file():
         h.update(Path(pretrained).read_bytes())
@@ -73,9 +67,13 @@ def image_feature_cache(
 ) -> np.memmap:
     """Projected E_I features of every row, written chunk by chunk into a .npy memmap.
 
-    A rerun with the same key reuses the file; peak memory is one chunk, not the dataset.
+    A rerun with the same key, device, thread count and batch size reuses the file; peak
+    memory is one chunk, not the dataset.
     """
-    path = cache_dir / f"{key}.npy"
+    # How the floats are computed is part of the key: features made on 1 and 2 threads differed
+    # by up to 4e-6, and reusing the other's cache silently changed stage 1.
+    compute = f"{key}/{device}/threads={torch.get_num_threads()}/batch={batch_size}"
+    path = cache_dir / f"{hashlib.sha256(compute.encode()).hexdigest()[:16]}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +85,7 @@ def image_feature_cache(
         ds, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
     )
     clip_model = clip_model.to(device).eval()
-    tmp = cache_dir / f"{key}.tmp.npy"
+    tmp = path.with_suffix(".tmp.npy")
     out = None
     for batch in tqdm(loader, desc="stage1 image features", unit="batch"):
         f = clip_model.encode_image(batch["image"].to(device)).float().cpu().numpy()
@@ -122,10 +120,7 @@ def train_stage1(
         clip_model.requires_grad_(False)
         labels_of = label_map(train_table["identity"])
         labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
-        compute = (
-            f"{device}/threads={torch.get_num_threads()}/batch={cfg.stage1.feature_batch_size}"
-        )
-        key = cache_key(to_dict(cfg)["model"], train_table, compute)
+        key = cache_key(to_dict(cfg)["model"], train_table)
         with main_process_first(info):
             feats = image_feature_cache(
                 clip_model,
