@@ -1,11 +1,11 @@
-"""How much does the stage-1 seed move a cell? The pipeline's `pipeline.seeds` reseed stage 2
-only; stage 1 is trained once (top-level `seed`) and shared, so its variance is not in any std.
+"""How much does the stage-1 seed alone move a cell, with stage 2 held at seed 0?
 
-For each stage-1 seed, this trains stage 1, then stage 2 (seed 0) and evaluates, for the given
-variants on one dataset, in its own scratch folder under --out (never the pipeline's work/,
-metrics/ or reports/). The split is the committed one: the prepared table is copied, not
-re-split (the top-level `seed` also seeds the split). Each row is appended to
-<out>/stage1_seed_spread.jsonl as soon as it is measured.
+The pipeline's `pipeline.seeds` reseed both stages together (seed s trains stage 1 and stage 2
+at s); this separates stage 1's share. For each stage-1 seed, it trains stage 1, moves that run
+to where stage-2 seed 0 reads it, trains stage 2 (seed 0) and evaluates, for the given variants
+on one dataset, in its own scratch folder under --out (never the pipeline's work/, metrics/ or
+reports/). The split is the committed one: the prepared table is copied, not re-split. Each row
+is appended to <out>/stage1_seed_spread.jsonl as soon as it is measured.
 Usage: python benchmarks/stage1_seed_spread.py --out work/s1_spread --dataset synth-tiger
        --variants clipreid indivaid --stage1-seeds 0 1 2 3
 """
@@ -39,18 +39,19 @@ def main() -> None:
     for s in args.stage1_seeds:
         run = out / f"stage1_seed{s}"
         shutil.copytree(table.parent, run / "work" / table.parent.name, dirs_exist_ok=True)
-        cfg = config_mod.load(
-            "params.yaml",
-            {
-                "seed": s,
-                "pipeline.seeds": [0],
-                "data.work": str(run / "work"),
-                "data.metrics": str(run / "metrics"),
-                "data.reports": str(run / "reports"),
-            },
-        )
-        for text in sorted({cfg.variants[v].text for v in args.variants}):
-            pipeline.run_stage1(cfg, args.dataset, text, resume=False)
+        where = {
+            "data.work": str(run / "work"),
+            "data.metrics": str(run / "metrics"),
+            "data.reports": str(run / "reports"),
+        }
+        s1_cfg = config_mod.load("params.yaml", {**where, "pipeline.seeds": [s]})
+        cfg = config_mod.load("params.yaml", {**where, "pipeline.seeds": [0]})
+        paths = pipeline.Paths(cfg, args.dataset)
+        for text in sorted({cfg.variants[v].text for v in args.variants} - {"none"}):
+            pipeline.run_stage1(s1_cfg, args.dataset, text, resume=False)
+            if s != 0:  # stage-2 seed 0 reads stage-1 seed 0's folder
+                shutil.rmtree(paths.stage1(text, 0), ignore_errors=True)
+                paths.stage1(text, s).rename(paths.stage1(text, 0))
         for variant in args.variants:
             pipeline.run_stage2(cfg, args.dataset, variant, resume=False)
             ev = pipeline.evaluate(cfg, args.dataset, variant)

@@ -42,7 +42,7 @@ def test_bad_keys_name_the_key_and_a_suggestion(override, message):
 def test_profile_overrides_merge_over_the_base():
     cfg = config.load(REPO / "params.yaml", {"profile": "paper"})
     assert cfg.model.backbone == "ViT-B-16" and tuple(cfg.model.image_size) == (256, 128)
-    assert cfg.seed == 451
+    assert cfg.seed == 451 and cfg.pipeline.seeds == [451]
     # untouched keys keep the base value
     assert cfg.stage2.margin == config.load(REPO / "params.yaml").stage2.margin
 

@@ -124,7 +124,7 @@ def _same(a: dict, b: dict) -> bool:
 def test_stage1_loss_falls_and_cache_is_reused(in_repo):
     cfg = _cfg()
     r = pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)
-    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4")
+    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4", 0)
     hist = pd.read_json(out / "plots" / "history.json")
     assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
     desc = load_file(str(out / "descriptions.safetensors"))
@@ -145,6 +145,7 @@ def test_two_seeds_twice_each_are_identical_and_differ_from_each_other(in_repo):
     assert _same(first, _weights(out))
     other = _cfg(**{"pipeline.seeds": [1]})
     other_out = pipeline.Paths(other, "toy").stage2("indivaid", 1)
+    pipeline.run_stage1(other, "toy", "meta-ctx4")
     pipeline.run_stage2(other, "toy", "indivaid", resume=False)
     second = _weights(other_out)
     assert not _same(first, second)
@@ -248,7 +249,7 @@ def test_ddp_two_cpu_processes_match_one_process(in_repo):
         _torchrun(in_repo, n, "stage1", "--text", "meta-ctx4", work, *common)
         _torchrun(in_repo, n, "stage2", "--variant", "indivaid", work, *common)
     s1 = [
-        load_file(str(in_repo / f"work_{t}/stage1/toy/meta-ctx4/text_learner.safetensors"))
+        load_file(str(in_repo / f"work_{t}/stage1/toy/meta-ctx4/seed0/text_learner.safetensors"))
         for t in ("single", "ddp")
     ]
     for k in s1[0]:
@@ -317,11 +318,30 @@ def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
     assert image.grad is not None and conv.weight.grad is not None
 
 
+def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo):
+    """Seed s of a cell is stage 1 and stage 2 both at seed s: sharing one stage 1 across the
+    stage-2 seeds hid stage 1's spread (a 4e-6 feature change moved a mAP by 4 points)."""
+    two = _cfg(**{"pipeline.seeds": [0, 1]})
+    r = pipeline.run_stage1(two, "toy", "meta-ctx4", resume=False)
+    assert r["seeds"] == [0, 1]
+    paths = pipeline.Paths(two, "toy")
+    learned = [
+        load_file(str(paths.stage1("meta-ctx4", s) / "text_learner.safetensors")) for s in (0, 1)
+    ]
+    assert not _same(*learned)  # another seed, other weights
+    pipeline.run_stage1(_cfg(), "toy", "meta-ctx4", resume=False)  # seeds [0] alone
+    alone = load_file(str(paths.stage1("meta-ctx4", 0) / "text_learner.safetensors"))
+    assert _same(alone, learned[0])  # seed 0 does not depend on which other seeds run
+    (paths.stage1("meta-ctx4", 1) / "descriptions.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="meta-ctx4/seed1/descriptions"):
+        pipeline.run_stage2(two, "toy", "indivaid", resume=False)
+
+
 def test_stage1_result_does_not_depend_on_whether_the_feature_cache_existed(in_repo):
     """Building the cache iterates a DataLoader; that must not move the global RNG that then
     initialises the prompt learner (it once did: a fresh clone got other numbers)."""
     cfg = _cfg()
-    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4")
+    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4", 0)
     shutil.rmtree(Path(cfg.data.work) / "cache", ignore_errors=True)
     pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache miss: computed here
     fresh = load_file(str(out / "text_learner.safetensors"))
@@ -370,7 +390,7 @@ def test_stage1_gives_the_same_bytes_in_two_separate_processes(in_repo):
         cmd += ["--text", "meta-ctx4", f"--set=data.work=work_{tag}", "--no-resume"]
         done = subprocess.run(cmd, cwd=in_repo, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-        out = in_repo / f"work_{tag}" / "stage1" / "toy" / "meta-ctx4"
+        out = in_repo / f"work_{tag}" / "stage1" / "toy" / "meta-ctx4" / "seed0"
         blobs.append(
             {
                 f: (out / f).read_bytes()
