@@ -319,6 +319,10 @@ def write_results_md(
     seeds = ", ".join(str(s) for s in cfg.pipeline.seeds)
     devices = ", ".join(sorted(set(metrics["device"]))) if len(metrics) else "—"
     quote = pd.DataFrame(PAPER_QUOTE).T
+    first_seed_only = (
+        f"One trained model per variant: seed {cfg.pipeline.seeds[0]}, the first of "
+        "`pipeline.seeds` (the tables above average every seed)."
+    )
     lines = [
         "# IndivAID — results",
         "",
@@ -394,9 +398,13 @@ def write_results_md(
         "",
         "## Robustness to test-time corruption (mAP, %)",
         "",
+        first_seed_only,
+        "",
         *_robustness_md(reports),
         "",
         "## Attention and saliency",
+        "",
+        first_seed_only,
         "",
         *[
             f"![{p.stem}]({p.relative_to(reports).as_posix()})"
