@@ -155,11 +155,12 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
         return result
     run_cfg = cfg.for_run(dataset, text)
     table = read_table(cfg, dataset)
+    train, root = train_split(table), Path(table["image_root"].iloc[0])  # the same for every seed
     per_seed = {
         seed: train_stage1(
             dataclasses.replace(run_cfg, seed=seed),
-            train_split(table),
-            Path(table["image_root"].iloc[0]),
+            train,
+            root,
             cfg.dataset(dataset).species,
             paths.stage1(text, seed),
             Path(cfg.data.work) / "cache",
@@ -204,13 +205,14 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
         if "camera" not in table:
             raise ValueError(f"{paths.table}: model.sie_coef > 0 needs a 'camera' column")
         camera_map = camera_map_of(table["camera"])  # all splits: test cameras need an id too
+    train, root = train_split(table), Path(table["image_root"].iloc[0])  # the same for every seed
     per_seed = {}
     for seed in cfg.pipeline.seeds:
         run_cfg = dataclasses.replace(variant_cfg, seed=seed)
         per_seed[seed] = train_stage2(
             run_cfg,
-            train_split(table),
-            Path(table["image_root"].iloc[0]),
+            train,
+            root,
             paths.stage2(variant, seed),
             paths.stage1(v.text, seed) if use_text else None,
             train=v.train,
