@@ -86,12 +86,15 @@ class Stage1Cfg:
     weight_decay: float = 1e-4
     feature_batch_size: int = 64
     num_threads: int = 1  # CPU threads; 0 = torch's default (see engine.cpu_threads)
+    processes: int = 1  # CPU: (text run, seed) runs trained side by side; 1 = one after another
 
     def __post_init__(self) -> None:
         if self.num_threads < 0:
             raise ConfigError(
                 f"stage1.num_threads: expected 0 (torch's default) or more, got {self.num_threads}"
             )
+        if self.processes < 1:
+            raise ConfigError(f"stage1.processes: expected 1 or more, got {self.processes}")
 
 
 @dataclass

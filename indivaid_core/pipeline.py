@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from . import config as config_mod
 from .config import Config
@@ -138,40 +141,83 @@ def train_split(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any]:
-    """Train one stage-1 text run once per seed in `pipeline.seeds`.
+    """One stage-1 text run, once per seed in `pipeline.seeds` (see `run_text_runs`)."""
+    return run_text_runs(cfg, dataset, [text], **kw)[text]
+
+
+def run_text_runs(
+    cfg: Config, dataset: str, texts: list[str] | None = None, **kw: Any
+) -> dict[str, dict[str, Any]]:
+    """Train stage-1 text runs (default: all of `pipeline.text_runs`) once per seed.
 
     Stage-2 seed s reads stage-1 seed s, so the seeds sample both stages: a 4e-6 change in the
     stage-1 features once moved a stage-2 mAP by 4 points, more than the stage-2 seeds' spread.
     """
-    from .train.stage1 import train_stage1
-
     paths = Paths(cfg, dataset)
-    out = paths.stage1(text)
-    out.mkdir(parents=True, exist_ok=True)
-    if text == "none":
-        result = {"stage": "stage1", "text": "none", "trained": False}
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        publish_curves(out, paths.curves("stage1") / text)  # an empty plot folder
-        return result
-    run_cfg = cfg.for_run(dataset, text)
+    texts = list(cfg.pipeline.text_runs) if texts is None else texts
+    results: dict[str, dict[str, Any]] = {}
+    jobs: dict[tuple[str, int], Config] = {}
+    for text in texts:
+        if text == "none":
+            out = paths.stage1(text)
+            out.mkdir(parents=True, exist_ok=True)
+            results[text] = {"stage": "stage1", "text": "none", "trained": False}
+            (out / "metrics.json").write_text(json.dumps(results[text], indent=2))
+            publish_curves(out, paths.curves("stage1") / text)  # an empty plot folder
+            continue
+        run_cfg = cfg.for_run(dataset, text)
+        for seed in cfg.pipeline.seeds:
+            jobs[text, seed] = dataclasses.replace(run_cfg, seed=seed)
+    if not jobs:
+        return results
     table = read_table(cfg, dataset)
-    train, root = train_split(table), Path(table["image_root"].iloc[0])  # the same for every seed
-    per_seed = {
-        seed: train_stage1(
-            dataclasses.replace(run_cfg, seed=seed),
-            train,
-            root,
-            cfg.dataset(dataset).species,
-            paths.stage1(text, seed),
-            Path(cfg.data.work) / "cache",
-            **kw,
-        )
-        for seed in cfg.pipeline.seeds
-    }
-    if dist_info().is_main:
-        publish_curves(paths.stage1(text, cfg.pipeline.seeds[0]), paths.curves("stage1") / text)
-    first = per_seed[cfg.pipeline.seeds[0]]
-    return {**first, "seeds": list(per_seed), "wall_time_s": stage1_wall_s(per_seed)}
+    train, root = train_split(table), Path(table["image_root"].iloc[0])  # the same for every run
+    args = (train, root, cfg.dataset(dataset).species)
+    done = _train_stage1_runs(cfg, jobs, args, paths, Path(cfg.data.work) / "cache", kw)
+    for text in dict.fromkeys(t for t, _ in jobs):
+        per_seed = {seed: done[text, seed] for seed in cfg.pipeline.seeds}
+        if dist_info().is_main:
+            publish_curves(paths.stage1(text, cfg.pipeline.seeds[0]), paths.curves("stage1") / text)
+        first = per_seed[cfg.pipeline.seeds[0]]
+        results[text] = {**first, "seeds": list(per_seed), "wall_time_s": stage1_wall_s(per_seed)}
+    return {t: results[t] for t in texts}
+
+
+def _train_stage1_runs(
+    cfg: Config,
+    jobs: dict[tuple[str, int], Config],
+    args: tuple[pd.DataFrame, Path, str],
+    paths: Paths,
+    cache: Path,
+    kw: dict[str, Any],
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each (text, seed) run, one after another or, on CPU, `stage1.processes` side by side.
+
+    Stage 1 runs on `stage1.num_threads` (1) threads, which leaves the other cores idle; on one
+    thread a run's bytes do not depend on the process it ran in (tests check this), so running
+    them side by side changes nothing but the wall time.
+    """
+    from .train.stage1 import train_stage1, warm_feature_cache
+
+    n = min(cfg.stage1.processes, len(jobs))
+    serial = n <= 1 or resolve_device(cfg.device).type != "cpu" or dist_info().world_size > 1
+    if serial:
+        return {
+            (text, seed): train_stage1(c, *args, paths.stage1(text, seed), cache, **kw)
+            for (text, seed), c in jobs.items()
+        }
+    for c in {json.dumps(config_mod.to_dict(c)["model"]): c for c in jobs.values()}.values():
+        warm_feature_cache(c, args[0], args[1], cache)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(train_stage1, c, *args, paths.stage1(*key), cache, **kw): key
+            for key, c in jobs.items()
+        }
+        done = {}
+        for f in tqdm(as_completed(futures), total=len(futures), desc="stage1 runs", unit="run"):
+            done[futures[f]] = f.result()  # re-raises a run's error; finished runs are on disk
+    return {key: done[key] for key in jobs}
 
 
 def stage1_wall_s(per_seed: dict[int, dict[str, Any]]) -> float:
@@ -410,12 +456,20 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
     for variant in variants:
         encoder, spec = load_export(paths.stage2(variant, seed), device)
         gf = features_for(cfg, encoder, spec, gallery, root)
+        # Every corruption is the identity at strength 0 (tests check it), so the clean query
+        # features serve all of them; leave-one-out queries are the gallery itself.
+        clean = gf if loo else None
         for name in cfg.eval.corruptions:
             for level in cfg.eval.corruption_levels:
-                tf = corrupted_transform(
-                    name, level, spec["image_size"], spec["mean"], spec["std"], cfg.seed
-                )
-                qf = features_for(cfg, encoder, spec, query, root, transform=tf)
+                if level == 0 and clean is None:
+                    clean = features_for(cfg, encoder, spec, query, root)
+                if level == 0:
+                    qf = clean
+                else:
+                    tf = corrupted_transform(
+                        name, level, spec["image_size"], spec["mean"], spec["std"], cfg.seed
+                    )
+                    qf = features_for(cfg, encoder, spec, query, root, transform=tf)
                 _, m = score(cfg, qf, gf, query, gallery, loo)
                 rows.append(
                     {"variant": variant, "corruption": name, "strength": level, **headline(m)}

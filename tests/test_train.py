@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -335,6 +336,41 @@ def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo)
     (paths.stage1("meta-ctx4", 1) / "descriptions.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="meta-ctx4/seed1/descriptions"):
         pipeline.run_stage2(two, "toy", "indivaid", resume=False)
+
+
+def test_text_runs_side_by_side_give_the_bytes_of_runs_one_after_another(in_repo, monkeypatch):
+    """stage1.processes only changes the wall time: 1-thread runs in spawned processes write
+    the same files as in this process, and the text runs share one feature file (their
+    text-side settings do not change E_I's features)."""
+    submitted = []
+
+    class Counting(ProcessPoolExecutor):  # the real pool; counts what it is given
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", Counting)
+    cache = Path(_cfg().data.work) / "cache"
+    texts = ["meta-ctx4", "nometa-ctx4", "ctx2"]
+    outs = {}
+    for processes in (1, 2):
+        shutil.rmtree(cache, ignore_errors=True)
+        cfg = _cfg(**{"stage1.processes": processes})
+        r = pipeline.run_text_runs(cfg, "toy", texts, resume=False)
+        assert list(r) == texts and all(r[t]["seeds"] == [0] for t in texts)
+        assert len(list(cache.glob("*.npy"))) == 1
+        paths = pipeline.Paths(cfg, "toy")
+        outs[processes] = {
+            (t, f): load_file(str(paths.stage1(t, 0) / f))
+            for t in texts
+            for f in ("text_learner.safetensors", "descriptions.safetensors")
+        }
+    assert submitted == ["train_stage1"] * 3  # processes 2 used the pool, processes 1 did not
+    assert all(_same(outs[1][k], outs[2][k]) for k in outs[1])
+    meta, nometa = (outs[2][t, "descriptions.safetensors"] for t in ("meta-ctx4", "nometa-ctx4"))
+    assert meta["h"].shape == nometa["h"].shape and not _same(meta, nometa)  # not one run copied
+    with pytest.raises(config.ConfigError, match="stage1.processes"):
+        _cfg(**{"stage1.processes": 0})
 
 
 def test_stage1_result_does_not_depend_on_whether_the_feature_cache_existed(in_repo):

@@ -331,8 +331,8 @@ def build_clip(
 
     quiet = _quiet_random_init_warning() if weights is not None else nullcontext()
     with quiet, torch.random.fork_rng(devices=[], enabled=init_seed is not None):
-        if init_seed is not None:
-            torch.manual_seed(init_seed)
+        if init_seed is not None:  # CPU generator only: fork_rng restores no other
+            torch.default_generator.manual_seed(init_seed)
         model = open_clip.create_model(
             backbone,
             pretrained=None,

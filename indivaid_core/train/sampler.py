@@ -96,6 +96,9 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         row, seed = key
+        # Only the CPU generator: the transforms draw from it alone. torch.manual_seed would
+        # also reseed every accelerator generator, which fork_rng(devices=[]) leaves reseeded,
+        # and it cost about 1 ms a sample (benchmarks/bench_seeding.py).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.base[row]

@@ -43,9 +43,18 @@ def label_map(identities: pd.Series) -> dict[str, int]:
     return {name: i for i, name in enumerate(sorted(identities.astype(str).unique()))}
 
 
+# What build_clip makes E_I from: the only model settings the frozen features depend on.
+FEATURE_SETTINGS = ("backbone", "pretrained", "image_size", "stride")
+
+
 def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
-    """Hash of what the frozen features depend on: the checkpoint and the table rows."""
-    h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode())
+    """Hash of what the frozen features depend on: the image tower, the checkpoint and the rows.
+
+    Text-side settings (n_ctx, meta_net, fusion) are left out, so the text runs of a dataset
+    share one feature file instead of each computing the same features again.
+    """
+    tower = {k: model_cfg.get(k) for k in FEATURE_SETTINGS}
+    h = hashlib.sha256(json.dumps(tower, sort_keys=True).encode())
     pretrained = model_cfg.get("pretrained", "")
     if pretrained and Path(str(pretrained)).is_file():
         h.update(Path(pretrained).read_bytes())
@@ -99,6 +108,40 @@ def image_feature_cache(
     return np.load(path, mmap_mode="r")
 
 
+def frozen_features(
+    cfg: Config,
+    clip_model: torch.nn.Module,
+    train_table: pd.DataFrame,
+    image_root: Path,
+    cache_dir: Path,
+    device: torch.device,
+) -> np.memmap:
+    """The training rows' E_I features for this run's settings, from the cache when present."""
+    return image_feature_cache(
+        clip_model,
+        train_table.reset_index(drop=True),
+        image_root,
+        tuple(cfg.model.image_size),
+        cache_dir,
+        cache_key(to_dict(cfg)["model"], train_table),
+        cfg.stage1.feature_batch_size,
+        device,
+        cfg.data.num_workers,
+    )
+
+
+def warm_feature_cache(
+    cfg: Config, train_table: pd.DataFrame, image_root: Path, cache_dir: Path
+) -> None:
+    """Compute the feature file before runs start side by side, so no two of them write it."""
+    with cpu_threads(cfg.stage1.num_threads):  # the thread count is part of the cache key
+        m = cfg.model
+        clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+        frozen_features(
+            cfg, clip_model, train_table, image_root, cache_dir, resolve_device(cfg.device)
+        )
+
+
 def train_stage1(
     cfg: Config,
     train_table: pd.DataFrame,
@@ -120,19 +163,8 @@ def train_stage1(
         clip_model.requires_grad_(False)
         labels_of = label_map(train_table["identity"])
         labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
-        key = cache_key(to_dict(cfg)["model"], train_table)
         with main_process_first(info):
-            feats = image_feature_cache(
-                clip_model,
-                train_table.reset_index(drop=True),
-                image_root,
-                tuple(m.image_size),
-                cache_dir,
-                key,
-                cfg.stage1.feature_batch_size,
-                device,
-                cfg.data.num_workers,
-            )
+            feats = frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
         gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(
             device
         )
