@@ -378,7 +378,13 @@ def write_results_md(
         "",
         to_markdown(cost) if len(cost) else "No runs.",
         "",
-        "FLOPs are the forward pass of the image encoder per image (training ≈ 3×).",
+        "FLOPs are the forward pass of the image encoder per image (training ≈ 3×)."
+        + (
+            f" Stage-1 wall is one text run's training; up to {cfg.stage1.processes} runs train "
+            "side by side (`stage1.processes`), so it overstates a run alone on the machine."
+            if cfg.stage1.processes > 1
+            else ""
+        ),
         "",
         "## Robustness by condition (mean per-query AP, %)",
         "",

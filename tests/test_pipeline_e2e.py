@@ -81,6 +81,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "Main table" in results and "not run" in results  # the real benchmarks are absent
     # the corruption sweep and the attention figures use one seed's models, and say which
     assert results.count("One trained model per variant: seed 0,") == 2
+    assert "up to 2 runs train side by side (`stage1.processes`)" in results  # cost-table caveat
     assert (repo / "reports/notebooks/04_evaluate/synth-stoat.ipynb").exists()
 
     # an unchanged pipeline is skipped, and so is an edit to a profile that is not selected
