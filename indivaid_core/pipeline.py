@@ -206,7 +206,7 @@ def _train_stage1_runs(
             (text, seed): train_stage1(c, *args, paths.stage1(text, seed), cache, **kw)
             for (text, seed), c in jobs.items()
         }
-    for c in {json.dumps(config_mod.to_dict(c)["model"]): c for c in jobs.values()}.values():
+    for c in jobs.values():  # computes each distinct feature file once, skips the rest
         warm_feature_cache(c, args[0], args[1], cache)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
     with ProcessPoolExecutor(n, mp_context=ctx) as pool:
@@ -461,9 +461,9 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
         clean = gf if loo else None
         for name in cfg.eval.corruptions:
             for level in cfg.eval.corruption_levels:
-                if level == 0 and clean is None:
-                    clean = features_for(cfg, encoder, spec, query, root)
                 if level == 0:
+                    if clean is None:
+                        clean = features_for(cfg, encoder, spec, query, root)
                     qf = clean
                 else:
                     tf = corrupted_transform(

@@ -62,6 +62,14 @@ def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_file(cache_dir: Path, key: str, device: torch.device, batch_size: int) -> Path:
+    """Where `image_feature_cache` keeps the features for `key` computed this way."""
+    # How the floats are computed is part of the key: features made on 1 and 2 threads differed
+    # by up to 4e-6, and reusing the other's cache silently changed stage 1.
+    compute = f"{key}/{device}/threads={torch.get_num_threads()}/batch={batch_size}"
+    return cache_dir / f"{hashlib.sha256(compute.encode()).hexdigest()[:16]}.npy"
+
+
 @torch.no_grad()
 def image_feature_cache(
     clip_model: torch.nn.Module,
@@ -79,10 +87,7 @@ def image_feature_cache(
     A rerun with the same key, device, thread count and batch size reuses the file; peak
     memory is one chunk, not the dataset.
     """
-    # How the floats are computed is part of the key: features made on 1 and 2 threads differed
-    # by up to 4e-6, and reusing the other's cache silently changed stage 1.
-    compute = f"{key}/{device}/threads={torch.get_num_threads()}/batch={batch_size}"
-    path = cache_dir / f"{hashlib.sha256(compute.encode()).hexdigest()[:16]}.npy"
+    path = cache_file(cache_dir, key, device, batch_size)
     if path.exists():
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -133,13 +138,18 @@ def frozen_features(
 def warm_feature_cache(
     cfg: Config, train_table: pd.DataFrame, image_root: Path, cache_dir: Path
 ) -> None:
-    """Compute the feature file before runs start side by side, so no two of them write it."""
+    """Compute the feature file before runs start side by side, so no two of them write it.
+
+    Returns at once when the file exists: text runs that share an image tower share it.
+    """
     with cpu_threads(cfg.stage1.num_threads):  # the thread count is part of the cache key
+        device = resolve_device(cfg.device)
+        key = cache_key(to_dict(cfg)["model"], train_table)
+        if cache_file(cache_dir, key, device, cfg.stage1.feature_batch_size).exists():
+            return
         m = cfg.model
         clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
-        frozen_features(
-            cfg, clip_model, train_table, image_root, cache_dir, resolve_device(cfg.device)
-        )
+        frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
 
 
 def train_stage1(
