@@ -27,19 +27,24 @@ def supcon_loss(
     labels_a: torch.Tensor,
     labels_b: torch.Tensor,
     logit_scale: float | torch.Tensor,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Supervised contrastive loss of anchors `feat_a` (N, D) against candidates `feat_b` (M, D).
 
     Features are L2-normalised; logits are `logit_scale * cos` (logit_scale is the multiplier,
-    1 / temperature, e.g. CLIP's `logit_scale.exp()`). For each anchor the loss is minus the
-    mean, over candidates with the same label, of the log-softmax over all candidates.
+    1 / temperature, e.g. CLIP's `logit_scale.exp()`). `normalize=False` with logit_scale 1
+    gives CLIP-ReID's stage-1 SupConLoss (raw dot products, temperature 1).
+    For each anchor the loss is minus the mean, over candidates with the same label, of the
+    log-softmax over all candidates.
     Anchors without any positive are left out. i2t = supcon(img, txt), t2i = supcon(txt, img).
     It decreases as matching pairs get closer; the released IndivAID loss returned exp(cos),
     which increases instead, so training on it pushed matching pairs apart.
     """
     if feat_a.shape[0] != labels_a.shape[0] or feat_b.shape[0] != labels_b.shape[0]:
         raise ValueError("supcon_loss: each feature row needs one label")
-    logits = logit_scale * F.normalize(feat_a, dim=1) @ F.normalize(feat_b, dim=1).T
+    if normalize:
+        feat_a, feat_b = F.normalize(feat_a, dim=1), F.normalize(feat_b, dim=1)
+    logits = logit_scale * feat_a @ feat_b.T
     log_prob = F.log_softmax(logits, dim=1)
     pos = (labels_a[:, None] == labels_b[None, :]).to(log_prob.dtype)
     n_pos = pos.sum(1)
@@ -86,15 +91,23 @@ def i2t_ce_loss(
     labels: torch.Tensor,
     logit_scale: float | torch.Tensor,
     label_smoothing: float = 0.0,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Cross-entropy of each image against all C identity descriptions (C, D), row c = id c.
 
     Both sides are L2-normalised and scaled by `logit_scale` (1 / temperature).
+    `normalize=False`, logit_scale 1 and label smoothing 0.1 give CLIP-ReID's stage-2 i2t loss
+    (raw `image_proj @ text.T` logits).
     """
     if labels.numel() and int(labels.max()) >= text_feats_all.shape[0]:
         raise ValueError(
             f"i2t_ce_loss: label {int(labels.max())} has no description among "
             f"{text_feats_all.shape[0]} rows"
         )
-    logits = logit_scale * F.normalize(img_feats, dim=1) @ F.normalize(text_feats_all, dim=1).T
+    if normalize:
+        img_feats, text_feats_all = (
+            F.normalize(img_feats, dim=1),
+            F.normalize(text_feats_all, dim=1),
+        )
+    logits = logit_scale * img_feats @ text_feats_all.T
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)

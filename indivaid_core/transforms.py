@@ -10,14 +10,28 @@ from torchvision.transforms import v2
 from .config import AugmentCfg
 
 
+def _resize(image_size: Sequence[int], backend: str, train: bool) -> list:
+    """`tensor`: bilinear antialiased resize of the tensor (the CPU default). `pil`: CLIP-ReID's
+    path, PIL's own filter on the decoded image (bilinear at test time, bicubic in training),
+    which the golden preprocessing test matches exactly."""
+    if backend == "tensor":
+        return [v2.ToImage(), v2.Resize(tuple(image_size), antialias=True)]
+    if backend != "pil":
+        raise ValueError(f"resize backend must be 'tensor' or 'pil', got {backend!r}")
+    mode = v2.InterpolationMode.BICUBIC if train else v2.InterpolationMode.BILINEAR
+    return [v2.Resize(tuple(image_size), interpolation=mode), v2.ToImage()]
+
+
 def eval_transform(
-    image_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
+    image_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_backend: str = "tensor",
 ) -> v2.Compose:
     """Deterministic resize + normalise: the only preprocessing features are computed with."""
     return v2.Compose(
         [
-            v2.ToImage(),
-            v2.Resize(tuple(image_size), antialias=True),
+            *_resize(image_size, resize_backend, train=False),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(mean), std=list(std)),
         ]
@@ -25,10 +39,14 @@ def eval_transform(
 
 
 def train_transform(
-    image_size: Sequence[int], mean: Sequence[float], std: Sequence[float], aug: AugmentCfg
+    image_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    aug: AugmentCfg,
+    resize_backend: str = "tensor",
 ) -> v2.Compose:
     """Re-ID style augmentation; horizontal flip only when asked (it swaps the visible flank)."""
-    steps: list = [v2.ToImage(), v2.Resize(tuple(image_size), antialias=True)]
+    steps: list = _resize(image_size, resize_backend, train=True)
     if aug.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if aug.pad:

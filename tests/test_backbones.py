@@ -19,6 +19,7 @@ from indivaid_core.model import (
     DescriptionGenerator,
     ReIDEncoder,
     build_clip,
+    checkpoints,
     convert_lite0_state_dict,
     lite0_imagenet_classifier,
     load_lite0_imagenet,
@@ -106,15 +107,30 @@ def test_checkpoint_pos_embed_is_interpolated_to_the_new_grid(tmp_path):
     square = build_clip("tiny-vit", None, (224, 224), init_seed=1)  # differs from the default 0
     path = tmp_path / "tiny.pt"
     torch.save(square.state_dict(), path)
-    model = build_clip("tiny-vit", str(path), (256, 128), stride=12)
+    model = build_clip("tiny-vit", f"open_clip:{path}", (256, 128), stride=12)
     old = square.visual.positional_embedding.detach()
     new = model.visual.positional_embedding.detach()
     assert torch.equal(new[0], old[0])  # class slot untouched
     grid = old[1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
-    ref = F.interpolate(grid, size=(21, 10), mode="bicubic", antialias=True, align_corners=False)
+    # CLIP-ReID's resize: bilinear, no antialias (tests/test_golden_clipreid.py checks it too)
+    ref = F.interpolate(grid, size=(21, 10), mode="bilinear", antialias=False, align_corners=False)
     assert torch.allclose(new[1:], ref.permute(0, 2, 3, 1).reshape(210, -1), atol=1e-6)
     assert torch.equal(model.visual.conv1.weight, square.visual.conv1.weight)
     assert torch.equal(model.token_embedding.weight, square.token_embedding.weight)
+    gelu = model.visual.transformer.resblocks[0].mlp.gelu
+    assert not isinstance(gelu, open_clip.transformer.QuickGELU)  # open_clip: keeps GELU
+
+
+def test_bare_openai_layout_file_reads_as_openai_weights(tmp_path, caplog):
+    square = build_clip("tiny-vit", None, (224, 224), init_seed=1)
+    path = tmp_path / "tiny.pt"
+    torch.save(square.state_dict(), path)
+    model = build_clip("tiny-vit", str(path), (64, 32))
+    assert isinstance(
+        model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
+    )
+    assert "read as OpenAI weights" in caplog.text and "open_clip:" in caplog.text
+    assert preprocess_info(model).mean == (0.5, 0.5, 0.5)
 
 
 def test_random_parts_are_reproducible():
@@ -126,11 +142,17 @@ def test_random_parts_are_reproducible():
     assert torch.equal(a.visual.trunk.conv_stem.weight, c.visual.trunk.conv_stem.weight)
 
 
-def test_openai_offline_gives_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+def test_openai_offline_says_what_file_to_get_and_where(monkeypatch, tmp_path):
+    """This machine has no internet: `openai` must fail on the first try, naming the file."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("INDIVAID_WEIGHTS_DIR", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(RuntimeError, match="local checkpoint"):
-        build_clip("ViT-B-16", "openai", (256, 128), stride=12)
+    monkeypatch.setattr(checkpoints, "_online", lambda *a, **k: False)
+    with pytest.raises(RuntimeError) as err:
+        build_clip("ViT-B-16", "openai", (256, 128), stride=16)
+    msg = str(err.value)
+    assert "openaipublic.azureedge.net" in msg and "ViT-B-16.pt" in msg
+    assert ".cache/clip" in msg and "INDIVAID_WEIGHTS_DIR" in msg
 
 
 def test_bad_arguments_are_named():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,14 @@ from .images import IMAGE_EXTENSIONS, DataError
 from .splits import split_identities
 from .table import check_columns
 
-#: `<pid>_<camid>_<anything>.<ext>`; camid may carry a `c` prefix (Market-1501 style).
-REID_NAME = re.compile(r"^(?P<pid>\d+)_c?(?P<cam>\d+)(?:[_.].*)?$", re.IGNORECASE)
+#: `<pid>_<camid>[_<anything>].<ext>`, the names every released reader parses: IndivAID's
+#: `0001_-1_3_origin.jpg` (ATRW, FriesianCattle2017, IPanda50, Lion, Nyala, PolarBear, SeaStar),
+#: Stoat's `5_CREK_12.jpg`, MPDD's `id_camid_no_origin.jpg`, Market-1501's
+#: `0002_c1s1_000451_01.jpg` (pid -1: junk). The camid token stops at the next `_` or `.`.
+REID_NAME = re.compile(r"^(?P<pid>-1|\d+)_(?P<cam>-?\d+|[0-9A-Za-z]+)(?:[_.].*)?$")
+#: Market-1501's camera token `c<camera>s<sequence>` (or a bare `c<camera>`): the camera number.
+MARKET_CAMERA = re.compile(r"^c(?P<cam>\d+)(?:s\d+)?$")
+JUNK_PID = "-1"  # Market-1501 / CLIP-ReID: images of no identity, skipped by the readers
 REID_SPLITS = (("train", "query", "gallery"), ("train", "test"))
 WILDLIFE_CLASSES = (
     "ATRW",
@@ -45,12 +51,91 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".") and p.name not in ("Thumbs.db", "desktop.ini")
 
 
+def camera_numbers(tokens: Iterable[str]) -> dict[str, int]:
+    """The integer camera of each camid token of one dataset (all splits together).
+
+    Tokens that are integers (`-1` included, as the released readers keep them) or Market-1501
+    `c<n>s<m>` (camera n, not n - 1 as CLIP-ReID's Market reader: only equality and order
+    matter here) keep their number when every token of the dataset is numeric. If any token is
+    a name (Stoat's `CREK`, MPDD's cameras), every distinct token gets its rank 0..n-1, numeric
+    tokens first by value, then names in sorted order. This is deterministic and one mapping
+    for all splits; the released readers differ (Stoat: five fixed names to 1000..1004, in the
+    same order; MPDD: per-folder ids in set-iteration order), which only SIE and the optional
+    same-camera filter could see.
+    """
+    tokens = set(tokens)
+    value: dict[str, int | None] = {}
+    for t in tokens:
+        market = MARKET_CAMERA.match(t)
+        value[t] = int(market["cam"]) if market else int(t) if re.fullmatch(r"-?\d+", t) else None
+    numbers = {t: v for t, v in value.items() if v is not None}
+    if len(numbers) == len(value):
+        return numbers
+    order = sorted(tokens, key=lambda t: (0, value[t], t) if value[t] is not None else (1, 0, t))
+    return {t: i for i, t in enumerate(order)}
+
+
+def _reid_rows(root: Path, split: str, bad: list[str], junk: list[str]) -> list[dict]:
+    """One row per image of `<root>/<split>`; misnamed files go to `bad`, pid -1 to `junk`."""
+    rows = []
+    for p in sorted((root / split).iterdir()):
+        if not _visible(p):
+            continue
+        rel = p.relative_to(root).as_posix()
+        m = REID_NAME.match(p.name)
+        if not _is_image(p) or m is None:
+            bad.append(rel)
+        elif m["pid"] == JUNK_PID:
+            junk.append(rel)
+        else:
+            rows.append(
+                {
+                    "image_id": rel,
+                    "identity": str(int(m["pid"])),
+                    "path": rel,
+                    "camera": m["cam"],
+                    "split": split,
+                    "name": p.name,
+                }
+            )
+    return rows
+
+
+def _merge_same_query_gallery(root: Path, rows: list[dict]) -> list[dict]:
+    """Stoat's release: query/ and gallery/ hold the same images, so they are one `test` set.
+
+    Counted once (the query copy; files matched by name), evaluated leave-one-out so that no
+    image is its own match. A partial overlap is an error: the shared files would match
+    themselves and inflate every metric.
+    """
+    names = {s: {r["name"] for r in rows if r["split"] == s} for s in ("query", "gallery")}
+    shared = names["query"] & names["gallery"]
+    if not shared:
+        return rows
+    if names["query"] != names["gallery"]:
+        raise DataError(
+            f"{root}: query/ and gallery/ share {len(shared)} file name(s), e.g. "
+            f"{sorted(shared)[:5]}, but are not the same set ({len(names['query'])} vs "
+            f"{len(names['gallery'])} files); each shared image would match itself. Make them "
+            "identical (query == gallery, evaluated leave-one-out) or disjoint"
+        )
+    kept = [r for r in rows if r["split"] != "gallery"]
+    for r in kept:
+        if r["split"] == "query":
+            r["split"] = "test"
+    return kept
+
+
 def from_reid_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
     """The released IndivAID / CLIP-ReID layout `<root>/{train,query,gallery}/<pid>_<camid>_*.jpg`.
 
-    `<root>` is one dataset (e.g. `data/IndivAID/Stoat`). `<root>/{train,test}` is accepted for
-    query == gallery sets. pid becomes `identity` (leading zeros dropped), camid `camera`, the
-    folder `split`. Any other file in those folders is an error naming it.
+    `<root>` is one dataset (e.g. `data/IndivAID/Stoat`); `<root>/{train,test}` is accepted for
+    query == gallery sets. Names as the released readers parse them (see `REID_NAME`):
+    pid becomes `identity` (leading zeros dropped; not relabelled, training does that), the
+    camid token `camera` (see `camera_numbers`), the folder `split`. pid -1 (junk) is skipped
+    with a warning. When query/ and gallery/ hold the same file names (the released Stoat),
+    they become one `test` split, each image once. Any other file in those folders, or a name
+    that does not parse, is an error naming it.
     """
     root = Path(root)
     if not root.is_dir():
@@ -61,33 +146,27 @@ def from_reid_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
         raise DataError(
             f"{root}: expected sub-folders train/query/gallery (or train/test), found {found}"
         )
-    rows, bad = [], []
+    rows: list[dict] = []
+    bad: list[str] = []
+    junk: list[str] = []
     for split in layout:
-        for p in sorted((root / split).iterdir()):
-            if not _visible(p):
-                continue
-            m = REID_NAME.match(p.name)
-            if not _is_image(p) or m is None:
-                bad.append(p.relative_to(root).as_posix())
-                continue
-            rel = p.relative_to(root).as_posix()
-            rows.append(
-                {
-                    "image_id": rel,
-                    "identity": str(int(m["pid"])),
-                    "path": rel,
-                    "camera": int(m["cam"]),
-                    "split": split,
-                }
-            )
+        rows += _reid_rows(root, split, bad, junk)
     if bad:
         raise DataError(
-            f"{root}: {len(bad)} file(s) are not images named <pid>_<camid>_<anything>.jpg: "
-            f"{bad[:10]}"
+            f"{root}: {len(bad)} file(s) are not images named <pid>_<camid>_<anything>.jpg "
+            f"(pid digits or -1, camid an integer or letters and digits): {bad[:10]}"
+        )
+    if junk:
+        warnings.warn(
+            f"{root}: skipped {len(junk)} junk image(s) with pid -1: {junk[:5]}", stacklevel=2
         )
     if not rows:
         raise DataError(f"{root}: no images in {list(layout)}")
-    return pd.DataFrame(rows), root
+    rows = _merge_same_query_gallery(root, rows)
+    cams = camera_numbers(r["camera"] for r in rows)
+    df = pd.DataFrame(rows).drop(columns="name")
+    df["camera"] = df["camera"].map(cams).astype(int)
+    return df, root
 
 
 def from_wildlife_metadata(

@@ -2,7 +2,8 @@
 leave-one-out (query == gallery, as for the paper's Stoat set).
 
 Both draw the test identities with a seeded generator over the *sorted* identity names, so a
-split depends only on (table content, seed), not on row order.
+split depends only on (table content, seed), not on row order. Leave-one-out on a table that
+already carries a released split (reid_folders' Stoat) keeps that split instead of drawing one.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def leave_one_out_split(
     return out
 
 
+def given_leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
+    """Leave-one-out on a split the source already fixed (the released Stoat): its `train`
+    rows as given, every other row one query == gallery `test` set.
+
+    Re-drawing would discard the released training identities and, where query/ and gallery/
+    hold the same files, score copies of one image against each other. Rows are not
+    duplicated: the reid_folders adapter already merged Stoat's identical query/gallery.
+    """
+    out = df.copy()
+    out["split"] = np.where(out["split"].astype(str) == "train", "train", "test")
+    return out
+
+
 def train_identities(df: pd.DataFrame, min_images: int = 2) -> list[str]:
     """Training identities with at least `min_images` images; warns about the excluded ones
     (a single image has no positive to learn from, but it is fine in the test set)."""
@@ -103,8 +117,11 @@ def prepare_table(
 ) -> pd.DataFrame:
     """Validate a dataset table and give it a `split` column under `protocol`.
 
-    protocol: `disjoint` (paper_split), `leave_one_out` (leave_one_out_split) or `given` (keep
-    the existing split column, e.g. from the released train/query/gallery folders).
+    protocol: `disjoint` (paper_split), `leave_one_out` or `given` (keep the existing split
+    column, e.g. from the released train/query/gallery folders). `leave_one_out` draws a split
+    (leave_one_out_split) when the table has no `split` column; when it has one (a released
+    split, e.g. Stoat's), that split's train rows are kept and the rest become one `test` set
+    (given_leave_one_out), so the released training identities are used as given.
     The returned frame carries `attrs["query_identities_without_match"]`.
     """
     if protocol not in PROTOCOLS:
@@ -116,11 +133,14 @@ def prepare_table(
     )
     if protocol == "disjoint":
         checked = paper_split(checked, test_fraction, query_per_identity, seed)
+    elif protocol == "leave_one_out" and "split" in checked:
+        checked = given_leave_one_out(checked)
     elif protocol == "leave_one_out":
         checked = leave_one_out_split(checked, test_fraction, seed)
     check_splits(checked, f"{protocol} split")
     missing = query_identities_missing_from_gallery(checked)
-    if missing and protocol != "given":  # `given` tables were already warned about
+    unchanged = "split" in df and checked["split"].tolist() == df["split"].astype(str).tolist()
+    if missing and not unchanged:  # validate_table already warned about an unchanged split
         warnings.warn(
             f"{len(missing)} test identities have no match to find and are skipped at "
             f"evaluation: {missing[:5]}",

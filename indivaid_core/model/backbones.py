@@ -20,7 +20,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.convert import convert_state_dict
-from open_clip.factory import load_state_dict
 from open_clip.pretrained import (
     download_pretrained,
     get_pretrained_cfg,
@@ -29,6 +28,15 @@ from open_clip.pretrained import (
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from indivaid_core.model.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    _online,
+    find_openai_file,
+    openai_missing_message,
+    read_checkpoint,
+)
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LITE0_TAG = "lite0-imagenet"
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
@@ -36,6 +44,10 @@ LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 # config says the same, and the cat test in tests/test_backbones.py confirms it on a photo.
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
+# CLIP-ReID's ViT configs normalise with mean = std = 0.5 (not CLIP's statistics) and resize
+# test images with PIL's bilinear filter; the paper path uses both for OpenAI weights.
+CLIPREID_MEAN = (0.5, 0.5, 0.5)
+CLIPREID_STD = (0.5, 0.5, 0.5)
 
 if not {p.stem for p in CONFIG_DIR.glob("*.json")} <= set(open_clip.list_models()):
     open_clip.add_model_config(CONFIG_DIR)
@@ -49,6 +61,7 @@ class PreprocessInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize_backend: str = "tensor"  # "tensor" (torchvision on tensors) | "pil" (CLIP-ReID's)
 
 
 def preprocess_info(model: open_clip.CLIP) -> PreprocessInfo:
@@ -61,6 +74,7 @@ def preprocess_info(model: open_clip.CLIP) -> PreprocessInfo:
         mean=tuple(float(m) for m in cfg["mean"]),
         std=tuple(float(s) for s in cfg["std"]),
         interpolation=str(cfg.get("interpolation", "bicubic")),
+        resize_backend=str(getattr(model.visual, "indivaid_resize_backend", "tensor")),
     )
 
 
@@ -183,13 +197,15 @@ def resize_pos_embed(
     pos: torch.Tensor,
     old_grid: tuple[int, int],
     new_grid: tuple[int, int],
-    interpolation: str = "bicubic",
+    interpolation: str = "bilinear",
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Interpolate a (1 + gh*gw, C) ViT position table to a new grid; the class slot is kept.
 
-    open_clip's own resize assumes a square source grid and works on whole state dicts; here
-    the source may be non-square (a checkpoint saved at 256x128) and the target comes from a
-    stride change, so this is the plain tensor version.
+    The default is CLIP-ReID's resize (bilinear, no antialias, align_corners False, once at
+    load time from the checkpoint's grid), which the golden tests check. open_clip's own resize
+    is bicubic, assumes a square source grid and works on whole state dicts; here the source
+    may be non-square (a checkpoint saved at 256x128), so this is the plain tensor version.
     """
     if tuple(old_grid) == tuple(new_grid):
         return pos
@@ -198,7 +214,7 @@ def resize_pos_embed(
         raise ValueError(f"pos-embed of {grid.shape[0]} patches does not match grid {old_grid}")
     grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
     grid = F.interpolate(
-        grid.float(), size=new_grid, mode=interpolation, antialias=True, align_corners=False
+        grid.float(), size=new_grid, mode=interpolation, antialias=antialias, align_corners=False
     )
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([cls, grid], dim=0)
@@ -234,10 +250,11 @@ def _grid_of(n_patches: int, target: tuple[int, int]) -> tuple[int, int]:
     return side, side
 
 
-def load_clip_checkpoint(model: open_clip.CLIP, path: str) -> None:
+def load_clip_checkpoint(model: open_clip.CLIP, checkpoint: Checkpoint | str) -> None:
     """Load a full open_clip/OpenAI CLIP checkpoint, fitting ViT position tables to the grid."""
-    sd = load_state_dict(path)
-    sd = convert_state_dict(model, sd)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
+    sd = convert_state_dict(model, dict(ckpt.state_dict))
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # OpenAI: fp16
     key = "visual.positional_embedding"
     if key in sd and isinstance(model.visual, VisionTransformer):
         target = tuple(model.visual.grid_size)
@@ -245,11 +262,14 @@ def load_clip_checkpoint(model: open_clip.CLIP, path: str) -> None:
         sd[key] = resize_pos_embed(sd[key], old, target)
     if "logit_scale" in sd:
         sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(
-            f"checkpoint {path} does not fit the model: missing {result.missing_keys}, "
-            f"unexpected {result.unexpected_keys}"
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    result = model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
+    if result.missing_keys or result.unexpected_keys or bad:
+        shapes = {k: (tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]}
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} does not fit the model: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}, shape (file, model) {shapes}"
         )
 
 
@@ -268,26 +288,43 @@ def _quiet_random_init_warning():
         root.removeFilter(drop)
 
 
-def _resolve_weights(backbone: str, pretrained: str) -> tuple[str, dict]:
-    """Return (local checkpoint path, open_clip pretrained cfg) for a tag or a file path."""
+def _resolve_weights(backbone: str, pretrained: str) -> tuple[Checkpoint, dict]:
+    """Read the checkpoint for a tag or a file path -> (checkpoint, open_clip pretrained cfg).
+
+    `openai` is looked up on disk first (see checkpoints.find_openai_file); an offline machine
+    without the file fails at once with what to download and where to put it.
+    """
+    if pretrained == "openai":
+        local = find_openai_file(backbone)
+        if local is not None:
+            return read_checkpoint(f"openai:{local}"), {}
     tag_cfg = get_pretrained_cfg(backbone, pretrained)
     if tag_cfg:
-        try:
-            path = download_pretrained(tag_cfg)
-        except Exception as err:  # open_clip/huggingface_hub raise several types when offline
+        if not _online():
+            if pretrained == "openai":
+                raise RuntimeError(openai_missing_message(backbone))
             raise RuntimeError(
                 f"could not fetch open_clip weights pretrained={pretrained!r} for "
-                f"backbone={backbone!r} (no internet?). Either pass a local checkpoint file as "
-                f"`pretrained`, run once with internet so the weights are cached, or use "
-                f"backbone='lite0' with pretrained={LITE0_TAG!r}. Cause: {err}"
+                f"backbone={backbone!r}: this machine is offline. Pass a local checkpoint "
+                f"file as `pretrained`, or use backbone='lite0' with pretrained={LITE0_TAG!r}"
+            )
+        try:
+            path = download_pretrained(tag_cfg)
+        except Exception as err:  # open_clip/huggingface_hub raise several types
+            raise RuntimeError(
+                f"could not fetch open_clip weights pretrained={pretrained!r} for "
+                f"backbone={backbone!r}. Pass a local checkpoint file as `pretrained`. "
+                f"Cause: {err}"
             ) from err
-        return path, tag_cfg
-    if os.path.isfile(pretrained):
-        return pretrained, {}
+        declared = "openai:" if pretrained == "openai" else "open_clip:"
+        return read_checkpoint(f"{declared}{path}"), tag_cfg
+    body = pretrained.split(":", 1)[1] if pretrained.startswith(("openai:", "open_clip:")) else ""
+    if os.path.isfile(os.path.expanduser(body or pretrained)):
+        return read_checkpoint(pretrained), {}
     raise ValueError(
         f"pretrained={pretrained!r} is neither an open_clip tag of {backbone!r} "
         f"(known: {list_pretrained_tags_by_model(backbone)}), {LITE0_TAG!r}, 'none', "
-        "nor an existing file"
+        "nor an existing file (optionally prefixed openai: or open_clip:)"
     )
 
 
@@ -302,7 +339,10 @@ def build_clip(
 
     backbone: `lite0`, `tiny-vit`, `ViT-B-16` or any open_clip model name.
     pretrained: `lite0-imagenet` (packaged ImageNet lite0 trunk, text tower random), an open_clip
-        tag such as `openai` (needs internet or a cache), a local checkpoint file, or None/"none".
+        tag such as `openai` (a local copy, see checkpoints.find_openai_file, or internet), a
+        local checkpoint file (`openai:` / `open_clip:` prefixes say whose weights it holds;
+        see checkpoints.read_checkpoint), or None/"none". OpenAI weights load with QuickGELU
+        and CLIP-ReID's preprocessing (mean = std = 0.5, PIL bilinear resize).
     stride: ViT only; patch-conv step, smaller than the patch size for overlapping patches.
     init_seed: seed for the randomly initialised parts (lite0's text tower, a random ViT), so
         that every pipeline stage rebuilds the same model; None draws from the global RNG.
@@ -317,17 +357,20 @@ def build_clip(
     vision_cfg = open_clip.get_model_config(backbone)["vision_cfg"]
     is_lite0 = vision_cfg.get("timm_model_name") == LITE0_TIMM_NAME
 
-    path, tag_cfg, force_pp = None, {}, {}
+    ckpt, tag_cfg, force_pp = None, {}, {}
     if weights == LITE0_TAG:
         if not is_lite0:
             raise ValueError(f"pretrained={LITE0_TAG!r} needs a {LITE0_TIMM_NAME} backbone")
     elif weights is not None:
-        path, tag_cfg = _resolve_weights(backbone, weights)
+        ckpt, tag_cfg = _resolve_weights(backbone, weights)
+    openai_weights = ckpt is not None and ckpt.openai
     if is_lite0:
         force_pp = {"mean": LITE0_MEAN, "std": LITE0_STD}
     for k in ("mean", "std", "interpolation"):
         if k in tag_cfg:
             force_pp[k] = tag_cfg[k]
+    if openai_weights:
+        force_pp = {"mean": CLIPREID_MEAN, "std": CLIPREID_STD, "interpolation": "bilinear"}
 
     quiet = _quiet_random_init_warning() if weights is not None else nullcontext()
     with quiet, torch.random.fork_rng(devices=[], enabled=init_seed is not None):
@@ -337,7 +380,7 @@ def build_clip(
             backbone,
             pretrained=None,
             force_image_size=image_size,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            force_quick_gelu=openai_weights or bool(tag_cfg.get("quick_gelu", False)),
             force_preprocess_cfg=force_pp or None,
         )
     if stride is not None:
@@ -346,6 +389,8 @@ def build_clip(
         set_vit_stride(model.visual, int(stride))
     if weights == LITE0_TAG:
         load_lite0_imagenet(model.visual.trunk)
-    elif path is not None:
-        load_clip_checkpoint(model, path)
+    elif ckpt is not None:
+        load_clip_checkpoint(model, ckpt)
+    if openai_weights:
+        model.visual.indivaid_resize_backend = "pil"
     return model

@@ -1,11 +1,12 @@
 """Re-ID image encoder over an open_clip image tower: features, BN necks, two ID heads.
 
 Feature choice, following CLIP-ReID (facts, not code):
-- ViT: `global` is the class token at the output of the LAST transformer block, before
-  `ln_post` (CLIP-ReID's `img_feature`); `penultimate` is the class token at the output of the
-  second-to-last block (CLIP-ReID's `img_feature_last`); `proj` is `ln_post(cls) @ proj`, the
-  CLIP image embedding (CLIP-ReID's `img_feature_proj`). SIE adds `sie_coef * E[cam]` to the
-  class token before the position table and `ln_pre`.
+- ViT: `global` is `ln_post` of the class token at the output of the LAST transformer block
+  (CLIP-ReID's `img_feature`); `penultimate` is the class token at the output of the
+  second-to-last block, without LayerNorm (CLIP-ReID's `img_feature_last`); `proj` is
+  `global @ proj`, the CLIP image embedding (CLIP-ReID's `img_feature_proj`). The golden
+  tests (tests/test_golden_clipreid.py) check all three against the released code.
+  SIE adds `sie_coef * E[cam]` to the class token before the position table and `ln_pre`.
 - timm trunks (lite0): `global` is the trunk's pooled feature (1280 for lite0) and `proj` the
   open_clip head projection of it; there is no penultimate token.
 Both BN necks have a frozen bias (BNNeck), and each feeds a bias-free ID classifier.
@@ -118,12 +119,8 @@ class ReIDEncoder(nn.Module):
             x, (pen,) = v.transformer.forward_intermediates(x, indices=[n_layers - 2])
         else:
             pen, x = x, v.transformer(x)
-        cls_out = x[:, 0]
-        return {
-            "global": cls_out,
-            "penultimate": pen[:, 0],
-            "proj": v.ln_post(cls_out) @ v.proj,
-        }
+        cls_out = v.ln_post(x[:, 0])
+        return {"global": cls_out, "penultimate": pen[:, 0], "proj": cls_out @ v.proj}
 
     def forward(self, images: torch.Tensor, cams: torch.Tensor | None = None) -> dict:
         if self.sie is not None:
