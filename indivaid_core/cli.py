@@ -1,11 +1,17 @@
-"""`indivaid` command line: build a gallery index from a trained export, grow it, identify photos.
+"""`indivaid` command line, one entry point for everything a user runs outside `dvc repro`.
 
-  indivaid index build --checkpoint MODEL_DIR --images DIR_OR_CSV --out INDEX
+  indivaid train --images DIR_OR_CSV --out RUN_DIR [--species tiger] [--stage both]
+  indivaid index build --checkpoint RUN_DIR/model --images DIR_OR_CSV --out INDEX
   indivaid index add INDEX --images DIR_OR_CSV
   indivaid identify --index INDEX PHOTO_OR_FOLDER... --top-k 5 --out results.csv
+  indivaid profile paper            # select a params.yaml profile (writes cells.yaml for DVC)
+  indivaid snapshot ...             # keep or check a report (python -m indivaid_core.snapshot)
+  indivaid synth ...                # regenerate the synthetic suite
 
-Errors a user can fix (bad paths, mismatched model, empty gallery) print one clear message and
+Errors a user can fix (bad paths, bad settings, mismatched model, empty gallery, a corrupt or
+foreign file, an index or run folder another process is writing) print one clear message and
 exit with status 2; per-file problems are warnings, and the files get an `error` in the CSV.
+Index writes are whole or not at all, and one writer at a time.
 """
 
 from __future__ import annotations
@@ -17,12 +23,33 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from indivaid_core import config
+from indivaid_core.data.images import DataError
 from indivaid_core.identify import api
 from indivaid_core.identify.calibrate import CalibrationError
-from indivaid_core.identify.index import BACKENDS, GalleryIndexError
+from indivaid_core.identify.index import (
+    BACKENDS,
+    GalleryIndexError,
+    check_index_target,
+    index_lock,
+)
 from indivaid_core.identify.inputs import BadInputWarning
+from indivaid_core.safe_io import LockedError, UnreadableFileError, write_csv
 
-USER_ERRORS = (GalleryIndexError, CalibrationError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (
+    config.ConfigError,
+    DataError,
+    GalleryIndexError,
+    CalibrationError,
+    UnreadableFileError,
+    LockedError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ValueError,
+)
 
 
 def _backend_params(args: argparse.Namespace) -> dict:
@@ -34,6 +61,23 @@ def _backend_params(args: argparse.Namespace) -> dict:
     return {k: v for k, v in chosen.items() if v is not None}
 
 
+DELEGATED = {
+    "snapshot": "keep the current report as reports/<profile>/, or check it (--check, --check-rev)",
+    "synth": "regenerate the embedded synthetic suite",
+}
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    if command == "snapshot":
+        from indivaid_core import snapshot
+
+        return snapshot.main(argv)
+    from indivaid_core.data import synthetic
+
+    synthetic.main(argv)
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)
@@ -41,9 +85,40 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="indivaid", description="Identify individual animals with a trained IndivAID export."
+        prog="indivaid",
+        description="Train IndivAID on your animals, index a gallery, identify new photos.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train stage 1, stage 2 or both on a folder of your own animals",
+        description="Train on every image of a folder with one sub-folder per individual (or "
+        "a CSV with identity and path columns). Settings come from params.yaml (--params), "
+        "changed with --set. Writes RUN_DIR/stage1 (descriptions) and RUN_DIR/model (the "
+        "export that `indivaid index build --checkpoint RUN_DIR/model` reads). A rerun with "
+        "the same settings resumes; with other settings it trains afresh.",
+    )
+    t.add_argument("--images", required=True, help="folder of identity sub-folders, or a CSV")
+    t.add_argument("--out", required=True, help="run folder to write (RUN_DIR)")
+    t.add_argument("--species", default="animal", help='the word after the X tokens in the prompt')
+    t.add_argument("--variant", default="indivaid", help="a variant of params.yaml (default)")
+    t.add_argument("--stage", choices=["both", "stage1", "stage2"], default="both")
+    t.add_argument("--params", default="params.yaml", help="settings file (default params.yaml)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted settings override with a YAML value, e.g. stage2.epochs=20 (repeatable)",
+    )
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+    pr = sub.add_parser("profile", help="select a params.yaml profile for dvc repro")
+    pr.add_argument("name", help="default | full | paper | smoke | any block of `profiles:`")
+    pr.add_argument("--params", default="params.yaml")
+    for name, what in DELEGATED.items():
+        sub.add_parser(name, help=what, add_help=False)
 
     idx = sub.add_parser("index", help="build or grow a gallery index").add_subparsers(
         dest="index_command", required=True
@@ -105,33 +180,60 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"warning: {w.message}", file=sys.stderr)
 
 
+def _overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise config.ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stage2.epochs=20")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
-    if args.command == "index" and args.index_command == "build":
-        model = api.load_model(args.checkpoint, args.device, flip=args.flip)
-        index, report = api.build_index(
-            model,
-            args.images,
-            args.root,
-            args.backend,
-            _backend_params(args),
-            threshold=args.threshold,
-            heldout_fraction=args.calibrate_split,
-            calibration_repeats=args.calibration_repeats,
-            seed=args.seed,
-            batch_size=args.batch_size,
+    if args.command == "train":
+        from indivaid_core.train.folder import train_on_folder
+
+        cfg = config.load(args.params, _overrides(args.set), check_cells=False)
+        result = train_on_folder(
+            cfg, args.images, args.out, args.species, args.variant, args.stage, not args.no_resume
         )
-        api.save_index(index, args.out, model)
+        if "model" in result:
+            result["next"] = f"indivaid index build --checkpoint {result['model']} --images ..."
+        return result
+    if args.command == "profile":
+        cells = config.write_cells(args.params, args.name)
+        cfg = config.load(args.params)
+        return {"profile": cfg.profile, "cells": len(cfg.cells()), "written": str(cells)}
+    if args.command == "index" and args.index_command == "build":
+        with index_lock(args.out):  # held from the start: a second build is refused at once
+            check_index_target(args.out)
+            model = api.load_model(args.checkpoint, args.device, flip=args.flip)
+            index, report = api.build_index(
+                model,
+                args.images,
+                args.root,
+                args.backend,
+                _backend_params(args),
+                threshold=args.threshold,
+                heldout_fraction=args.calibrate_split,
+                calibration_repeats=args.calibration_repeats,
+                seed=args.seed,
+                batch_size=args.batch_size,
+            )
+            api.save_index(index, args.out, model)
         return {
             "index": args.out,
             **{k: v for k, v in report.items() if k != "errors"},
             "n_errors": len(report["errors"]),
         }
     if args.command == "index" and args.index_command == "add":
-        index, model = api.open_index(args.index, args.checkpoint, args.device)
-        report = api.add_to_index(
-            index, model, args.images, args.root, args.recalibrate, args.batch_size
-        )
-        index.save(args.index)
+        with index_lock(args.index):  # read, grow and write back as one step
+            index, model = api.open_index(args.index, args.checkpoint, args.device)
+            report = api.add_to_index(
+                index, model, args.images, args.root, args.recalibrate, args.batch_size
+            )
+            index.save(args.index)
         return {
             "index": args.index,
             "n_vectors": len(index.gallery),
@@ -142,12 +244,14 @@ def run(args: argparse.Namespace) -> dict:
     index, model = api.open_index(args.index, args.checkpoint, args.device)
     frame, summary = api.identify(index, model, args.images, args.top_k, args.batch_size)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    write_csv(frame, out, index=False)
     return {"out": str(out), **summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:  # these keep their own options and --help
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BadInputWarning)

@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """A settings problem, with the dotted key path that caused it."""
 
 
+def _at_least(section: str, cfg: Any, **lows: float) -> None:
+    """Range checks at load time: the error names the key, the value and what is allowed."""
+    for key, low in lows.items():
+        value = getattr(cfg, key)
+        if value < low:
+            raise ConfigError(f"{section}.{key}: expected {low} or more, got {value}")
+
+
+def _positive(section: str, cfg: Any, *keys: str) -> None:
+    for key in keys:
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{section}.{key}: expected a value > 0, got {getattr(cfg, key)}")
+
+
 @dataclass
 class DatasetCfg:
     """One dataset: which adapter reads it and under which evaluation protocol."""
@@ -36,6 +50,11 @@ class DatasetCfg:
     query_per_identity: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test_fraction: expected 0 < value < 1, got {self.test_fraction}")
+        _at_least("dataset", self, query_per_identity=1)
+
 
 @dataclass
 class DataCfg:
@@ -46,19 +65,6 @@ class DataCfg:
     num_workers: int = 0
     max_identities: int = 0
     datasets: dict[str, DatasetCfg] = field(default_factory=dict)
-
-
-@dataclass
-class SyntheticCfg:
-    """The embedded suite generator (see indivaid_core.data.synthetic)."""
-
-    presets: list[str] = field(
-        default_factory=lambda: ["synth-stoat", "synth-tiger", "synth-seastar"]
-    )
-    out: str = "data"
-    image_size: int = 128
-    scale: float = 1.0
-    jpeg_quality: int = 85
 
 
 @dataclass
@@ -76,6 +82,13 @@ class ModelCfg:
     flip_tta: bool = False
     channels_last: bool = True
 
+    def __post_init__(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
+            raise ConfigError(
+                f"model.image_size: expected [H, W], each 16 or more, got {list(self.image_size)}"
+            )
+        _at_least("model", self, stride=0, sie_coef=0.0, n_ctx=1, fusion_heads=1)
+
 
 @dataclass
 class Stage1Cfg:
@@ -87,6 +100,11 @@ class Stage1Cfg:
     feature_batch_size: int = 64
     num_threads: int = 1  # CPU threads; 0 = torch's default (see engine.cpu_threads)
     processes: int = 1  # CPU: (text run, seed) runs trained side by side; 1 = one after another
+    # cosine: L2-normalised features x CLIP's logit scale; raw: CLIP-ReID's plain dot products
+    logits: Literal["cosine", "raw"] = "cosine"
+    # >0: `epochs` are counted at this batch size (the released configs train at 1), and the
+    # run trains for as many updates as that would make (stage1.update_matched_epochs).
+    released_batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.num_threads < 0:
@@ -95,6 +113,10 @@ class Stage1Cfg:
             )
         if self.processes < 1:
             raise ConfigError(f"stage1.processes: expected 1 or more, got {self.processes}")
+        _at_least("stage1", self, epochs=1, batch_size=1, feature_batch_size=1, warmup_epochs=0)
+        _at_least("stage1", self, released_batch_size=0)
+        _positive("stage1", self, "lr")
+        _at_least("stage1", self, weight_decay=0.0)
 
 
 @dataclass
@@ -115,6 +137,9 @@ class AugmentCfg:
 @dataclass
 class Stage2Cfg:
     epochs: int = 8
+    # pk: P identities drawn uniformly per batch; clipreid: CLIP-ReID's RandomIdentitySampler
+    # (each image about once per epoch, identities in proportion to their images)
+    sampler: Literal["pk", "clipreid"] = "pk"
     iters_per_epoch: int = 0
     min_iters_per_epoch: int = 0
     p: int = 8
@@ -130,8 +155,31 @@ class Stage2Cfg:
     label_smoothing: float = 0.1
     margin: float = 0.3
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    # i2t logits: cosine x CLIP's logit scale, or CLIP-ReID's raw `image_proj @ text.T`
+    i2t_logits: Literal["cosine", "raw"] = "cosine"
+    i2t_label_smoothing: float = 0.0
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     amp: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("stage2", self, epochs=1, iters_per_epoch=0, min_iters_per_epoch=0, p=2, k=1)
+        _at_least("stage2", self, warmup_epochs=0, weight_decay=0.0, margin=0.0)
+        _positive("stage2", self, "lr", "bias_lr_factor", "gamma")
+        _at_least("stage2", self, backbone_lr_factor=0.0)
+        for key in ("label_smoothing", "i2t_label_smoothing"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(
+                    f"stage2.{key}: expected 0 <= value < 1, got {getattr(self, key)}"
+                )
+        if sorted(self.milestones) != list(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ConfigError(
+                f"stage2.milestones: expected increasing epochs >= 1, got {self.milestones}"
+            )
+        if self.sampler == "clipreid" and (self.iters_per_epoch or self.min_iters_per_epoch):
+            raise ConfigError(
+                "stage2.sampler: 'clipreid' sets the epoch length itself (each image about once); "
+                "set stage2.iters_per_epoch and stage2.min_iters_per_epoch to 0"
+            )
 
 
 @dataclass
@@ -148,6 +196,15 @@ class EvalCfg:
     corruption_levels: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     corruptions: list[str] = field(default_factory=lambda: ["blur", "noise", "low_light", "fog"])
 
+    def __post_init__(self) -> None:
+        _at_least("eval", self, batch_size=1, max_rank=1, bootstrap=0, rerank_k1=1, rerank_k2=1)
+        if not 0.0 <= self.rerank_lambda <= 1.0:
+            raise ConfigError(f"eval.rerank_lambda: expected 0..1, got {self.rerank_lambda}")
+        if any(not 0.0 <= v <= 1.0 for v in self.corruption_levels):
+            raise ConfigError(
+                f"eval.corruption_levels: expected values in 0..1, got {self.corruption_levels}"
+            )
+
 
 @dataclass
 class VariantCfg:
@@ -161,7 +218,12 @@ class VariantCfg:
 
 @dataclass
 class PipelineCfg:
+    """Which cells run: every dataset x every variant, plus the ablation datasets x ablations."""
+
     datasets: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=lambda: ["zero_shot", "indivaid"])
+    ablation_datasets: list[str] = field(default_factory=list)
+    ablations: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     robustness_variants: list[str] = field(default_factory=lambda: ["zero_shot", "indivaid"])
     attention_variant: str = "indivaid"
@@ -174,15 +236,22 @@ class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataCfg = field(default_factory=DataCfg)
-    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     stage1: Stage1Cfg = field(default_factory=Stage1Cfg)
     stage2: Stage2Cfg = field(default_factory=Stage2Cfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     variants: dict[str, VariantCfg] = field(default_factory=dict)
     pipeline: PipelineCfg = field(default_factory=PipelineCfg)
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cells(self) -> list[tuple[str, str]]:
+        """(dataset, variant) of every trained/evaluated cell, in table order."""
+        p = self.pipeline
+        main = [(d, v) for d in p.datasets for v in p.variants]
+        return main + [(d, v) for d in p.ablation_datasets for v in p.ablations]
+
+    def variants_of(self, dataset: str) -> list[str]:
+        return [v for d, v in self.cells() if d == dataset]
 
     def variant(self, name: str, dataset: str | None = None) -> Config:
         """The effective settings for one variant (and dataset overrides), as a new Config."""
@@ -296,14 +365,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-# Read by dvc.yaml's `foreach` from the top level of params.yaml, before any profile is merged.
-FOREACH_KEYS = ("pipeline.datasets", "runs")
+# dvc.yaml builds its stages from CELLS_FILE, which `indivaid profile NAME` writes from the
+# selected profile; params.yaml stays the only place these lists are set.
+CELLS_FILE = "cells.yaml"
+CELL_KEYS = ("datasets", "variants", "ablation_datasets", "ablations")
+
+
+def cells_of(cfg: Config) -> dict[str, Any]:
+    """The content of CELLS_FILE for this (profile-merged) configuration."""
+    cells = {k: list(getattr(cfg.pipeline, k)) for k in CELL_KEYS}
+    return {"cells": {"profile": cfg.profile, **cells}}
 
 
 def _check_references(cfg: Config) -> Config:
-    """Cross-key checks: every name a list or run refers to must exist."""
-    for ds in cfg.pipeline.datasets:
-        cfg.dataset(ds)
+    """Cross-key checks: every name a list or override refers to must exist and be valid."""
+    p = cfg.pipeline
+    for ds in dict.fromkeys([*p.datasets, *p.ablation_datasets]):
+        try:
+            cfg.for_run(ds)  # validates the dataset's overrides, with their ranges
+        except ConfigError as exc:
+            raise ConfigError(f"data.datasets.{ds}.overrides: {exc}") from exc
     for name, v in cfg.variants.items():
         if v.text not in cfg.pipeline.text_runs:
             raise ConfigError(
@@ -313,20 +394,20 @@ def _check_references(cfg: Config) -> Config:
             cfg.variant(name)
         except ConfigError as exc:
             raise ConfigError(f"variants.{name}: {exc}") from exc
-    for name, run in cfg.runs.items():
-        where = f"runs.{name}"
-        for key in run:
-            if key not in ("dataset", "variant", "text"):
-                raise ConfigError(_unknown(where, key, ["dataset", "variant", "text"]))
-        cfg.dataset(run["dataset"])
-        variant = cfg.variants.get(run["variant"])
-        if variant is None:
-            raise ConfigError(_unknown(f"{where}.variant", run["variant"], list(cfg.variants)))
-        if run.get("text") != variant.text:
-            raise ConfigError(
-                f"{where}.text is '{run.get('text')}' but variant '{run['variant']}' "
-                f"uses text run '{variant.text}'"
-            )
+    for key in ("variants", "ablations"):
+        for name in getattr(p, key):
+            if name not in cfg.variants:
+                raise ConfigError(_unknown(f"pipeline.{key}", name, list(cfg.variants)))
+    for key in ("robustness_variants",):
+        for name in getattr(p, key):
+            if name not in p.variants:
+                raise ConfigError(_unknown(f"pipeline.{key}", name, p.variants))
+    if p.attention_variant not in p.variants:
+        raise ConfigError(_unknown("pipeline.attention_variant", p.attention_variant, p.variants))
+    if extra := [d for d in p.ablation_datasets if d not in p.datasets]:
+        raise ConfigError(f"pipeline.ablation_datasets: {extra} are not in pipeline.datasets")
+    if not p.seeds or len(set(p.seeds)) != len(p.seeds):
+        raise ConfigError(f"pipeline.seeds: expected distinct seeds, got {p.seeds}")
     return cfg
 
 
@@ -349,26 +430,59 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Con
     if base.profile == "default":
         return _check_references(base)
     if base.profile not in base.profiles:
-        raise ConfigError(_unknown("profiles", base.profile, ["default", *base.profiles]))
+        valid = list(dict.fromkeys(["default", *base.profiles]))
+        raise ConfigError(_unknown("profiles", base.profile, valid))
     block = base.profiles[base.profile]
-    for key in FOREACH_KEYS:
-        head, *rest = key.split(".")
-        if head in block and (not rest or rest[0] in (block[head] or {})):
-            raise ConfigError(
-                f"profiles.{base.profile}.{key}: dvc.yaml builds its stages from the top-level "
-                f"`{key}`, so a profile cannot change it; edit the top level of params.yaml"
-            )
     merged = _set_dotted(deep_merge(raw, block), overrides)
     return _check_references(from_dict(merged, f"profiles.{base.profile}"))
 
 
-def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
-    """Read, merge the profile, apply dotted `overrides` (papermill/tests), validate."""
+def load(
+    path: str | Path = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    check_cells: bool = True,
+) -> Config:
+    """Read, merge the profile, apply dotted `overrides` (papermill/tests), validate.
+
+    With `check_cells`, a CELLS_FILE beside `path` that lists other cells is an error: the
+    DVC stages would not be the ones this profile asks for.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: settings file not found")
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return resolve(raw, overrides)
+        cfg = resolve(raw, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    cells_path = path.with_name(CELLS_FILE)
+    if check_cells and cells_path.exists():
+        found = (yaml.safe_load(cells_path.read_text()) or {}).get("cells", {})
+        want = cells_of(cfg)["cells"]
+        if any(found.get(k) != want[k] for k in CELL_KEYS):
+            raise ConfigError(
+                f"{cells_path} does not list the cells of profile '{cfg.profile}' in {path} "
+                f"(dvc.yaml builds its stages from it); run `indivaid profile {cfg.profile}`"
+            )
+    return cfg
+
+
+def write_cells(params: str | Path = "params.yaml", profile: str | None = None) -> Path:
+    """Select `profile` in params.yaml (its one `profile:` line) and write CELLS_FILE."""
+    import re
+
+    from indivaid_core.safe_io import write_text
+
+    params = Path(params)
+    text = params.read_text()
+    if profile is not None:
+        text, n = re.subn(r"^profile:[^\n#]*", f"profile: {profile}", text, count=1, flags=re.M)
+        if n != 1:
+            raise ConfigError(f"{params}: no top-level `profile:` line to set")
+    cfg = resolve(yaml.safe_load(text) or {})  # validate before writing anything
+    if text != params.read_text():
+        write_text(params, text)
+    out = params.with_name(CELLS_FILE)
+    header = "# Written by `indivaid profile`; dvc.yaml's matrices read it. Do not edit.\n"
+    write_text(out, header + yaml.safe_dump(cells_of(cfg), sort_keys=False))
+    return out

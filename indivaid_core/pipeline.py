@@ -45,6 +45,7 @@ from .evaluate import (
     summarise,
     write_metrics_json,
 )
+from .safe_io import atomic_path, write_csv, write_json
 from .train.engine import device_name, dist_info, peak_memory_mb, resolve_device
 from .train.export import load_export
 from .transforms import eval_transform
@@ -123,8 +124,7 @@ def prepare(cfg: Config, dataset: str) -> pd.DataFrame:
         df = df[df["identity"].astype(str).isin(keep)].reset_index(drop=True)
     df = prepare_table(df, ds.protocol, ds.test_fraction, ds.query_per_identity, cfg.seed, root)
     df["image_root"] = str(Path(root))
-    paths.table.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(paths.table, index=False)
+    write_csv(df, paths.table, index=False)
     return df
 
 
@@ -162,7 +162,7 @@ def run_text_runs(
             out = paths.stage1(text)
             out.mkdir(parents=True, exist_ok=True)
             results[text] = {"stage": "stage1", "text": "none", "trained": False}
-            (out / "metrics.json").write_text(json.dumps(results[text], indent=2))
+            write_json(out / "metrics.json", results[text], indent=2)
             publish_curves(out, paths.curves("stage1") / text)  # an empty plot folder
             continue
         run_cfg = cfg.for_run(dataset, text)
@@ -229,7 +229,8 @@ def publish_curves(src: Path, dst: Path) -> None:
     """Copy a run's per-epoch loss TSVs out of the (DVC-cached) work dir for `dvc plots`."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in (src / "plots").glob("*.tsv"):
-        shutil.copyfile(f, dst / f.name)
+        with atomic_path(dst / f.name) as tmp:
+            shutil.copyfile(f, tmp)
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -283,8 +284,7 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
 
 
 def variants_of(cfg: Config, dataset: str) -> list[str]:
-    """The variants `runs` trains for a dataset, in params order."""
-    return [r["variant"] for r in cfg.runs.values() if r["dataset"] == dataset]
+    return cfg.variants_of(dataset)
 
 
 def eval_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
@@ -306,7 +306,9 @@ def features_for(
     transform=None,
 ) -> torch.Tensor:
     """Evaluation features of `rows` with the exported model's own preprocessing."""
-    tf = transform or eval_transform(spec["image_size"], spec["mean"], spec["std"])
+    tf = transform or eval_transform(
+        spec["image_size"], spec["mean"], spec["std"], spec.get("resize_backend", "tensor")
+    )
     camera_map = spec.get("camera_map")
     loader = DataLoader(
         ImageTableDataset(rows, root, tf, camera_map=camera_map),
@@ -427,9 +429,9 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> dict[str, Any]:
     write_metrics_json(paths.metrics(variant), result)
     pq = pd.concat(frames, ignore_index=True)
     paths.per_query(variant).parent.mkdir(parents=True, exist_ok=True)
-    pq.to_csv(paths.per_query(variant), index=False)
+    write_csv(pq, paths.per_query(variant), index=False)
     paths.cmc(variant).parent.mkdir(parents=True, exist_ok=True)
-    cmc_curve_frame(np.mean(cmcs, axis=0)).to_csv(paths.cmc(variant), index=False)
+    write_csv(cmc_curve_frame(np.mean(cmcs, axis=0)), paths.cmc(variant), index=False)
     return {
         **result,
         **first,
@@ -496,7 +498,9 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
     dist = torch.cdist(qf[:n_queries], gf)
     if loo:
         dist[torch.arange(len(dist)), torch.arange(len(dist))] = float("inf")
-    tf = eval_transform(spec["image_size"], spec["mean"], spec["std"])
+    tf = eval_transform(
+        spec["image_size"], spec["mean"], spec["std"], spec.get("resize_backend", "tensor")
+    )
     size = tuple(reversed(spec["image_size"]))
     cam_of = spec.get("camera_map")
     q_cams, g_cams = (

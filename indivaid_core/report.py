@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from indivaid_core.evaluate import statistics as stats
+
 MAIN_VARIANTS = ["zero_shot", "image_only", "clipreid", "indivaid"]
 ABLATION_ROWS = {
     "indivaid": "full IndivAID (π on, attention fusion, i2t = 1, n_ctx = 4)",
@@ -98,33 +100,6 @@ def read_per_query(per_query_csv: str | Path) -> pd.DataFrame:
     return pd.read_csv(per_query_csv, dtype={"image_id": str}).dropna(subset=["ap"])
 
 
-def query_ap(per_query_csv: str | Path) -> pd.Series:
-    """Per-query AP averaged over seeds, indexed by image_id (skipped queries dropped)."""
-    return read_per_query(per_query_csv).groupby("image_id")["ap"].mean()
-
-
-def paired_bootstrap(
-    a: pd.Series, b: pd.Series, n_resamples: int = 10000, seed: int = 0, level: float = 0.95
-) -> dict[str, float]:
-    """CI for mAP(a) - mAP(b), resampling the same queries for both (paired)."""
-    joined = pd.concat([a, b], axis=1, join="inner").to_numpy()
-    if len(joined) == 0:
-        raise ValueError("no common queries to compare")
-    diff = joined[:, 0] - joined[:, 1]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
-    boot = diff[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-    return {
-        "diff": float(diff.mean()),
-        "lo": float(lo),
-        "hi": float(hi),
-        "n_queries": len(diff),
-        "p_le_0": float((boot <= 0).mean()),
-    }
-
-
 def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Series:
     """mAP(a) − mAP(b) for each seed, over queries both evaluated: the seed spread the bootstrap
     (on seed-averaged AP) does not see."""
@@ -148,7 +123,11 @@ def significance_table(
     seed: int = 0,
     comparisons: list[tuple[str, str]] = COMPARISONS,
 ) -> pd.DataFrame:
-    """Paired bootstrap CIs (in mAP points) for each comparison and dataset that has data."""
+    """CIs (in mAP points) for each comparison and dataset that has data.
+
+    The verdict comes from the two-level bootstrap over seeds and queries
+    (evaluate/statistics.py); the query-only interval is shown beside it for reference.
+    """
     rows = []
     for ds in datasets:
         for a, b in comparisons:
@@ -156,16 +135,12 @@ def significance_table(
             pb = Path(per_query_dir) / ds / f"{b}.csv"
             if not (pa.exists() and pb.exists()):
                 continue
-            r = paired_bootstrap(query_ap(pa), query_ap(pb), n_resamples, seed)
-            verdict = (
-                "significant gain"
-                if r["lo"] > 0
-                else "significant loss"
-                if r["hi"] < 0
-                else "not significant"
-            )
+            per_seed_map_diff(pa, pb)  # refuses seeds present on one side only
+            diff, seeds, _ = stats.paired_matrix(read_per_query(pa), read_per_query(pb))
+            r = stats.two_level_bootstrap(diff, n_resamples, seed)
+            q = stats.query_only_bootstrap(diff, n_resamples, seed)
             # signs at the 0.1 points shown, so rounding noise is a tie, not a flip
-            by_seed = (100 * per_seed_map_diff(pa, pb)).round(1)
+            by_seed = pd.Series((100 * diff.mean(axis=1)).round(1), index=seeds)
             agree = int((np.sign(by_seed) == np.sign(round(100 * r["diff"], 1))).sum())
             rows.append(
                 {
@@ -174,8 +149,10 @@ def significance_table(
                     "ΔmAP": 100 * r["diff"],
                     "CI low": 100 * r["lo"],
                     "CI high": 100 * r["hi"],
+                    "query-only CI low": 100 * q["lo"],
+                    "query-only CI high": 100 * q["hi"],
                     "queries": r["n_queries"],
-                    "verdict": verdict,
+                    "verdict": stats.verdict(r),
                     "per-seed ΔmAP": " / ".join(f"s{k} {d:+.1f}" for k, d in by_seed.items()),
                     "seeds with that sign": agree,
                     "seeds": len(by_seed),
@@ -185,13 +162,14 @@ def significance_table(
 
 
 def significance_sentences(sig: pd.DataFrame) -> list[str]:
-    """The significance table in words, flattering or not; with several seeds, also whether
-    every seed's own difference has the sign of the seed-averaged one."""
+    """The significance table in words, flattering or not, with each seed's own difference."""
     lines = []
     for _, r in sig.iterrows():
         line = (
             f"- **{r.dataset}**, {r.comparison}: {r['ΔmAP']:+.1f} mAP points "
-            f"(95 % CI {r['CI low']:+.1f} … {r['CI high']:+.1f}, {r.queries} queries) — {r.verdict}"
+            f"(95 % CI over seeds and queries {r['CI low']:+.1f} … {r['CI high']:+.1f}; "
+            f"over queries only {r['query-only CI low']:+.1f} … {r['query-only CI high']:+.1f}; "
+            f"{r.queries} queries, {r.seeds} seed{'s' if r.seeds != 1 else ''}) — {r.verdict}"
         )
         agree, n = r["seeds with that sign"], r["seeds"]
         if n > 1 and round(r["ΔmAP"], 1) != 0:
@@ -356,21 +334,18 @@ def write_results_md(
         "",
         to_markdown(abl),
         "",
-        "## Significance: paired bootstrap over queries",
+        "## Significance: two-level bootstrap over seeds and queries",
         "",
         f"{cfg.eval.bootstrap} resamples; 95 % percentile CI of the mAP difference in points. "
-        "To recompute: per query (`image_id` in `reports/per_query/<dataset>/<variant>.csv`), "
-        "average `ap` over seeds, pair the two variants by `image_id`, resample the paired "
-        "differences with replacement (`numpy.random.default_rng(0)`) and take the 2.5/97.5 % "
-        "quantiles of the resampled means. "
-        f"Seeds per cell: {len(cfg.pipeline.seeds)}"
-        + (
-            " (one seed: seed variance is not measured in this profile; the `full` profile runs"
-            " 3 seeds per cell)."
-            if len(cfg.pipeline.seeds) == 1
-            else ". The bootstrap resamples queries of the seed-averaged AP, so it does not see "
-            "seed variance; each line therefore also gives the difference seed by seed."
-        ),
+        "Each resample draws training seeds with replacement, then queries with replacement "
+        "(the same queries for both variants), and averages the per-seed differences; "
+        "`indivaid_core/evaluate/statistics.py` says why. A comparison is *significant* only "
+        f"if that interval excludes 0 and the cell has at least {stats.MIN_SEEDS} seeds; with "
+        "fewer it is *not decidable*, because training variance (seeds, and the last bits of "
+        "the CPU kernels on another machine) moves a cell by several points. The query-only "
+        "interval, blind to training variance, is shown beside it. To recompute: "
+        "`reports/per_query/<dataset>/<variant>.csv` holds `ap` per `seed` and `image_id`. "
+        f"Seeds per cell: {len(cfg.pipeline.seeds)}.",
         "",
         *significance_sentences(sig),
         "",

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from .data.images import load_rgb
 from .evaluate import figures
+from .safe_io import load_torch, read_json, unreadable
 
 
 def split_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -144,10 +145,13 @@ def attention_ranking(
     n_images: int = 6,
 ) -> plt.Figure:
     """Per individual, its training images sorted by the fusion attention weight they got."""
-    blob = torch.load(attention_pt, map_location="cpu")
+    fix = "rerun the variant's stage 2, which writes it again"
+    blob = load_torch(attention_pt, fix, "attention file")  # tensors only, never code
+    if not isinstance(blob, dict) or "key_index" not in blob:
+        raise unreadable(attention_pt, "attention file", "it lacks 'key_index'", fix)
     if "weights" not in blob:
         raise ValueError(f"{attention_pt}: this fusion variant has no attention weights")
-    meta = json.loads(Path(labels_json).read_text())
+    meta = read_json(labels_json, "rerun stage 1", ("labels", "image_ids"), "stage-1 label map")
     names = {i: name for name, i in meta["labels"].items()}
     image_ids = meta["image_ids"]
     by_id = table.set_index(table["image_id"].astype(str))

@@ -170,3 +170,69 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
 
     rc, _, err = main("identify", "--index", tmp_path / "nope", "x.jpg")
     assert rc == 2 and "not a gallery index" in err
+
+
+def test_train_on_own_folder_then_index_and_identify(work, tmp_path):
+    """The README's "your own animals" path: folder -> indivaid train -> index -> identify."""
+    run = tmp_path / "run"
+    settings = ["--set", "profile=smoke", "--set", "stage2.epochs=1", "--species", "tiger"]
+    done = run_cli(
+        "train",
+        "--images",
+        work / "gallery",
+        "--out",
+        run,
+        *settings,
+        "--params",
+        REPO / "params.yaml",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["individuals"] == 5 and result["stage2"]["epochs"] == 1
+    assert (run / "model" / "model.json").exists()
+    assert (run / "stage1" / "descriptions.safetensors").exists()
+    built = run_cli(
+        *index_build(work / "gallery", tmp_path / "idx", checkpoint=run / "model"), cwd=tmp_path
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    found = run_cli(
+        "identify",
+        "--index",
+        tmp_path / "idx",
+        work / "new_photos",
+        "--out",
+        tmp_path / "r.csv",
+        cwd=tmp_path,
+    )
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "r.csv")) >= 5
+
+
+def test_train_refuses_bad_settings_and_folders_in_one_line(work, tmp_path, capsys):
+    code = cli.main(
+        [
+            "train",
+            "--images",
+            str(work / "gallery"),
+            "--out",
+            str(tmp_path / "r"),
+            "--params",
+            str(REPO / "params.yaml"),
+            "--set",
+            "stage2.epochs=0",
+        ]
+    )
+    assert code == 2 and "stage2.epochs: expected 1 or more" in capsys.readouterr().err
+    code = cli.main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "r"),
+            "--params",
+            str(REPO / "params.yaml"),
+        ]
+    )
+    assert code == 2 and "nope" in capsys.readouterr().err

@@ -40,27 +40,56 @@ def test_bad_keys_name_the_key_and_a_suggestion(override, message):
 
 
 def test_profile_overrides_merge_over_the_base():
-    cfg = config.load(REPO / "params.yaml", {"profile": "paper"})
+    cfg = config.load(REPO / "params.yaml", {"profile": "paper"}, check_cells=False)
     assert cfg.model.backbone == "ViT-B-16" and tuple(cfg.model.image_size) == (256, 128)
     assert cfg.seed == 451 and cfg.pipeline.seeds == [451]
     # untouched keys keep the base value
     assert cfg.stage2.margin == config.load(REPO / "params.yaml").stage2.margin
 
 
-@pytest.mark.parametrize("block", [{"pipeline": {"datasets": ["x"]}}, {"runs": {}}])
-def test_a_profile_cannot_set_what_dvc_foreach_reads(tmp_path, block):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["profiles"]["full"].update(block)
-    raw["profile"] = "full"
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(config.ConfigError, match="profiles.full.* top-level"):
-        config.load(tmp_path / "p.yaml")
+def test_one_switch_selects_the_paper_cells(tmp_path):
+    """`indivaid profile paper` sets the profile and writes the cells dvc.yaml builds from."""
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    config.write_cells(params)
+    assert len(config.load(params).cells()) == 20
+    config.write_cells(params, "paper")
+    cells = yaml.safe_load((tmp_path / config.CELLS_FILE).read_text())["cells"]
+    assert cells["profile"] == "paper" and "Stoat" in cells["datasets"]
+    cfg = config.load(params)
+    assert cfg.profile == "paper" and len(cfg.cells()) == 9 * 4 + 4
+    assert "# ViT-B-16 + OpenAI weights" in params.read_text()  # comments kept
+    with pytest.raises(config.ConfigError, match="run `indivaid profile default`"):
+        config.load(params, {"profile": "default"})
 
 
-def test_run_text_must_match_its_variant(tmp_path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    first = next(iter(raw["runs"]))
-    raw["runs"][first]["text"] = "ctx2"
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(config.ConfigError, match="uses text run"):
-        config.load(tmp_path / "p.yaml")
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"stage2.epochs": 0}, "stage2.epochs: expected 1 or more, got 0"),
+        ({"stage2.epochs": -1}, "stage2.epochs"),
+        ({"stage1.epochs": -1}, "stage1.epochs: expected 1 or more"),
+        ({"stage2.p": 0}, "stage2.p: expected 2 or more, got 0"),
+        ({"stage2.k": -1}, "stage2.k"),
+        ({"model.image_size": [32]}, r"model.image_size: expected \[H, W\]"),
+        ({"model.image_size": [0, 0]}, "model.image_size"),
+        ({"stage2.label_smoothing": 1.5}, "stage2.label_smoothing"),
+        ({"stage2.milestones": [8, 2]}, "stage2.milestones"),
+        (
+            {"data.datasets.synth-stoat.overrides": {"stage2": {"epoch": 3}}},
+            "did you mean 'epochs'",
+        ),
+        ({"data.datasets.synth-stoat.overrides": {"stage2": {"p": 1}}}, "synth-stoat.overrides"),
+        ({"pipeline.variants": ["indivaid", "clipreed"]}, "did you mean 'clipreid'"),
+        ({"stage2.sampler": "clipreid"}, "min_iters_per_epoch"),
+    ],
+)
+def test_out_of_range_settings_are_refused_at_load(override, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(REPO / "params.yaml", override)
+
+
+def test_unknown_profile_lists_each_valid_profile_once():
+    with pytest.raises(config.ConfigError) as err:
+        config.load(REPO / "params.yaml", {"profile": "nope"})
+    assert str(err.value).count("'default'") == 1

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from indivaid_core import config
+
 REPO = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -65,11 +67,11 @@ def test_dvc_repro_smoke_profile(tmp_path):
         if v.get("text", "none") in params["pipeline"]["text_runs"]
     }
     params["pipeline"]["robustness_variants"] = ["zero_shot", "indivaid"]
-    params["runs"] = {
-        f"synth-stoat-{v}": {"dataset": "synth-stoat", "variant": v, "text": t}
-        for v, t in (("zero_shot", "none"), ("indivaid", "meta-ctx4"))
-    }
+    params["pipeline"].update(
+        variants=["zero_shot", "indivaid"], ablation_datasets=[], ablations=[]
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    config.write_cells(repo / "params.yaml")  # what `indivaid profile smoke` does
 
     _run([*DVC, "repro", "-q"], repo)
     for variant in ("zero_shot", "indivaid"):

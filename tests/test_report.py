@@ -82,12 +82,9 @@ def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
     boot = (a - b)[order][idx].mean(axis=1)
     assert row["CI low"] == pytest.approx(100 * np.quantile(boot, 0.025))
     assert row["CI high"] == pytest.approx(100 * np.quantile(boot, 0.975))
-    assert row["verdict"] == "significant gain"
-    flipped = report.significance_table(
-        tmp_path / "pq", ["a"], 2000, 3, comparisons=[("clipreid", "indivaid")]
-    )
-    assert flipped.iloc[0]["verdict"] == "significant loss"
-    assert "significant loss" in report.significance_sentences(flipped)[0]
+    assert row["CI low"] > 0  # a clear gain over queries, but one seed cannot decide it
+    assert row["verdict"] == "not decidable (1 seed)"
+    assert "not decidable" in report.significance_sentences(sig)[0]
 
 
 def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path):
@@ -103,7 +100,8 @@ def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path
     )
     row = sig.iloc[0]
     assert row["ΔmAP"] == pytest.approx(10.0)  # seed-averaged AP: 0.6 vs 0.5 on every query
-    assert row["verdict"] == "significant gain"  # over queries, with no query variance
+    assert row["query-only CI low"] > 0  # over queries, with no query variance
+    assert row["verdict"] == "not decidable (2 seeds)"
     assert row["per-seed ΔmAP"] == "s0 +30.0 / s1 -10.0"
     assert (row["seeds with that sign"], row["seeds"]) == (1, 2)
     assert "that sign in 1 of 2" in report.significance_sentences(sig)[0]

@@ -21,9 +21,10 @@ from safetensors.torch import load_file
 from indivaid_core import config, pipeline
 from indivaid_core.data import DataError
 from indivaid_core.identify import load_model
-from indivaid_core.train.engine import TrainingDiverged, cpu_threads
+from indivaid_core.safe_io import save_torch
+from indivaid_core.train.engine import TrainingDiverged, cpu_threads, load_checkpoint
 from indivaid_core.train.export import load_export
-from indivaid_core.train.loop import Interrupted
+from indivaid_core.train.loop import Interrupted, StaleCheckpointWarning
 
 REPO = Path(__file__).resolve().parents[1]
 N_IDS, PER_ID = 6, 4
@@ -76,7 +77,12 @@ def tiny_repo(tmp_path_factory) -> Path:
     }
     raw["data"]["max_identities"] = 0
     raw["pipeline"]["datasets"] = ["toy"]
-    raw["runs"] = {"toy-indivaid": {"dataset": "toy", "variant": "indivaid", "text": "meta-ctx4"}}
+    raw["pipeline"].update(
+        variants=["zero_shot", "indivaid"],
+        ablation_datasets=[],
+        ablations=[],
+        robustness_variants=["zero_shot", "indivaid"],
+    )
     raw["profiles"]["smoke"].pop("data", None)
     raw["profiles"]["smoke"]["stage1"] = {"epochs": 6, "batch_size": 8, "warmup_epochs": 1}
     raw["profiles"]["smoke"]["stage2"] = {
@@ -193,7 +199,7 @@ def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
         pipeline.run_stage2(
             cfg, "toy", "indivaid", resume=False, interrupt_after_steps=steps_per_epoch + 1
         )
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     pipeline.run_stage2(cfg, "toy", "indivaid", resume=True)
     assert _same(reference, _weights(out))
     pd.testing.assert_frame_equal(ref_metrics, pd.read_json(out / "plots" / "history.json"))
@@ -201,17 +207,23 @@ def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(in_repo):
     _, out = _fresh_indivaid(**{"stage2.epochs": 1})
-    good = torch.load(out / "checkpoint.pt", weights_only=False)
+    good = load_checkpoint(out / "checkpoint.pt")
     bad = _cfg(**{"stage2.loss_weights.id": float("nan")})
-    with pytest.raises(TrainingDiverged, match="checkpoint"):
+    # other settings: the old checkpoint is not resumed, and kept until a new epoch ends
+    with (
+        pytest.warns(StaleCheckpointWarning, match="loss_weights.id"),
+        pytest.raises(TrainingDiverged, match="checkpoint"),
+    ):
         pipeline.run_stage2(bad, "toy", "indivaid", resume=True)
-    kept = torch.load(out / "checkpoint.pt", weights_only=False)
+    kept = load_checkpoint(out / "checkpoint.pt")
     assert kept["epoch"] == good["epoch"] == 1
     assert _same(kept["modules"]["net"], good["modules"]["net"])
-    assert not list(out.glob("*.tmp"))
-    no_fusion = _cfg(**{"stage2.loss_weights.i2t": 0.0})  # a net without the fusion module
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.indivaid-tmp"))
+    # the same settings, but weights that do not fit the model: refused with the way out
+    kept["modules"]["net"].pop(next(iter(kept["modules"]["net"])))
+    save_torch(kept, out / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: cannot resume.*delete it"):
-        pipeline.run_stage2(no_fusion, "toy", "indivaid", resume=True)
+        pipeline.run_stage2(_cfg(**{"stage2.epochs": 1}), "toy", "indivaid", resume=True)
 
 
 def _torchrun(repo: Path, nproc: int, *args: str) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from indivaid_core.safe_io import atomic_write, unreadable
 from indivaid_core.train.engine import autocast, memory_format, resolve_device
 
 # Which encoder outputs each feature choice concatenates.
@@ -114,9 +115,7 @@ def save_features(path: str | Path, feats: torch.Tensor | np.ndarray, table: pd.
     dup = table["image_id"][table["image_id"].duplicated()]
     if len(dup):
         raise ValueError(f"duplicate image_id in table: {dup.head(5).tolist()}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:  # a file object keeps numpy from appending ".npz"
+    with atomic_write(path, "wb") as fh:  # a file object keeps numpy from appending ".npz"
         ids = table["image_id"].astype(str).to_numpy(dtype=str)
         np.savez(fh, features=arr.astype(np.float32), image_id=ids)
 
@@ -124,12 +123,21 @@ def save_features(path: str | Path, feats: torch.Tensor | np.ndarray, table: pd.
 def load_features(
     path: str | Path, table: pd.DataFrame | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Features and their image ids; with ``table``, reordered to its rows (all must exist)."""
-    with np.load(Path(path), allow_pickle=False) as z:
-        for key in ("features", "image_id"):
-            if key not in z:
-                raise KeyError(f"{path} has no {key!r} array; was it written by save_features?")
-        feats, ids = z["features"], z["image_id"]
+    """Features and their image ids; with ``table``, reordered to its rows (all must exist).
+
+    Arrays only: a file holding pickled objects is refused, never unpickled."""
+    fix = "delete it and rerun the evaluation, which writes it again"
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            for key in ("features", "image_id"):
+                if key not in z:
+                    raise KeyError(f"{path} has no {key!r} array; was it written by save_features?")
+            feats, ids = z["features"], z["image_id"]
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError) as err:  # not an .npz, cut short, or pickled data
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise unreadable(path, "feature file", detail, fix) from err
     if table is not None:
         pos = pd.Series(np.arange(len(ids)), index=ids)
         wanted = table["image_id"].astype(str)

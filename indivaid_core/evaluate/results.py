@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from indivaid_core.safe_io import write_text
+
 # Metadata columns carried into the per-query CSV when the query table has them.
 CONDITION_COLUMNS: tuple[str, ...] = ("condition", "viewpoint", "camera", "daynight", "occlusion")
 
@@ -35,10 +37,8 @@ def _plain(value: Any, decimals: int, where: str) -> Any:
 
 def write_metrics_json(path: str | Path, metrics: dict, decimals: int = 6) -> None:
     """Deterministic metrics file: sorted keys, rounded floats, no timestamps."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _plain(metrics, decimals, "metrics")
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def summarise(metrics: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:

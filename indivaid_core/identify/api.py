@@ -19,6 +19,7 @@ import torch
 from indivaid_core.evaluate.features import FEATURE_KEYS
 from indivaid_core.identify.calibrate import CalibrationError, calibrate_threshold
 from indivaid_core.identify.index import (
+    IDENTITY_KEYS,
     EmptyGalleryError,
     GalleryIndex,
     check_identity,
@@ -31,8 +32,9 @@ from indivaid_core.identify.inputs import (
     read_gallery,
     warn_errors,
 )
+from indivaid_core.safe_io import unreadable
 from indivaid_core.train.engine import resolve_device
-from indivaid_core.train.export import WEIGHTS, file_sha256, load_export
+from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
 from indivaid_core.transforms import eval_transform
 
 NEW = "new"
@@ -52,7 +54,12 @@ class LoadedModel:
         self, paths: Sequence[str | Path], batch_size: int = 64
     ) -> tuple[torch.Tensor, list[bool], dict[str, str]]:
         """(features of readable files, ok mask, {path: error})."""
-        tf = eval_transform(self.spec["image_size"], self.spec["mean"], self.spec["std"])
+        tf = eval_transform(
+            self.spec["image_size"],
+            self.spec["mean"],
+            self.spec["std"],
+            self.spec.get("resize_backend", "tensor"),
+        )
         return embed_files(
             self.encoder.encode,
             tf,
@@ -79,6 +86,11 @@ def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) 
             f"{model_dir / WEIGHTS}: sha256 {actual[:12]}… differs from the "
             f"{spec.get('weights_sha256', 'missing')!r} recorded in model.json; the export was "
             "modified after it was written"
+        )
+    missing = [k for k in IDENTITY_KEYS if k not in spec]
+    if missing:
+        raise unreadable(
+            model_dir / CONFIG, "model description", f"it lacks {missing}", "re-export the model"
         )
     dims = encoder.feature_dims
     dim = sum(dims[k.removesuffix("_bn")] for k in FEATURE_KEYS[spec["eval_feature"]])
@@ -171,7 +183,6 @@ def _drop_self(dist: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> np.ndarra
 def save_index(index: GalleryIndex, out: str | Path, model: LoadedModel) -> Path:
     """Write the index, remembering the model folder relative to it (they can move together)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     index.model_dir = os.path.relpath(model.model_dir.resolve(), out.resolve())
     return index.save(out)
 

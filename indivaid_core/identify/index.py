@@ -14,8 +14,8 @@ per vector) and, for IVF/HNSW, ``faiss.index`` (the trained structure, costly to
 
 from __future__ import annotations
 
-import json
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,20 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+
+from indivaid_core.safe_io import (
+    atomic_dir,
+    brief,
+    check_replaceable,
+    load_safetensors,
+    read_csv,
+    read_json,
+    save_safetensors,
+    sibling_lock,
+    unreadable,
+    write_csv,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 INDEX_JSON, VECTORS, GALLERY_CSV, FAISS_FILE = (
@@ -32,6 +45,9 @@ INDEX_JSON, VECTORS, GALLERY_CSV, FAISS_FILE = (
     "gallery.csv",
     "faiss.index",
 )
+INDEX_FILES = (INDEX_JSON, VECTORS, GALLERY_CSV, FAISS_FILE)
+INDEX_KEYS = ("format_version", "backend", "backend_params", "model", "threshold", "calibration")
+REBUILD = "rebuild the index with `indivaid index build`"
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 APPROXIMATE = ("faiss-ivf", "faiss-hnsw")
 # The fields of an exported model.json that decide what a feature vector means.
@@ -218,7 +234,10 @@ class FaissSearcher:
         self.faiss.write_index(self.index, str(path))
 
     def read(self, path: Path) -> None:
-        self.index = self.faiss.read_index(str(path))
+        try:
+            self.index = self.faiss.read_index(str(path))
+        except RuntimeError as err:  # FAISS reports a foreign or cut-short file this way
+            raise unreadable(path, "FAISS index", brief(err), REBUILD) from err
         if self.kind == "ivf":
             self.index.nprobe = min(self.params["nprobe"], self.index.nlist)
         elif self.kind == "hnsw":
@@ -322,10 +341,18 @@ class GalleryIndex:
         return ex.search(np.asarray(queries, dtype=np.float32), k)
 
     def save(self, path: str | Path) -> Path:
+        """Write the index folder whole: its files go to a temporary folder beside `path`,
+        which then takes its place, so a failure mid-save (a full disk) leaves the old index
+        as it was. A folder holding files other than an index's is refused, not replaced.
+        Another process saving to the same folder is refused (:func:`index_lock`)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": self.vectors.contiguous()}, str(path / VECTORS))
-        self.gallery.to_csv(path / GALLERY_CSV, index=False)
+        with index_lock(path), atomic_dir(path, INDEX_FILES) as tmp:
+            self._write(tmp)
+        return path
+
+    def _write(self, path: Path) -> None:
+        save_safetensors({"vectors": self.vectors.contiguous()}, path / VECTORS)
+        write_csv(self.gallery, path / GALLERY_CSV, index=False)
         searcher = self.searcher
         if isinstance(searcher, FaissSearcher) and self.approximate:
             searcher.write(path / FAISS_FILE)
@@ -343,8 +370,7 @@ class GalleryIndex:
             "n_vectors": len(self.gallery),
             "n_identities": int(self.gallery["identity"].nunique()),
         }
-        (path / INDEX_JSON).write_text(json.dumps(meta, indent=1, default=_json_default))
-        return path
+        write_json(path / INDEX_JSON, meta, indent=1, default=_json_default)
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
@@ -355,31 +381,54 @@ class GalleryIndex:
                 f"{path}: not a gallery index (no {INDEX_JSON}); build one "
                 "with `indivaid index build`"
             )
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, REBUILD, ("format_version",), "index description")
         if meta.get("format_version") != FORMAT_VERSION:
             raise GalleryIndexError(
                 f"{meta_path}: format_version {meta.get('format_version')!r}, this code reads "
                 f"{FORMAT_VERSION}; rebuild the index"
             )
+        meta = read_json(meta_path, REBUILD, INDEX_KEYS, "index description")
         for name in (VECTORS, GALLERY_CSV):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: missing; the index folder is incomplete")
-        vectors = load_file(str(path / VECTORS))["vectors"]
-        gallery = pd.read_csv(path / GALLERY_CSV, dtype={"identity": str}, keep_default_na=False)
-        index = cls(
-            vectors,
-            gallery,
-            meta["model"],
-            meta["backend"],
-            meta["backend_params"],
-            meta["threshold"],
-            meta["calibration"],
-            meta.get("model_dir"),
+        vectors = load_safetensors(path / VECTORS, REBUILD, ("vectors",), "index vectors file")
+        vectors = vectors["vectors"]
+        gallery = read_csv(
+            path / GALLERY_CSV,
+            REBUILD,
+            ("identity", "path"),
+            "gallery table",
+            dtype={"identity": str},
+            keep_default_na=False,
         )
+        if vectors.ndim != 2 or len(vectors) != len(gallery):
+            raise unreadable(
+                path,
+                "gallery index",
+                f"{VECTORS} holds {tuple(vectors.shape)} vectors for the {len(gallery)} rows "
+                f"of {GALLERY_CSV}",
+                REBUILD,
+            )
+        try:
+            index = cls(
+                vectors,
+                gallery,
+                meta["model"],
+                meta["backend"],
+                meta["backend_params"],
+                meta["threshold"],
+                meta["calibration"],
+                meta.get("model_dir"),
+            )
+        except (KeyError, TypeError, ValueError) as err:  # e.g. an unknown backend, no rows
+            raise unreadable(path, "gallery index", brief(err), REBUILD) from err
         if index.approximate:
             if not (path / FAISS_FILE).is_file():
                 raise FileNotFoundError(f"{path / FAISS_FILE}: missing for backend {index.backend}")
-            searcher = make_searcher(index.backend, index.dim, meta["backend_params"])
+            try:
+                searcher = make_searcher(index.backend, index.dim, meta["backend_params"])
+            except (TypeError, ValueError) as err:
+                raise unreadable(meta_path, "index description", str(err), REBUILD) from err
             searcher.read(path / FAISS_FILE)
             if searcher.ntotal != len(gallery):
                 raise GalleryIndexError(
@@ -388,6 +437,16 @@ class GalleryIndex:
                 )
             index._searcher = searcher
         return index
+
+
+def index_lock(path: str | Path) -> AbstractContextManager[None]:
+    """The lock a writer of the index folder `path` holds (beside it: the folder is swapped)."""
+    return sibling_lock(path, f"gallery index {path}")
+
+
+def check_index_target(path: str | Path) -> None:
+    """Refuse, before any work, an output folder that holds other files than an index's."""
+    check_replaceable(Path(path), INDEX_FILES)
 
 
 def _json_default(o: Any) -> Any:

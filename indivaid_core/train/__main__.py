@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import yaml
 
 from .. import pipeline
 from ..config import load
+from ..safe_io import LockedError, UnreadableFileError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,14 +38,18 @@ def main(argv: list[str] | None = None) -> None:
         overrides[key] = yaml.safe_load(value)
     cfg = load(args.params, overrides)
     resume = not args.no_resume
-    if args.stage == "stage1":
-        if not args.text:
-            ap.error("stage1 needs --text")
-        result = pipeline.run_stage1(cfg, args.dataset, args.text, resume=resume)
-    else:
-        if not args.variant:
-            ap.error("stage2 needs --variant")
-        result = pipeline.run_stage2(cfg, args.dataset, args.variant, resume=resume)
+    if args.stage == "stage1" and not args.text:
+        ap.error("stage1 needs --text")
+    if args.stage == "stage2" and not args.variant:
+        ap.error("stage2 needs --variant")
+    try:
+        if args.stage == "stage1":
+            result = pipeline.run_stage1(cfg, args.dataset, args.text, resume=resume)
+        else:
+            result = pipeline.run_stage2(cfg, args.dataset, args.variant, resume=resume)
+    except (UnreadableFileError, LockedError) as err:  # a bad checkpoint, a busy run folder
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(result, indent=1, sort_keys=True, default=str))
 
 

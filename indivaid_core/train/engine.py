@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import random
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..safe_io import folder_lock, load_torch, save_torch, unreadable
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,9 +60,13 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator a resumed run must continue, as tensors and plain data only (a checkpoint
+    is read back with ``weights_only=True``, which refuses numpy arrays)."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np_state,
         "torch": torch.get_rng_state(),
         # CUDA generators too, so a resumed GPU run draws the same dropout/augment numbers
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -65,7 +75,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = {**state["numpy"], "state": dict(state["numpy"]["state"])}
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -165,19 +177,27 @@ def device_name(device: torch.device) -> str:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write tensors and plain data to a unique temporary file, then rename: a kill never leaves
+    a half-written checkpoint, and two writers never share a temporary."""
+    save_torch(obj, path)
+
+
+CHECKPOINT_KEYS = ("modules", "optimizer", "scheduler", "epoch", "history", "rng")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's contents, or None when there is none. It is read with
+    ``weights_only=True``: checkpoints travel between machines, and loading one never runs code.
+    """
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    fix = "delete it to train afresh, or rerun without resuming (--no-resume, or resume=False)"
+    ckpt = load_torch(path, fix, "training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise unreadable(path, "training checkpoint", f"it lacks {missing}", fix)
+    return ckpt
 
 
 def check_finite(loss: torch.Tensor, where: str, checkpoint: Path) -> None:
@@ -224,3 +244,22 @@ def maybe_ddp(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     yield nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def exclusive_run(fn: F) -> F:
+    """Hold the lock of the run folder (`fn`'s `out_dir` argument) for the call, on rank 0.
+
+    Two runs writing one folder overwrote each other's checkpoints and temporaries; now the
+    second is refused at once with a LockedError naming the first's process.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not dist_info().is_main:  # the other ranks write nothing there
+            return fn(*args, **kwargs)
+        out_dir = Path(signature.bind(*args, **kwargs).arguments["out_dir"])
+        with folder_lock(out_dir, f"training run folder {out_dir}"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

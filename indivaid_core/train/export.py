@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..config import Config
 from ..model import ReIDEncoder, build_clip, preprocess_info
+from ..safe_io import load_safetensors, read_json, save_safetensors, unreadable, write_json
 
 WEIGHTS, CONFIG = "model.safetensors", "model.json"
+# What load_export needs from model.json to rebuild the encoder.
+SPEC_KEYS = ("backbone", "image_size", "stride", "sie_coef", "num_classes")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,10 +27,14 @@ def file_sha256(path: str | Path) -> str:
 def save_export(
     encoder: ReIDEncoder, clip_model: torch.nn.Module, cfg: Config, out_dir: Path, meta: dict
 ) -> Path:
-    """Weights + the architecture/preprocessing needed to rebuild them; returns model.json."""
+    """Weights + the architecture/preprocessing needed to rebuild them; returns model.json.
+
+    Each file is replaced whole. The weights go first: model.json records their sha256, so a
+    kill between the two leaves a pair that `identify.load_model` refuses, not a silent mix.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS))
+    save_safetensors(state, out_dir / WEIGHTS)
     info = preprocess_info(clip_model)
     m = cfg.model
     spec = {
@@ -45,8 +50,10 @@ def save_export(
         "weights_sha256": file_sha256(out_dir / WEIGHTS),
         **meta,
     }
+    if info.resize_backend != "tensor":  # CLIP-ReID's PIL resize (OpenAI weights)
+        spec["resize_backend"] = info.resize_backend
     path = out_dir / CONFIG
-    path.write_text(json.dumps(spec, indent=1, sort_keys=True))
+    write_json(path, spec, indent=1, sort_keys=True)
     return path
 
 
@@ -58,17 +65,21 @@ def load_export(
     cfg_path = model_dir / CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
-    spec = json.loads(cfg_path.read_text())
-    clip_model = build_clip(
-        spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None
-    )
-    encoder = ReIDEncoder(
-        clip_model,
-        spec["num_classes"],
-        num_cameras=len(spec.get("camera_map") or {}),
-        sie_coef=spec["sie_coef"],
-    )
-    state = load_file(str(model_dir / WEIGHTS))
+    fix = "re-export the model (rerun its stage 2, or save_export)"
+    spec = read_json(cfg_path, fix, SPEC_KEYS, "model description")
+    try:
+        clip_model = build_clip(
+            spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None
+        )
+        encoder = ReIDEncoder(
+            clip_model,
+            spec["num_classes"],
+            num_cameras=len(spec.get("camera_map") or {}),
+            sie_coef=spec["sie_coef"],
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise unreadable(cfg_path, "model description", f"bad value: {err}", fix) from err
+    state = load_safetensors(model_dir / WEIGHTS, fix, what="model weights file")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..safe_io import write_json, write_text
 from .engine import (
     CostMeter,
     atomic_save,
@@ -26,6 +29,45 @@ class Interrupted(RuntimeError):
     """Raised by `interrupt_after_steps`: a deterministic stand-in for a killed process."""
 
 
+class StaleCheckpointWarning(UserWarning):
+    """A checkpoint from a run with other settings was found; this run starts afresh."""
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the settings that define a run."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def rows_digest(table: Any, columns: Iterable[str]) -> str:
+    """sha256 of a table's defining columns (those it has), row order included."""
+    cols = [c for c in columns if c in table]
+    return hashlib.sha256(table[cols].astype(str).to_csv(index=False).encode()).hexdigest()
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def settings_diff(old: dict[str, Any] | None, new: dict[str, Any], limit: int = 6) -> str:
+    """The changed settings as `key: old -> new`, for the message that explains a fresh start."""
+    if not old:
+        return "it records no run settings (an older format)"
+    a, b = _flat(old), _flat(new)
+    changed = [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "(unset)") != b.get(k, "(unset)")
+    ]
+    more = f", and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
+
+
 @dataclass
 class LoopState:
     """Everything that must survive a restart; saved atomically at every epoch end."""
@@ -35,9 +77,11 @@ class LoopState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)  # fingerprint + settings of this run
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "run": self.run,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -66,22 +110,38 @@ def run_epochs(
     desc: str,
     resume: bool = True,
     interrupt_after_steps: int = 0,
+    *,
+    settings: dict[str, Any],
 ) -> CostMeter:
     """Train `epochs` epochs; `step(batch)` returns (loss, loss parts, n images).
 
     A checkpoint is written at every epoch end; a rerun resumes from it and replays the
     interrupted epoch exactly (batches and augmentation are functions of seed and epoch).
+    `settings` (plain data) define the run: the checkpoint records their fingerprint, and a
+    rerun with other settings trains afresh (with a StaleCheckpointWarning saying what changed)
+    instead of continuing, or returning, the other run's model. The old checkpoint is only
+    replaced when the new run ends its first epoch.
     """
     info = dist_info()
+    state.run = {"fingerprint": fingerprint(settings), "settings": settings}
     if resume and (ckpt := load_checkpoint(checkpoint)) is not None:
-        try:
-            state.load(ckpt)
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise ValueError(
-                f"{checkpoint}: cannot resume, it was written for a different model or "
-                f"optimiser setup ({type(err).__name__}: {str(err).splitlines()[0]}); delete "
-                "it to train from scratch, or run with resume=False"
-            ) from err
+        old = ckpt.get("run") or {}
+        if old.get("fingerprint") != state.run["fingerprint"]:
+            warnings.warn(
+                f"{desc}: not resuming {checkpoint}: it was written by a run with other "
+                f"settings ({settings_diff(old.get('settings'), settings)}); training afresh",
+                StaleCheckpointWarning,
+                stacklevel=2,
+            )
+        else:
+            try:
+                state.load(ckpt)
+            except (KeyError, RuntimeError, ValueError, TypeError) as err:
+                raise ValueError(
+                    f"{checkpoint}: cannot resume, it does not fit this model or optimiser "
+                    f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to train "
+                    "afresh, or rerun without resuming (--no-resume, or resume=False)"
+                ) from err
     meter = CostMeter()
     steps = 0
     bar = tqdm(range(state.epoch, epochs), desc=desc, disable=not info.is_main, unit="epoch")
@@ -121,5 +181,5 @@ def write_history(history: list[dict[str, float]], log_dir: Path) -> None:
         lines = [f"step\t{key}"] + [
             f"{row['epoch']}\t{row[key]:.6f}" for row in history if key in row
         ]
-        (log_dir / f"{key}.tsv").write_text("\n".join(lines) + "\n")
-    (log_dir / "history.json").write_text(json.dumps(history, indent=1))
+        write_text(log_dir / f"{key}.tsv", "\n".join(lines) + "\n")
+    write_json(log_dir / "history.json", history, indent=1)

@@ -23,7 +23,16 @@ def sample_seed(seed: int, epoch: int, batch: int, slot: int) -> int:
 
 @dataclass
 class PKSampler:
-    """Batches of `p` identities x `k` images; with replacement where an identity has < k."""
+    """Batches of `p` identities x `k` images; with replacement where an identity has < k.
+
+    mode `pk`: each batch draws p identities uniformly; the epoch has one pass worth of
+    batches (or `iters_per_epoch`, at least `min_iters_per_epoch`).
+    mode `clipreid`: CLIP-ReID's RandomIdentitySampler. Each identity's images are shuffled
+    (padded to k with replacement) and cut into chunks of k, the trailing partial chunk
+    dropped; batches take one chunk from each of p identities drawn among those with chunks
+    left, until fewer than p remain. Each image is seen about once per epoch and identities
+    appear in proportion to their images; the epoch length follows from the draw.
+    """
 
     labels: Sequence[int]
     p: int
@@ -35,6 +44,7 @@ class PKSampler:
     world_size: int = 1
     epoch: int = 0
     start_batch: int = 0
+    mode: str = "pk"
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -47,12 +57,19 @@ class PKSampler:
                 f"batch p*k={self.p * self.k} is not divisible by world_size={self.world_size}"
             )
         self.p_eff = min(self.p, len(self._ids))
+        if self.mode not in ("pk", "clipreid"):
+            raise ValueError(f"sampler mode must be 'pk' or 'clipreid', got {self.mode!r}")
+        if self.mode == "clipreid" and (self.iters_per_epoch or self.min_iters_per_epoch):
+            raise ValueError("the clipreid sampler sets its own epoch length (iters must be 0)")
+        self._cache: dict[int, list[list[tuple[int, int]]]] = {}
 
     @property
     def global_batch(self) -> int:
         return self.p_eff * self.k
 
     def __len__(self) -> int:
+        if self.mode == "clipreid":
+            return len(self.global_batches(self.epoch))
         if self.iters_per_epoch:
             return self.iters_per_epoch
         one_pass = int(np.ceil(len(self.labels) / self.global_batch))
@@ -64,6 +81,10 @@ class PKSampler:
 
     def global_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """All (row, augmentation seed) batches of an epoch, identical on every rank."""
+        if self.mode == "clipreid":
+            if epoch not in self._cache:
+                self._cache = {epoch: self._clipreid_batches(epoch)}
+            return self._cache[epoch]
         rng = np.random.default_rng([self.seed, epoch])
         out = []
         for b in range(len(self)):
@@ -72,6 +93,27 @@ class PKSampler:
             for y in ids:
                 pool = self._rows[int(y)]
                 rows.extend(rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist())
+            out.append([(r, sample_seed(self.seed, epoch, b, s)) for s, r in enumerate(rows)])
+        return out
+
+    def _clipreid_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        chunks: dict[int, list[np.ndarray]] = {}
+        for y in self._ids:
+            pool = self._rows[int(y)]
+            if len(pool) < self.k:
+                pool = rng.choice(pool, size=self.k, replace=True)
+            pool = rng.permutation(pool)
+            usable = len(pool) - len(pool) % self.k
+            chunks[int(y)] = [pool[i : i + self.k] for i in range(0, usable, self.k)]
+        out: list[list[tuple[int, int]]] = []
+        avail = sorted(chunks)
+        while len(avail) >= self.p_eff:
+            rows: list[int] = []
+            for y in rng.choice(avail, size=self.p_eff, replace=False):
+                rows.extend(chunks[int(y)].pop(0).tolist())
+            avail = [y for y in avail if chunks[y]]
+            b = len(out)
             out.append([(r, sample_seed(self.seed, epoch, b, s)) for s, r in enumerate(rows)])
         return out
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -23,10 +23,12 @@ from ..config import Config, to_dict
 from ..data.dataset import ImageTableDataset
 from ..losses import supcon_loss
 from ..model import DescriptionGenerator, build_clip, preprocess_info
+from ..safe_io import atomic_path, save_safetensors, write_json
 from ..transforms import eval_transform
 from .engine import (
     count_params,
     cpu_threads,
+    exclusive_run,
     gather_cat,
     init_distributed,
     main_process_first,
@@ -34,7 +36,7 @@ from .engine import (
     resolve_device,
     seed_everything,
 )
-from .loop import LoopState, run_epochs
+from .loop import LoopState, rows_digest, run_epochs
 from .schedule import warmup_cosine
 
 
@@ -88,29 +90,46 @@ def image_feature_cache(
     memory is one chunk, not the dataset.
     """
     path = cache_file(cache_dir, key, device, batch_size)
-    if path.exists():
-        return np.load(path, mmap_mode="r")
+    if path.exists() and (cached := _read_cache(path, len(table))) is not None:
+        return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     info = preprocess_info(clip_model)
-    ds = ImageTableDataset(table, image_root, eval_transform(image_size, info.mean, info.std))
+    ds = ImageTableDataset(
+        table, image_root, eval_transform(image_size, info.mean, info.std, info.resize_backend)
+    )
     # Its own generator: iterating a DataLoader draws a seed from the global torch RNG, which
     # made stage 1's initialisation depend on whether this cache already existed.
     loader = DataLoader(
         ds, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator()
     )
     clip_model = clip_model.to(device).eval()
-    tmp = path.with_suffix(".tmp.npy")
-    out = None
-    for batch in tqdm(loader, desc="stage1 image features", unit="batch"):
-        f = clip_model.encode_image(batch["image"].to(device)).float().cpu().numpy()
+    with atomic_path(path) as tmp:  # a unique temporary: side-by-side runs never share one
+        out = None
+        for batch in tqdm(loader, desc="stage1 image features", unit="batch"):
+            f = clip_model.encode_image(batch["image"].to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(ds), f.shape[1]))
+            out[batch["index"].numpy()] = f
         if out is None:
-            out = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(ds), f.shape[1]))
-        out[batch["index"].numpy()] = f
-    assert out is not None, "empty table"
-    out.flush()
-    del out
-    os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+            raise ValueError("stage 1: the training table is empty; no features to compute")
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _read_cache(path: Path, n_rows: int) -> np.ndarray | None:
+    """The cached features, or None (with a warning) when the file is unreadable or does not
+    fit the table: a cache is recomputed, never trusted, and never unpickled."""
+    try:
+        feats = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        why = f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    else:
+        if feats.ndim == 2 and feats.shape[0] == n_rows and feats.dtype == np.float32:
+            return feats
+        why = f"holds {feats.dtype} {feats.shape}, not ({n_rows}, D) float32"
+    warnings.warn(f"{path}: feature cache {why}; computing it again", stacklevel=3)
+    return None
 
 
 def frozen_features(
@@ -152,6 +171,36 @@ def warm_feature_cache(
         frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
 
 
+def run_settings(cfg: Config, train_table: pd.DataFrame, species: str) -> dict[str, Any]:
+    """What defines a stage-1 run: a checkpoint made with other settings is not resumed."""
+    d = to_dict(cfg)
+    return {
+        "stage": "stage1",
+        "seed": cfg.seed,
+        "species": species,
+        "model": d["model"],
+        "stage1": {k: v for k, v in d["stage1"].items() if k != "processes"},  # wall time only
+        "rows": rows_digest(train_table, ("image_id", "identity", "path")),
+    }
+
+
+def update_matched_epochs(epochs: int, warmup: int, n: int, batch: int, s1: Any) -> tuple[int, int]:
+    """(epochs, warmup epochs) that give as many updates as `epochs` at the released batch.
+
+    The released configs count stage-1 epochs at batch size 1: n updates an epoch. Here an
+    epoch makes n // batch updates (the last partial batch is dropped), so with
+    `released_batch_size` b the run trains ceil(epochs * ceil(n / b) / (n // batch)) epochs and
+    the warmup is stretched by the same factor. With b = 0 the epochs are taken as given.
+    """
+    b = s1.released_batch_size
+    if not b:
+        return epochs, warmup
+    per_epoch = max(1, n // batch)
+    factor = math.ceil(n / b) / per_epoch
+    return math.ceil(epochs * factor), math.ceil(warmup * factor)
+
+
+@exclusive_run
 def train_stage1(
     cfg: Config,
     train_table: pd.DataFrame,
@@ -180,12 +229,14 @@ def train_stage1(
         )
         trainable = [p for p in gen.parameters() if p.requires_grad]
         s1 = cfg.stage1
-        opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
-        state = LoopState({"generator": gen}, opt, warmup_cosine(opt, s1.warmup_epochs, s1.epochs))
-        scale = clip_model.logit_scale.exp().detach().to(device)
         n = len(labels)
         bs = min(s1.batch_size, n)
         per_rank = bs // info.world_size
+        epochs, warmup = update_matched_epochs(s1.epochs, s1.warmup_epochs, n, bs, s1)
+        opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
+        state = LoopState({"generator": gen}, opt, warmup_cosine(opt, warmup, epochs))
+        raw = s1.logits == "raw"  # CLIP-ReID: raw dot products at temperature 1
+        scale = 1.0 if raw else clip_model.logit_scale.exp().detach().to(device)
 
         def batches(epoch: int):
             order = torch.randperm(
@@ -202,18 +253,19 @@ def train_stage1(
                 y = labels[idx].to(device)
                 g, h = model(y, f)
                 f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
+                norm = not raw
                 parts = {
-                    "i2t_g": supcon_loss(f, g, y, y, scale),
-                    "t2i_g": supcon_loss(g, f, y, y, scale),
-                    "i2t_h": supcon_loss(f, h, y, y, scale),
-                    "t2i_h": supcon_loss(h, f, y, y, scale),
+                    "i2t_g": supcon_loss(f, g, y, y, scale, norm),
+                    "t2i_g": supcon_loss(g, f, y, y, scale, norm),
+                    "i2t_h": supcon_loss(f, h, y, y, scale, norm),
+                    "t2i_h": supcon_loss(h, f, y, y, scale, norm),
                 }
                 loss = sum(parts.values())
                 return loss, {k: v.item() for k, v in parts.items()}, len(idx)
 
             meter = run_epochs(
                 state,
-                s1.epochs,
+                epochs,
                 batches,
                 step,
                 out_dir / "checkpoint.pt",
@@ -221,10 +273,11 @@ def train_stage1(
                 "stage1",
                 resume,
                 interrupt_after_steps,
+                settings=run_settings(cfg, train_table, species),
             )
         result = {
             "stage": "stage1",
-            "epochs": s1.epochs,
+            "epochs": epochs,
             "batch_size": bs,
             "n_images": n,
             "n_identities": len(labels_of),
@@ -234,7 +287,7 @@ def train_stage1(
         }
         if info.is_main:
             write_descriptions(gen, feats, labels, labels_of, train_table, out_dir, device)
-            (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+            write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
         return result
 
 
@@ -259,18 +312,19 @@ def write_descriptions(
     h = torch.cat(
         [gen.individual(ids[lo : lo + chunk]).float().cpu() for lo in range(0, len(ids), chunk)]
     )
-    save_file(
+    save_safetensors(
         {"g": torch.cat(g).contiguous(), "g_labels": labels.contiguous(), "h": h.contiguous()},
-        str(out_dir / "descriptions.safetensors"),
+        out_dir / "descriptions.safetensors",
     )
-    save_file(
+    save_safetensors(
         {
             k: v.detach().cpu().contiguous()
             for k, v in gen.state_dict().items()
             if "ctx" in k or "meta" in k
         },
-        str(out_dir / "text_learner.safetensors"),
+        out_dir / "text_learner.safetensors",
     )
-    (out_dir / "labels.json").write_text(
-        json.dumps({"labels": labels_of, "image_ids": table["image_id"].astype(str).tolist()})
+    write_json(
+        out_dir / "labels.json",
+        {"labels": labels_of, "image_ids": table["image_id"].astype(str).tolist()},
     )

@@ -8,23 +8,23 @@ description z (skipped when its weight is 0).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import Config, to_dict
 from ..data.dataset import ImageTableDataset
 from ..losses import i2t_ce_loss, id_loss, triplet_loss
 from ..model import AttentionFusion, ReIDEncoder, build_clip, preprocess_info
+from ..safe_io import load_safetensors, read_json, save_torch, write_json
 from ..transforms import train_transform
 from .engine import (
     autocast,
     count_params,
+    exclusive_run,
     flops_per_image,
     gather_cat,
     init_distributed,
@@ -33,8 +33,8 @@ from .engine import (
     resolve_device,
     seed_everything,
 )
-from .export import save_export
-from .loop import LoopState, run_epochs
+from .export import file_sha256, save_export
+from .loop import LoopState, rows_digest, run_epochs
 from .sampler import PKSampler, SeededDataset
 from .schedule import warmup_multistep
 from .stage1 import label_map
@@ -96,12 +96,33 @@ def load_descriptions(stage1_dir: Path, labels_of: dict[str, int]) -> dict[str, 
     path = stage1_dir / "descriptions.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: stage-1 descriptions missing; run stage 1 first")
-    saved = json.loads((stage1_dir / "labels.json").read_text())["labels"]
+    fix = "rerun stage 1 for this text run (it rewrites the file)"
+    saved = read_json(stage1_dir / "labels.json", fix, ("labels",), "stage-1 label map")["labels"]
     if saved != labels_of:
         raise ValueError(f"{stage1_dir}: stage-1 identities differ from this run's training set")
-    return load_file(str(path))
+    return load_safetensors(path, fix, ("g", "g_labels", "h"), "stage-1 descriptions file")
 
 
+def run_settings(
+    cfg: Config,
+    train_table: pd.DataFrame,
+    camera_map: dict[str, int] | None,
+    stage1_file: Path | None,
+) -> dict[str, Any]:
+    """What defines a stage-2 run: a checkpoint made with other settings is not resumed."""
+    d = to_dict(cfg)
+    return {
+        "stage": "stage2",
+        "seed": cfg.seed,
+        "model": d["model"],
+        "stage2": d["stage2"],
+        "rows": rows_digest(train_table, ("image_id", "identity", "path", "camera")),
+        "camera_map": camera_map or {},
+        "stage1_descriptions": file_sha256(stage1_file) if stage1_file else None,
+    }
+
+
+@exclusive_run
 def train_stage2(
     cfg: Config,
     train_table: pd.DataFrame,
@@ -155,11 +176,13 @@ def train_stage2(
             "flops_per_image": flops,
             **count_params(net),
         }
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
         return result
 
     info_pp = preprocess_info(clip_model)
-    tf = train_transform(m.image_size, info_pp.mean, info_pp.std, s2.augment)
+    tf = train_transform(
+        m.image_size, info_pp.mean, info_pp.std, s2.augment, info_pp.resize_backend
+    )
     ds = SeededDataset(
         ImageTableDataset(train_table, image_root, tf, label_map=labels_of, camera_map=camera_map)
     )
@@ -172,13 +195,15 @@ def train_stage2(
         s2.min_iters_per_epoch,
         info.rank,
         info.world_size,
+        mode=s2.sampler,
     )
     groups = param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
     opt = torch.optim.Adam(groups)
     sched = warmup_multistep(opt, s2.warmup_epochs, s2.milestones, s2.gamma)
     state = LoopState({"net": net}, opt, sched)
     text = {k: v.to(device) for k, v in desc.items()} if desc else {}
-    scale = clip_model.logit_scale.exp().detach().to(device)
+    raw_i2t = s2.i2t_logits == "raw"  # CLIP-ReID: image_proj @ text.T, no scale
+    scale = 1.0 if raw_i2t else clip_model.logit_scale.exp().detach().to(device)
     w = s2.loss_weights
 
     def batches(epoch: int):
@@ -203,7 +228,9 @@ def train_stage2(
                 "triplet": sum(triplet_loss(f, y, s2.margin) for f in trip) * w.triplet,
             }
             if "z" in out:
-                parts["i2t"] = i2t_ce_loss(proj, out["z"].float(), y, scale) * w.i2t
+                z = out["z"].float()
+                i2t = i2t_ce_loss(proj, z, y, scale, s2.i2t_label_smoothing, not raw_i2t)
+                parts["i2t"] = i2t * w.i2t
             loss = sum(parts.values())
             return loss, {k: v.item() for k, v in parts.items()}, len(images)
 
@@ -217,6 +244,12 @@ def train_stage2(
             "stage2",
             resume,
             interrupt_after_steps,
+            settings=run_settings(
+                cfg,
+                train_table,
+                camera_map,
+                stage1_dir / "descriptions.safetensors" if desc else None,
+            ),
         )
     result = {
         "stage": "stage2",
@@ -234,7 +267,7 @@ def train_stage2(
         save_export(net.encoder, clip_model, cfg, out_dir, meta)
         if fusion is not None:
             save_attention(net, text, out_dir)
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
     return result
 
 
@@ -246,4 +279,4 @@ def save_attention(net: Stage2Model, text: dict[str, torch.Tensor], out_dir: Pat
     blob = {"z": z.cpu(), "key_index": key_index.cpu()}
     if weights is not None:
         blob["weights"] = weights.cpu()
-    torch.save(blob, out_dir / "attention.pt")
+    save_torch(blob, out_dir / "attention.pt")  # tensors only: read with weights_only=True

@@ -1,0 +1,1 @@
+"""Reproduction machinery: depends on the core, never the reverse."""
