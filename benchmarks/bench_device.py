@@ -24,7 +24,7 @@ import yaml
 
 from indivaid_core import config as config_mod
 from indivaid_core import pipeline
-from indivaid_core.train.engine import resolve_device
+from indivaid_core.device import resolve_device
 
 MAIN_VARIANTS = ("zero_shot", "image_only", "clipreid", "indivaid")
 

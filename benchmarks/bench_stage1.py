@@ -36,7 +36,7 @@ from indivaid_core.config import Config, to_dict
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.synthetic import generate_suite
 from indivaid_core.losses import supcon_loss
-from indivaid_core.model import DescriptionGenerator, build_clip, preprocess_info
+from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.train.stage1 import cache_key, image_feature_cache, label_map, train_stage1
@@ -67,7 +67,7 @@ def setup(
 
 def clip_of(cfg: Config) -> torch.nn.Module:
     m = cfg.model
-    clip = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+    clip = build_clip_for(m)
     return clip.requires_grad_(False).eval()
 
 

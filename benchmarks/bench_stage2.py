@@ -23,15 +23,10 @@ import time
 import torch
 
 from indivaid_core import config as config_mod
+from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import id_loss, triplet_loss
 from indivaid_core.model import ReIDEncoder, build_clip
-from indivaid_core.train.engine import (
-    autocast,
-    flops_per_image,
-    memory_format,
-    resolve_device,
-    seed_everything,
-)
+from indivaid_core.train.engine import flops_per_image, seed_everything
 from indivaid_core.train.stage2 import param_groups
 
 

@@ -23,8 +23,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from indivaid_core import config
 from indivaid_core.data.images import DataError
 from indivaid_core.identify import api
@@ -101,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--images", required=True, help="folder of identity sub-folders, or a CSV")
     t.add_argument("--out", required=True, help="run folder to write (RUN_DIR)")
-    t.add_argument("--species", default="animal", help='the word after the X tokens in the prompt')
+    t.add_argument("--species", default="animal", help="the word after the X tokens in the prompt")
     t.add_argument("--variant", default="indivaid", help="a variant of params.yaml (default)")
     t.add_argument("--stage", choices=["both", "stage1", "stage2"], default="both")
     t.add_argument("--params", default="params.yaml", help="settings file (default params.yaml)")
@@ -180,21 +178,11 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"warning: {w.message}", file=sys.stderr)
 
 
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise config.ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stage2.epochs=20")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> dict:
     if args.command == "train":
         from indivaid_core.train.folder import train_on_folder
 
-        cfg = config.load(args.params, _overrides(args.set), check_cells=False)
+        cfg = config.load(args.params, config.parse_overrides(args.set), check_cells=False)
         result = train_on_folder(
             cfg, args.images, args.out, args.species, args.variant, args.stage, not args.no_resume
         )

@@ -64,7 +64,12 @@ class DataCfg:
     reports: str = "reports"
     num_workers: int = 0
     max_identities: int = 0
+    max_pixels: int = 100_000_000  # larger images are refused, naming the file
+    allow_outside_root: bool = False  # table paths may leave the dataset folder
     datasets: dict[str, DatasetCfg] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _at_least("data", self, num_workers=0, max_identities=0, max_pixels=1)
 
 
 @dataclass
@@ -422,19 +427,34 @@ def _set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return raw
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (command-line `--set`) -> dotted overrides with YAML values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stage2.epochs=20")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
-    """Validate; merge the selected profile; dotted `overrides` win over both."""
+    """Validate; merge the selected profile; dotted `overrides` win over both.
+
+    The top level is validated on its own first (so its errors name top-level keys), then
+    the profile block is merged and the overrides applied, so an override may reach a
+    dataset that only the profile defines.
+    """
     overrides = overrides or {}
-    raw = _set_dotted(raw, overrides)
-    base = from_dict(raw)
-    if base.profile == "default":
-        return _check_references(base)
-    if base.profile not in base.profiles:
+    profile = overrides.get("profile", raw.get("profile", "default"))
+    if profile == "default":
+        return _check_references(from_dict(_set_dotted(raw, overrides)))
+    base = from_dict({**raw, "profile": profile})
+    if profile not in base.profiles:
         valid = list(dict.fromkeys(["default", *base.profiles]))
-        raise ConfigError(_unknown("profiles", base.profile, valid))
-    block = base.profiles[base.profile]
-    merged = _set_dotted(deep_merge(raw, block), overrides)
-    return _check_references(from_dict(merged, f"profiles.{base.profile}"))
+        raise ConfigError(_unknown("profiles", profile, valid))
+    merged = _set_dotted(deep_merge({**raw, "profile": profile}, base.profiles[profile]), overrides)
+    return _check_references(from_dict(merged, f"profiles.{profile}"))
 
 
 def load(

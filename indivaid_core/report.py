@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from indivaid_core.evaluate import statistics as stats
+from indivaid_core.safe_io import write_text
 
 MAIN_VARIANTS = ["zero_shot", "image_only", "clipreid", "indivaid"]
 ABLATION_ROWS = {
@@ -229,6 +230,62 @@ def condition_table(
     return pd.DataFrame(rows)
 
 
+def map_intervals(
+    per_query_dir: str | Path,
+    datasets: list[str],
+    variants: list[str],
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """mAP (%) of each cell with its 95 % CI over seeds and queries (two-level bootstrap)."""
+    rows = []
+    for ds in datasets:
+        for v in variants:
+            path = Path(per_query_dir) / ds / f"{v}.csv"
+            if not path.exists():
+                continue
+            pq = read_per_query(path)
+            ap = pq.pivot(index="seed", columns="image_id", values="ap").dropna(axis=1)
+            ci = stats.two_level_bootstrap(ap.to_numpy(), n_resamples, seed)
+            rows.append(
+                {
+                    "dataset": ds,
+                    "variant": v,
+                    "mAP": 100 * ci["diff"],
+                    "CI low": 100 * ci["lo"],
+                    "CI high": 100 * ci["hi"],
+                    "seeds": ci["n_seeds"],
+                    "queries": ci["n_queries"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
+    """mAP with 95 % CI per variant and dataset: the one picture of the results."""
+    datasets = list(dict.fromkeys(intervals["dataset"]))
+    variants = list(dict.fromkeys(intervals["variant"]))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.9 * len(datasets), 3.4))
+    width = 0.8 / max(1, len(variants))
+    for k, v in enumerate(variants):
+        rows = intervals[intervals["variant"] == v].set_index("dataset").reindex(datasets)
+        x = np.arange(len(datasets)) + (k - (len(variants) - 1) / 2) * width
+        err = [rows["mAP"] - rows["CI low"], rows["CI high"] - rows["mAP"]]
+        ax.bar(x, rows["mAP"], width, label=v, alpha=0.85)
+        ax.errorbar(x, rows["mAP"], yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.set_xticks(np.arange(len(datasets)), datasets)
+    ax.set_ylabel("mAP (%)")
+    seeds = "/".join(map(str, sorted(set(intervals["seeds"]))))
+    plural = "" if seeds == "1" else "s"
+    ax.set_title(
+        f"mAP with 95 % CI over seeds and queries ({seeds} seed{plural} per cell)", fontsize=10
+    )
+    ax.legend(fontsize=8, ncol=len(variants), loc="upper left", bbox_to_anchor=(0, -0.12))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def condition_figure(cond: pd.DataFrame, dataset: str) -> plt.Figure:
     """Grouped bars: per-condition mAP for each variant on one dataset."""
     import seaborn as sns
@@ -310,6 +367,8 @@ def write_results_md(
         "Regenerate with `dvc repro`; every number below is read from `metrics/` and "
         "`reports/per_query/`. Cells say *not run* where a dataset is absent — never a number "
         "taken from the paper.",
+        "",
+        "![mAP with 95 % CI per variant and dataset](figures/report/headline.png)",
         "",
         "## Main table (mAP / R1, %)",
         "",
@@ -393,6 +452,33 @@ def write_results_md(
         ],
         "",
     ]
+    lines += _index_md(reports)
     path = reports / "results.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
+
+
+INDEX = [
+    ("notebooks/01_prepare_data.ipynb", "the data table, splits, long tail, example images"),
+    ("notebooks/02_stage1_text/", "per dataset: stage-1 loss, similarity of the descriptions"),
+    ("notebooks/03_stage2_finetune/", "per cell: stage-2 losses and cost"),
+    ("notebooks/04_evaluate/", "per dataset: metrics, retrieval grid, distances, t-SNE"),
+    ("notebooks/05_robustness/", "per dataset: the corruption sweep"),
+    ("notebooks/06_attention/", "per dataset: fusion attention and Grad-CAM"),
+    ("notebooks/07_report.ipynb", "every table of this page"),
+    ("figures/report/headline.png", "mAP with 95 % CI per variant and dataset"),
+    ("figures/data/", "examples and identity counts per dataset"),
+    ("figures/evaluate/", "retrieval grids, distance distributions, embedding maps"),
+    ("figures/attention/", "training images ranked by attention; Grad-CAM pairs"),
+    ("robustness/", "mAP under blur, noise, low light and fog"),
+    ("train_curves/", "loss curves (`dvc plots show`)"),
+    ("cmc/", "CMC curves per cell"),
+    ("tables/", "every table above as CSV; per_query/ holds the AP of every query"),
+]
+
+
+def _index_md(reports: Path) -> list[str]:
+    """An index of the figures and notebooks that exist, one line on what each shows."""
+    out = ["## Index of figures and notebooks", ""]
+    out += [f"- [`{rel}`]({rel}): {what}" for rel, what in INDEX if (reports / rel).exists()]
+    return [*out, ""]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from .config import AugmentCfg
+from indivaid_core.config import AugmentCfg
 
 
 def _resize(image_size: Sequence[int], backend: str, train: bool) -> list:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,9 +15,11 @@ import seaborn as sns
 import torch
 from safetensors.torch import load_file
 
-from .data.images import load_rgb
-from .evaluate import figures
-from .safe_io import load_torch, read_json, unreadable
+from indivaid_core.data.images import load_rgb
+from indivaid_core.evaluate import figures
+from indivaid_core.repro.evaluation import Evaluation
+from indivaid_core.repro.paths import Paths
+from indivaid_core.safe_io import load_torch, read_json, unreadable
 
 
 def split_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -59,7 +60,7 @@ def identity_grid(
     table: pd.DataFrame, n_identities: int = 4, n_images: int = 6, title: str = "", seed: int = 0
 ) -> plt.Figure:
     """Rows = individuals, columns = their photos: identity should be the coat pattern."""
-    root = Path(table["image_root"].iloc[0])
+    root = Paths.image_root(table)
     counts = table["identity"].value_counts()
     ids = counts.index[:n_identities]
     fig, axes = plt.subplots(
@@ -121,8 +122,8 @@ def description_similarity(path: Path, max_ids: int = 40) -> plt.Figure:
     return fig
 
 
-def retrieval(ev: dict[str, Any], k: int = 5, n_queries: int = 6) -> plt.Figure:
-    """Ranked-retrieval grid for an `pipeline.evaluate` result."""
+def retrieval(ev: Evaluation, k: int = 5, n_queries: int = 6) -> plt.Figure:
+    """Ranked-retrieval grid for a `repro.evaluation.evaluate` result."""
     root = Path(ev["image_root"])
     q, g = ev["query"], ev["gallery"]
     return figures.retrieval_grid(
@@ -155,7 +156,7 @@ def attention_ranking(
     names = {i: name for name, i in meta["labels"].items()}
     image_ids = meta["image_ids"]
     by_id = table.set_index(table["image_id"].astype(str))
-    root = Path(table["image_root"].iloc[0])
+    root = Paths.image_root(table)
     weights, keys = blob["weights"], blob["key_index"]
     counts = (keys >= 0).sum(1)
     ids = torch.argsort(counts, descending=True)[:n_identities].tolist()

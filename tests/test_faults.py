@@ -438,3 +438,103 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
         with exclusive(lock, "the folder"):  # re-entrant within one process
             pass
     assert not lock.exists()
+
+
+# --- images and tables (issue 18, item 7) -----------------------------------------------------
+
+
+def test_an_image_over_the_pixel_limit_names_the_file(tmp_path):
+    from PIL import Image
+
+    from indivaid_core.data import images
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (200, 100)).save(path)
+    old = images.MAX_PIXELS
+    try:
+        images.set_pixel_limit(10_000)  # 20,000 pixels > 10,000: as a 196 MP photo is > 100 MP
+        with pytest.raises(images.DataError, match=r"huge\.png: 200x100 = 0\.02 MP.*max_pixels"):
+            images.load_rgb(path)
+    finally:
+        images.set_pixel_limit(old)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path):
+    from PIL import Image
+
+    from indivaid_core.data.images import draft_for, load_rgb
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 60)).save(path, quality=80)
+    full = load_rgb(path)
+    small = load_rgb(path, draft_for((256, 128)))  # model input 256x128 -> at least 256x512
+    assert full.size == (4000, 3000)
+    assert small.size == (1000, 750) and small.size[0] >= 256 and small.size[1] >= 512 / 2
+
+
+def test_broken_links_are_reported_not_dropped(tmp_path):
+    from PIL import Image
+
+    from indivaid_core.data.adapters import from_identity_folders
+    from indivaid_core.identify.inputs import collect_files
+
+    for who in ("a", "b"):
+        (tmp_path / who).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / who / "1.jpg")
+    (tmp_path / "a" / "2.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.warns(UserWarning, match=r"broken link.*a/2\.jpg"):
+        df, _ = from_identity_folders(tmp_path)
+    assert len(df) == 2
+    _, errors = collect_files([tmp_path])
+    assert any("broken link" in msg and path.endswith("2.jpg") for path, msg in errors)
+
+
+def test_paths_outside_the_data_root_are_refused_unless_allowed(tmp_path):
+    from PIL import Image
+
+    from indivaid_core.data.images import DataError
+    from indivaid_core.data.splits import prepare_table
+
+    (tmp_path / "ds").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.jpg")
+    rows = [("a", "../outside.jpg"), ("a", "../outside.jpg"), ("b", "../outside.jpg")]
+    rows += [("b", "../outside.jpg")]
+    df = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(4)],
+            "identity": [r[0] for r in rows],
+            "path": [r[1] for r in rows],
+        }
+    )
+    with pytest.raises(DataError, match=r"outside the data root.*allow_outside_root"):
+        prepare_table(df, "leave_one_out", root=tmp_path / "ds", check_images=False)
+    out = prepare_table(
+        df, "leave_one_out", root=tmp_path / "ds", check_images=False, allow_outside_root=True
+    )
+    assert len(out) == 4
+
+
+def test_identities_named_na_or_none_are_kept(tmp_path):
+    from indivaid_core.data.adapters import read_metadata_csv
+
+    path = tmp_path / "meta.csv"
+    path.write_text("image_id,identity,path,bbox\n1,NA,a.jpg,\n2,None,b.jpg,\n3,null,c.jpg,\n")
+    df = read_metadata_csv(path)
+    assert df["identity"].tolist() == ["NA", "None", "null"]
+    assert df["bbox"].isna().all()  # other columns keep pandas' missing values
+
+
+def test_all_single_image_identities_say_why_the_query_is_empty(tmp_path):
+    from indivaid_core.data.images import DataError
+    from indivaid_core.data.table import check_splits
+
+    df = pd.DataFrame(
+        {
+            "image_id": ["1", "2", "3"],
+            "identity": ["a", "b", "c"],
+            "path": ["x", "y", "z"],
+            "split": ["train", "gallery", "gallery"],
+        }
+    )
+    with pytest.raises(DataError, match="every identity has a single image"):
+        check_splits(df, "tiny")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from indivaid_core import config, pipeline
 from indivaid_core.data import DataError
 from indivaid_core.identify import load_model
+from indivaid_core.repro import training
 from indivaid_core.safe_io import save_torch
 from indivaid_core.train.engine import TrainingDiverged, cpu_threads, load_checkpoint
 from indivaid_core.train.export import load_export
@@ -361,7 +362,7 @@ def test_text_runs_side_by_side_give_the_bytes_of_runs_one_after_another(in_repo
             submitted.append(fn.__name__)
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(training, "ProcessPoolExecutor", Counting)
     cache = Path(_cfg().data.work) / "cache"
     texts = ["meta-ctx4", "nometa-ctx4", "ctx2"]
     outs = {}

@@ -4,7 +4,7 @@ The synthetic generator (`indivaid_core.data.synthetic`) is not imported here: i
 scipy and scikit-image, which loading a real dataset does not need.
 """
 
-from .adapters import (
+from indivaid_core.data.adapters import (
     ADAPTERS,
     from_identity_folders,
     from_reid_folders,
@@ -13,16 +13,16 @@ from .adapters import (
     load_dataset,
     wildlife_split,
 )
-from .dataset import ImageTableDataset, camera_ids, camera_map_of, label_map_of
-from .images import DataError, load_rgb, to_rgb
-from .splits import (
+from indivaid_core.data.dataset import ImageTableDataset, camera_ids, camera_map_of, label_map_of
+from indivaid_core.data.images import DataError, load_rgb, to_rgb
+from indivaid_core.data.splits import (
     leave_one_out_split,
     paper_split,
     prepare_table,
     train_identities,
     train_rows,
 )
-from .table import query_identities_missing_from_gallery, validate_table
+from indivaid_core.data.table import query_identities_missing_from_gallery, validate_table
 
 __all__ = [
     "ADAPTERS",

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import IMAGE_EXTENSIONS, DataError
-from .splits import split_identities
-from .table import check_columns
+from indivaid_core.data.images import IMAGE_EXTENSIONS, DataError
+from indivaid_core.data.splits import split_identities
+from indivaid_core.data.table import check_columns
 
 #: `<pid>_<camid>[_<anything>].<ext>`, the names every released reader parses: IndivAID's
 #: `0001_-1_3_origin.jpg` (ATRW, FriesianCattle2017, IPanda50, Lion, Nyala, PolarBear, SeaStar),
@@ -169,6 +169,23 @@ def from_reid_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
     return df, root
 
 
+def read_metadata_csv(path: str | Path) -> pd.DataFrame:
+    """A metadata CSV whose `identity`, `image_id` and `path` are read as written.
+
+    pandas reads the strings "NA", "None", "null" and "nan" as missing by default, and an
+    individual may well be called "NA". Those three columns keep their text; the others keep
+    pandas' defaults (an empty bbox is still missing).
+    """
+    text_cols = ("identity", "image_id", "path")
+    head = pd.read_csv(path, nrows=0).columns
+    cols = [c for c in text_cols if c in head]
+    df = pd.read_csv(path, dtype={c: str for c in cols})
+    if cols:
+        raw = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, na_values=[""])
+        df[cols] = raw[cols]
+    return df
+
+
 def from_wildlife_metadata(
     csv_or_df: str | Path | pd.DataFrame,
     root: str | Path | None = None,
@@ -188,7 +205,7 @@ def from_wildlife_metadata(
         if not path.is_file():
             raise DataError(f"{path}: metadata CSV not found")
         try:
-            df = pd.read_csv(path, dtype={"identity": str, "image_id": str, "path": str})
+            df = read_metadata_csv(path)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
             raise DataError(f"{path}: not a readable CSV ({e})") from e
         source, root = str(path), Path(root) if root is not None else path.parent
@@ -221,9 +238,12 @@ def from_identity_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
             f"{root}: image(s) outside any identity sub-folder: {loose[:10]}; put each "
             "individual's images in <root>/<identity>/"
         )
-    rows, skipped = [], []
+    rows, skipped, broken = [], [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
         for p in sorted(d.rglob("*")):
+            if p.is_symlink() and not p.exists():
+                broken.append(p.relative_to(root).as_posix())
+                continue
             if not p.is_file() or not _visible(p):
                 continue
             rel = p.relative_to(root).as_posix()
@@ -234,6 +254,12 @@ def from_identity_folders(root: str | Path) -> tuple[pd.DataFrame, Path]:
     if skipped:
         warnings.warn(
             f"{root}: skipped {len(skipped)} non-image file(s): {skipped[:10]}", stacklevel=2
+        )
+    if broken:
+        warnings.warn(
+            f"{root}: skipped {len(broken)} broken link(s) (their target is missing): "
+            f"{broken[:10]}",
+            stacklevel=2,
         )
     if not rows:
         raise DataError(f"{root}: no images in per-identity sub-folders")

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
-from .images import DataError, load_rgb
+from indivaid_core.data.images import DataError, load_rgb
 
 
 def label_map_of(identities: pd.Series | list[str]) -> dict[str, int]:
@@ -59,6 +59,7 @@ class ImageTableDataset(Dataset):
     - camera: `camera_map[str(camera)]` when a map is given (a camera outside it is an
       error), else the camera column if it holds integers, else -1 (unknown).
     With `crop_bbox`, images are cropped to the row's `bbox` ([x, y, w, h]) when present.
+    With `draft` (W, H), JPEGs are decoded at a reduced scale no smaller than that.
     """
 
     def __init__(
@@ -69,12 +70,14 @@ class ImageTableDataset(Dataset):
         label_map: Mapping[str, int] | None = None,
         camera_map: Mapping[str, int] | None = None,
         crop_bbox: bool = False,
+        draft: tuple[int, int] | None = None,
     ) -> None:
         if "path" not in df or "identity" not in df:
             raise DataError(f"ImageTableDataset needs 'path' and 'identity'; has {list(df)}")
         self.df = df.reset_index(drop=True)
         self.root = Path(root)
         self.transform = transform or to_tensor
+        self.draft = draft  # (W, H): decode large JPEGs at a reduced scale (see load_rgb)
         ids = self.df["identity"].astype(str)
         self.labels = ids.map(dict(label_map or {})).fillna(-1).astype(int).tolist()
         self.cameras = self._cameras(camera_map)
@@ -100,8 +103,8 @@ class ImageTableDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
-        img = load_rgb(self.root / self.paths[i])
         box = self.boxes[i]
+        img = load_rgb(self.root / self.paths[i], None if box is not None else self.draft)
         if box is not None and box[2] > 0 and box[3] > 0:
             x, y, w, h = box
             img = img.crop((int(x), int(y), int(round(x + w)), int(round(y + h))))

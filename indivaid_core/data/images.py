@@ -61,20 +61,54 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+# Images above this many pixels are refused (data.max_pixels sets it for the pipeline):
+# camera traps write 10-20 MP, a 196 MP PNG is a mistake or a decompression bomb.
+MAX_PIXELS = 100_000_000
+
+
+def draft_for(image_size: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """The (W, H) to decode a JPEG at for a model input of (H, W): twice the input, so the
+    resize and the augmentation crops still start from more pixels than they keep."""
+    return 2 * int(image_size[1]), 2 * int(image_size[0])
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """The pixel limit `load_rgb` enforces; Pillow's own bomb check is lifted to match."""
+    global MAX_PIXELS
+    MAX_PIXELS = int(max_pixels)
+    Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, 1)
+
+
+def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image:
     """Open, fully decode and convert one image to 8-bit RGB (EXIF orientation applied).
 
-    Raises DataError naming the file if it is missing, not an image, empty or truncated.
+    `draft` (W, H): JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale that is still at
+    least that size (Pillow's `draft`), so a 144 MP photo for a 256x128 model never sits in
+    memory at full size. Raises DataError naming the file if it is missing, not an image,
+    empty, truncated or over the pixel limit.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: {w}x{h} = {w * h / 1e6:.2f} MP is over the limit of "
+                    f"{MAX_PIXELS / 1e6:.2f} MP (data.max_pixels); resize the image or raise "
+                    "the limit"
+                )
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", draft)
             img.load()  # decode now: truncation only shows up here
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
+    except DataError:
+        raise
     except FileNotFoundError as e:
         raise DataError(f"image file not found: {path}") from e
     except UnidentifiedImageError as e:
         raise DataError(f"not a readable image (unknown format or empty): {path}") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: {e}; resize the image or raise data.max_pixels") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"corrupt or truncated image {path}: {e}") from e

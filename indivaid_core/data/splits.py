@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import DataError
-from .table import check_splits, query_identities_missing_from_gallery, validate_table
+from indivaid_core.data.images import DataError
+from indivaid_core.data.table import (
+    check_splits,
+    query_identities_missing_from_gallery,
+    validate_table,
+)
 
 PROTOCOLS = ("disjoint", "leave_one_out", "given")
 
@@ -114,6 +118,7 @@ def prepare_table(
     root: str | Path = ".",
     check_images: bool = True,
     min_train_images: int = 2,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Validate a dataset table and give it a `split` column under `protocol`.
 
@@ -129,7 +134,12 @@ def prepare_table(
     if protocol == "given" and "split" not in df:
         raise DataError("protocol 'given' needs a 'split' column; the table has none")
     checked = validate_table(
-        df, root, check_images=check_images, require_train=False, source="dataset"
+        df,
+        root,
+        check_images=check_images,
+        require_train=False,
+        source="dataset",
+        allow_outside_root=allow_outside_root,
     )
     if protocol == "disjoint":
         checked = paper_split(checked, test_fraction, query_per_identity, seed)

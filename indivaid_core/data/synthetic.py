@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
-from .bodies import BodyShape, Palette, render_body, sample_pose
-from .patterns import Pattern, sample_pattern
+from indivaid_core.data.bodies import BodyShape, Palette, render_body, sample_pose
+from indivaid_core.data.patterns import Pattern, sample_pattern
 
 SUPERSAMPLE = 2  # render at 2x and box-downsample: cheap anti-aliasing
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .images import DataError, load_rgb
+from indivaid_core.data.images import DataError, load_rgb
 
 REQUIRED = ("image_id", "identity", "path")
 OPTIONAL = ("date", "species", "viewpoint", "camera", "bbox", "split")
@@ -72,8 +72,14 @@ def check_splits(df: pd.DataFrame, source: str = "table", require_train: bool = 
     evals = ("query", "gallery") if present & {"query", "gallery"} else ("test",)
     for need in (("train",) if require_train else ()) + evals:
         if need not in present:
+            why = ""
+            if need in ("query", "test") and (df["identity"].value_counts() < 2).all():
+                why = (
+                    "; every identity has a single image, and a query needs another image "
+                    "of its individual to be found"
+                )
             raise DataError(
-                f"{source}: split '{need}' is empty (splits present: {sorted(present)})"
+                f"{source}: split '{need}' is empty (splits present: {sorted(present)}){why}"
             )
 
 
@@ -92,8 +98,35 @@ def query_identities_missing_from_gallery(df: pd.DataFrame) -> list[str]:
     return sorted(counts.index[counts == 1])
 
 
-def check_files(df: pd.DataFrame, root: str | Path, check_images: bool, source: str) -> None:
+def check_inside_root(df: pd.DataFrame, root: str | Path, source: str) -> None:
+    """Paths are relative and stay under the data root: `../x.jpg` or `/etc/...` in a table
+    someone sent you would read files outside the dataset without a word."""
+    root = Path(root).resolve()
+    outside = pd.Series(
+        [
+            Path(p).is_absolute() or not (root / p).resolve().is_relative_to(root)
+            for p in df["path"]
+        ],
+        index=df.index,
+    )
+    if outside.any():
+        raise DataError(
+            f"{source}: "
+            + _rows(df, outside, f"path(s) outside the data root {root}")
+            + "; set data.allow_outside_root: true to read them anyway"
+        )
+
+
+def check_files(
+    df: pd.DataFrame,
+    root: str | Path,
+    check_images: bool,
+    source: str,
+    allow_outside_root: bool = False,
+) -> None:
     """Every path exists (and, with check_images, fully decodes to RGB)."""
+    if not allow_outside_root:
+        check_inside_root(df, root, source)
     root = Path(root)
     exists = pd.Series([(root / p).is_file() for p in df["path"]], index=df.index)
     if not exists.all():
@@ -119,6 +152,7 @@ def validate_table(
     check_images: bool = True,
     source: str = "table",
     require_train: bool = True,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Check the contract; return a clean copy (str ids, 0..n-1 index) or raise DataError.
 
@@ -129,7 +163,7 @@ def validate_table(
     """
     df = check_columns(df, source)
     check_splits(df, source, require_train)
-    check_files(df, root, check_images, source)
+    check_files(df, root, check_images, source, allow_outside_root)
     missing = query_identities_missing_from_gallery(df)
     df.attrs["query_identities_without_match"] = len(missing)
     if missing:

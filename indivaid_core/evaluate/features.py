@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.safe_io import atomic_write, unreadable
-from indivaid_core.train.engine import autocast, memory_format, resolve_device
 
 # Which encoder outputs each feature choice concatenates.
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
@@ -27,7 +27,8 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _combine(out: dict, feature: str) -> torch.Tensor:
+def combine_outputs(out: dict, feature: str) -> torch.Tensor:
+    """The `feature` an evaluation compares, from an encoder's output dict (FEATURE_KEYS)."""
     missing = [k for k in FEATURE_KEYS[feature] if k not in out]
     if missing:
         raise KeyError(
@@ -86,9 +87,10 @@ def extract_features(
                 )
             extra = (torch.as_tensor(batch["camera"]).long().to(dev),) if cameras else ()
             with autocast(dev, amp):
-                f = _combine(encode(images, *extra), feature)
+                f = combine_outputs(encode(images, *extra), feature)
                 if flip:
-                    f = (f + _combine(encode(torch.flip(images, dims=[3]), *extra), feature)) / 2
+                    flipped = encode(torch.flip(images, dims=[3]), *extra)
+                    f = (f + combine_outputs(flipped, feature)) / 2
             f = F.normalize(f.float(), dim=1).cpu()
             if feats is None:
                 feats = torch.zeros(n_rows, f.shape[1], dtype=torch.float32)

@@ -28,6 +28,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from indivaid_core.device import resolve_device
+
 # Largest even int64: above every real distance key and with the is-match bit cleared.
 _EXCLUDED_KEY = np.iinfo(np.int64).max - 1
 # Gallery index and match bit share the low 32 bits of the key.
@@ -151,11 +153,8 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _resolve_device(device: str | torch.device | None, like: torch.Tensor) -> torch.device:
-    if device is None:
-        return like.device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """Where `like` already is, unless a device is asked for (then the shared rule)."""
+    return like.device if device is None else resolve_device(device)
 
 
 def _rank_core(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indivaid_core.train.engine import resolve_device
+from indivaid_core.device import resolve_device
 
 
 def _as_float(x: np.ndarray | torch.Tensor, device: torch.device | None) -> torch.Tensor:

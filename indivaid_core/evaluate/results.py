@@ -90,3 +90,9 @@ def cmc_curve_frame(cmc: Sequence[float]) -> pd.DataFrame:
     """CMC as rows (rank from 1, cmc) for ``dvc plots``."""
     cmc = np.asarray(cmc, dtype=float)
     return pd.DataFrame({"rank": np.arange(1, len(cmc) + 1), "cmc": cmc})
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}

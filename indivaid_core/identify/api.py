@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from indivaid_core.data.images import draft_for
+from indivaid_core.device import resolve_device
 from indivaid_core.evaluate.features import FEATURE_KEYS
 from indivaid_core.identify.calibrate import CalibrationError, calibrate_threshold
 from indivaid_core.identify.index import (
@@ -33,7 +35,6 @@ from indivaid_core.identify.inputs import (
     warn_errors,
 )
 from indivaid_core.safe_io import unreadable
-from indivaid_core.train.engine import resolve_device
 from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
 from indivaid_core.transforms import eval_transform
 
@@ -68,6 +69,7 @@ class LoadedModel:
             self.spec["eval_feature"],
             flip=self.identity["flip"],
             batch_size=batch_size,
+            draft=draft_for(self.spec["image_size"]),
         )
 
 

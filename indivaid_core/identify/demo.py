@@ -1,12 +1,11 @@
 """Inputs for trying identification without a trained model: a random export, suite splits.
 
-The notebook and the tests use these; a real run uses a trained export instead.
+The notebook and the tests use these; a real run uses a trained export instead (the demo set-up
+over the pipeline's outputs is `indivaid_core.repro.demo.prepare_demo`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 import torch
 
 from indivaid_core.config import Config
-from indivaid_core.model import ReIDEncoder, build_clip
+from indivaid_core.model import ReIDEncoder, build_clip_for
 from indivaid_core.train.export import save_export
 
 
@@ -26,7 +25,7 @@ def random_export(out_dir: str | Path, cfg: Config, labels: Sequence[str], seed:
     """
     m = cfg.model
     torch.manual_seed(seed)
-    clip = build_clip(m.backbone, None, tuple(m.image_size), m.stride or None)
+    clip = build_clip_for(m, random_init=True)
     encoder = ReIDEncoder(clip, len(labels), sie_coef=m.sie_coef)
     meta = {"labels": {str(name): i for i, name in enumerate(labels)}, "image_ids": []}
     save_export(encoder.eval(), clip, cfg, Path(out_dir), meta)
@@ -64,77 +63,6 @@ def gallery_and_new_photos(
     new_photos = df.loc[chosen, ["identity", "path"]].reset_index(drop=True)
     new_photos["is_new"] = new_photos["identity"].isin(new_ids)
     return gallery, new_photos
-
-
-def prepare_demo(
-    cfg: Config,
-    dataset: str,
-    variant: str,
-    tiny: bool,
-    out_dir: str | Path,
-    new_fraction: float = 0.2,
-    tiny_identities: int = 6,
-    tiny_images: int = 3,
-    tiny_image_size: int = 48,
-    seed: int = 0,
-) -> dict:
-    """Model folder, gallery CSV and a folder of "new photos" with their true identities.
-
-    Real run: the trained export of ``variant`` and the dataset's test identities (never seen in
-    training). Tiny run: a random export, and the first identities of the embedded suite when
-    ``data/`` holds it, else a freshly generated few-individual set.
-    """
-    from indivaid_core import pipeline
-    from indivaid_core.data.synthetic import generate_preset, tiny_preset
-
-    out_dir = Path(out_dir)
-    if tiny:
-        csv = Path(cfg.data.root) / cfg.dataset(dataset).path
-        if csv.is_file():
-            table, root = pd.read_csv(csv, dtype={"identity": str}), csv.parent
-            keep = sorted(table["identity"].unique())[:tiny_identities]
-            table = table[table["identity"].isin(keep)]
-        else:
-            root = out_dir / "data"
-            table = generate_preset(
-                root,
-                tiny_preset(dataset, tiny_identities, tiny_images),
-                seed=seed,
-                image_size=tiny_image_size,
-            )
-        model_dir = random_export(
-            out_dir / "model", cfg, sorted(table["identity"].astype(str).unique()), seed
-        )
-    else:
-        model_dir = pipeline.Paths(cfg, dataset).stage2(variant)
-        full = pipeline.read_table(cfg, dataset)
-        table = full[full["split"] != "train"]
-        root = Path(full["image_root"].iloc[0])
-    gallery, photos = gallery_and_new_photos(table, root, new_fraction, seed=seed)
-    photos_dir = out_dir / "new_photos"
-    if photos_dir.exists():
-        shutil.rmtree(photos_dir)
-    photos_dir.mkdir(parents=True)
-    copies = [photos_dir / f"{i:04d}_{Path(p).name}" for i, p in enumerate(photos["path"])]
-    for src, dst in zip(photos["path"], copies, strict=True):
-        shutil.copy(src, dst)
-    gallery_csv = out_dir / "gallery.csv"  # paths relative to the CSV, as a user would write
-    gallery.assign(path=[os.path.relpath(p, out_dir) for p in gallery["path"]]).to_csv(
-        gallery_csv, index=False
-    )
-    truth = pd.DataFrame(
-        {
-            "query": [str(c) for c in copies],
-            "identity": photos["identity"],
-            "is_new": photos["is_new"],
-        }
-    )
-    return {
-        "model_dir": Path(model_dir),
-        "gallery_csv": gallery_csv,
-        "photos_dir": photos_dir,
-        "truth": truth,
-    }
 
 
 def score_results(results: pd.DataFrame, truth: pd.DataFrame) -> dict:

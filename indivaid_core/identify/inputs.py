@@ -44,6 +44,11 @@ def collect_files(
                 for f in found
                 if f.suffix.lower() not in suffixes
             ]
+            errors += [
+                (str(f), "broken link: its target is missing")
+                for f in sorted(p.rglob("*"))
+                if f.is_symlink() and not f.exists()
+            ]
             if not images:
                 errors.append((str(p), "folder holds no image files"))
             files += images
@@ -110,11 +115,13 @@ def embed_files(
     batch_size: int = 64,
     chunk: int = 512,
     amp: bool = True,
+    draft: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, list[bool], dict[str, str]]:
     """Features of the readable files, a per-file ok mask and {path: error} for the others.
 
     Files are decoded in chunks (bounded memory); a file that fails to decode (not an image,
-    truncated, unreadable) is recorded with the reader's message and skipped.
+    truncated, unreadable) is recorded with the reader's message and skipped. `draft` (W, H)
+    decodes large JPEGs at a reduced scale no smaller than that (see data.images.load_rgb).
     """
     feats: list[torch.Tensor] = []
     ok: list[bool] = []
@@ -125,7 +132,7 @@ def embed_files(
         images = []
         for p in paths[start : start + chunk]:
             try:
-                images.append(transform(load_rgb(p)))
+                images.append(transform(load_rgb(p, draft)))
                 ok.append(True)
             except Exception as err:  # noqa: BLE001 - any decoder failure is this file's error
                 errors[str(p)] = f"{type(err).__name__}: {err}"

@@ -15,6 +15,7 @@ import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
@@ -27,6 +28,9 @@ from open_clip.pretrained import (
 )
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+if TYPE_CHECKING:
+    from indivaid_core.config import ModelCfg
 
 from indivaid_core.model.checkpoints import (
     Checkpoint,
@@ -394,3 +398,11 @@ def build_clip(
     if openai_weights:
         model.visual.indivaid_resize_backend = "pil"
     return model
+
+
+def build_clip_for(model_cfg: ModelCfg, random_init: bool = False) -> open_clip.CLIP:
+    """`build_clip` as the `model:` block of params.yaml asks (stride 0 = the patch size);
+    `random_init` leaves out the pretrained weights (a random export, a test)."""
+    m = model_cfg
+    pretrained = None if random_init else m.pretrained
+    return build_clip(m.backbone, pretrained, tuple(m.image_size), m.stride or None)

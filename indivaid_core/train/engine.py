@@ -1,16 +1,16 @@
-"""Shared training plumbing: device, seeding, DDP, atomic checkpoints, cost accounting."""
+"""Shared training plumbing: seeding, DDP, atomic checkpoints, cost accounting.
+
+The device helpers live in `indivaid_core.device`.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import os
 import random
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,37 +20,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..safe_io import folder_lock, load_torch, save_torch, unreadable
+from indivaid_core.device import DistInfo, device_name, dist_info, peak_memory_mb
+from indivaid_core.safe_io import folder_lock, load_torch, save_torch, unreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TrainingDiverged(RuntimeError):
     """A NaN or inf loss: the run stops, and the last good checkpoint is kept."""
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` picks CUDA when present; `cuda` without a GPU is a clear error."""
-    device = str(device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("params.yaml asks for device: cuda, but no CUDA device is visible")
-    if dist_info().world_size > 1 and device == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(device)
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """NHWC makes lite0's (depthwise) convolutions 1.3-1.6x faster on the CPU; see bench_stage2."""
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (no grad scaler needed); a no-op on the CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -81,22 +58,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size())
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -142,14 +103,6 @@ def flops_per_image(model: nn.Module, image_size: tuple[int, int], device: torch
     return counter.get_total_flops() // 2
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak RSS of this process (CPU) or peak allocated CUDA memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
-
-
 @dataclass
 class CostMeter:
     """Wall time and images/s of a stage, for its metrics JSON."""
@@ -168,12 +121,6 @@ class CostMeter:
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": device_name(device),
         }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

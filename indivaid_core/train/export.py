@@ -7,9 +7,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..model import ReIDEncoder, build_clip, preprocess_info
-from ..safe_io import load_safetensors, read_json, save_safetensors, unreadable, write_json
+from indivaid_core.config import Config
+from indivaid_core.model import ReIDEncoder, build_clip, preprocess_info
+from indivaid_core.safe_io import (
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    unreadable,
+    write_json,
+)
 
 WEIGHTS, CONFIG = "model.safetensors", "model.json"
 # What load_export needs from model.json to rebuild the encoder.

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError
-from ..data.adapters import load_dataset
-from ..data.images import DataError
-from .stage1 import train_stage1
-from .stage2 import train_stage2
+from indivaid_core.config import Config, ConfigError
+from indivaid_core.data.adapters import load_dataset
+from indivaid_core.data.images import DataError, set_pixel_limit
+from indivaid_core.train.stage1 import train_stage1
+from indivaid_core.train.stage2 import train_stage2
 
 
 def read_folder(images: str | Path) -> tuple[Any, Path]:
@@ -41,6 +41,7 @@ def train_on_folder(
         raise ValueError(f"stages must be both, stage1 or stage2, got {stages!r}")
     if variant not in cfg.variants:
         raise ConfigError(f"unknown variant {variant!r}; valid: {sorted(cfg.variants)}")
+    set_pixel_limit(cfg.data.max_pixels)
     table, root = read_folder(images)
     if table["identity"].nunique() < 2:
         raise DataError(f"{images}: needs at least 2 individuals, found {table.identity.nunique()}")

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..safe_io import write_json, write_text
-from .engine import (
+from indivaid_core.device import dist_info
+from indivaid_core.safe_io import write_json, write_text
+from indivaid_core.train.engine import (
     CostMeter,
     atomic_save,
     check_finite,
-    dist_info,
     load_checkpoint,
     rng_state,
     set_rng_state,

@@ -19,13 +19,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import Config, to_dict
-from ..data.dataset import ImageTableDataset
-from ..losses import supcon_loss
-from ..model import DescriptionGenerator, build_clip, preprocess_info
-from ..safe_io import atomic_path, save_safetensors, write_json
-from ..transforms import eval_transform
-from .engine import (
+from indivaid_core.config import Config, to_dict
+from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.images import draft_for
+from indivaid_core.device import resolve_device
+from indivaid_core.losses import supcon_loss
+from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
+from indivaid_core.safe_io import atomic_path, save_safetensors, write_json
+from indivaid_core.train.engine import (
     count_params,
     cpu_threads,
     exclusive_run,
@@ -33,11 +34,11 @@ from .engine import (
     init_distributed,
     main_process_first,
     maybe_ddp,
-    resolve_device,
     seed_everything,
 )
-from .loop import LoopState, rows_digest, run_epochs
-from .schedule import warmup_cosine
+from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
+from indivaid_core.train.schedule import warmup_cosine
+from indivaid_core.transforms import eval_transform
 
 
 def label_map(identities: pd.Series) -> dict[str, int]:
@@ -94,9 +95,8 @@ def image_feature_cache(
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     info = preprocess_info(clip_model)
-    ds = ImageTableDataset(
-        table, image_root, eval_transform(image_size, info.mean, info.std, info.resize_backend)
-    )
+    tf = eval_transform(image_size, info.mean, info.std, info.resize_backend)
+    ds = ImageTableDataset(table, image_root, tf, draft=draft_for(image_size))
     # Its own generator: iterating a DataLoader draws a seed from the global torch RNG, which
     # made stage 1's initialisation depend on whether this cache already existed.
     loader = DataLoader(
@@ -167,7 +167,7 @@ def warm_feature_cache(
         if cache_file(cache_dir, key, device, cfg.stage1.feature_batch_size).exists():
             return
         m = cfg.model
-        clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+        clip_model = build_clip_for(m)
         frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
 
 
@@ -218,7 +218,7 @@ def train_stage1(
         seed_everything(cfg.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         m = cfg.model
-        clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+        clip_model = build_clip_for(m)
         clip_model.requires_grad_(False)
         labels_of = label_map(train_table["identity"])
         labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())

@@ -15,29 +15,28 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config, to_dict
-from ..data.dataset import ImageTableDataset
-from ..losses import i2t_ce_loss, id_loss, triplet_loss
-from ..model import AttentionFusion, ReIDEncoder, build_clip, preprocess_info
-from ..safe_io import load_safetensors, read_json, save_torch, write_json
-from ..transforms import train_transform
-from .engine import (
-    autocast,
+from indivaid_core.config import Config, to_dict
+from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.images import draft_for
+from indivaid_core.device import autocast, memory_format, resolve_device
+from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
+from indivaid_core.model import AttentionFusion, ReIDEncoder, build_clip_for, preprocess_info
+from indivaid_core.safe_io import load_safetensors, read_json, save_torch, write_json
+from indivaid_core.train.engine import (
     count_params,
     exclusive_run,
     flops_per_image,
     gather_cat,
     init_distributed,
     maybe_ddp,
-    memory_format,
-    resolve_device,
     seed_everything,
 )
-from .export import file_sha256, save_export
-from .loop import LoopState, rows_digest, run_epochs
-from .sampler import PKSampler, SeededDataset
-from .schedule import warmup_multistep
-from .stage1 import label_map
+from indivaid_core.train.export import file_sha256, save_export
+from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
+from indivaid_core.train.sampler import PKSampler, SeededDataset
+from indivaid_core.train.schedule import warmup_multistep
+from indivaid_core.train.stage1 import label_map
+from indivaid_core.transforms import train_transform
 
 
 class Stage2Model(torch.nn.Module):
@@ -147,7 +146,7 @@ def train_stage2(
     if m.sie_coef > 0 and not camera_map:
         raise ValueError("model.sie_coef > 0 needs camera ids: pass camera_map ({camera: id})")
     camera_map = camera_map if m.sie_coef > 0 else None
-    clip_model = build_clip(m.backbone, m.pretrained, tuple(m.image_size), m.stride or None)
+    clip_model = build_clip_for(m)
     train_table = train_table.reset_index(drop=True)
     labels_of = label_map(train_table["identity"])
     encoder = ReIDEncoder(
@@ -184,7 +183,14 @@ def train_stage2(
         m.image_size, info_pp.mean, info_pp.std, s2.augment, info_pp.resize_backend
     )
     ds = SeededDataset(
-        ImageTableDataset(train_table, image_root, tf, label_map=labels_of, camera_map=camera_map)
+        ImageTableDataset(
+            train_table,
+            image_root,
+            tf,
+            label_map=labels_of,
+            camera_map=camera_map,
+            draft=draft_for(m.image_size),
+        )
     )
     sampler = PKSampler(
         train_table["identity"].astype(str).map(labels_of).tolist(),

@@ -1,0 +1,89 @@
+"""The identification demo over the pipeline's outputs: a model, a gallery and new photos.
+
+Real run: the first seed's trained export of a variant and the dataset's test identities.
+Tiny run: a random export on a few identities (`indivaid_core.identify.demo`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from indivaid_core.config import Config
+from indivaid_core.data.synthetic import generate_preset, tiny_preset
+from indivaid_core.identify.demo import gallery_and_new_photos, random_export, score_results
+from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.prepare import read_table
+
+__all__ = ["gallery_and_new_photos", "prepare_demo", "random_export", "score_results"]
+
+
+def prepare_demo(
+    cfg: Config,
+    dataset: str,
+    variant: str,
+    tiny: bool,
+    out_dir: str | Path,
+    new_fraction: float = 0.2,
+    tiny_identities: int = 6,
+    tiny_images: int = 3,
+    tiny_image_size: int = 48,
+    seed: int = 0,
+) -> dict:
+    """Model folder, gallery CSV and a folder of "new photos" with their true identities.
+
+    Real run: the trained export of ``variant`` (its first seed) and the dataset's test
+    identities (never seen in training). Tiny run: a random export, and the first identities
+    of the embedded suite when ``data/`` holds it, else a freshly generated few-individual set.
+    """
+    out_dir = Path(out_dir)
+    if tiny:
+        csv = Path(cfg.data.root) / cfg.dataset(dataset).path
+        if csv.is_file():
+            table, root = pd.read_csv(csv, dtype={"identity": str}), csv.parent
+            keep = sorted(table["identity"].unique())[:tiny_identities]
+            table = table[table["identity"].isin(keep)]
+        else:
+            root = out_dir / "data"
+            table = generate_preset(
+                root,
+                tiny_preset(dataset, tiny_identities, tiny_images),
+                seed=seed,
+                image_size=tiny_image_size,
+            )
+        model_dir = random_export(
+            out_dir / "model", cfg, sorted(table["identity"].astype(str).unique()), seed
+        )
+    else:
+        model_dir = Paths(cfg, dataset).stage2(variant, cfg.pipeline.seeds[0])
+        full = read_table(cfg, dataset)
+        table = full[full["split"] != "train"]
+        root = Paths.image_root(full)
+    gallery, photos = gallery_and_new_photos(table, root, new_fraction, seed=seed)
+    photos_dir = out_dir / "new_photos"
+    if photos_dir.exists():
+        shutil.rmtree(photos_dir)
+    photos_dir.mkdir(parents=True)
+    copies = [photos_dir / f"{i:04d}_{Path(p).name}" for i, p in enumerate(photos["path"])]
+    for src, dst in zip(photos["path"], copies, strict=True):
+        shutil.copy(src, dst)
+    gallery_csv = out_dir / "gallery.csv"  # paths relative to the CSV, as a user would write
+    gallery.assign(path=[os.path.relpath(p, out_dir) for p in gallery["path"]]).to_csv(
+        gallery_csv, index=False
+    )
+    truth = pd.DataFrame(
+        {
+            "query": [str(c) for c in copies],
+            "identity": photos["identity"],
+            "is_new": photos["is_new"],
+        }
+    )
+    return {
+        "model_dir": Path(model_dir),
+        "gallery_csv": gallery_csv,
+        "photos_dir": photos_dir,
+        "truth": truth,
+    }

@@ -1,0 +1,295 @@
+"""The evaluation stage: features -> distances -> metrics per seed, aggregated over seeds.
+
+`eval_split` is the one preamble every evaluating stage starts from (the prepared table, its
+image root, the query/gallery rows); `evaluate` returns an `Evaluation`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from indivaid_core.config import Config
+from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.images import draft_for
+from indivaid_core.device import device_name, peak_memory_mb, resolve_device
+from indivaid_core.evaluate import (
+    cmc_curve_frame,
+    extract_features,
+    per_query_frame,
+    rank_metrics,
+    rerank,
+    rerank_loo,
+    save_features,
+    summarise,
+    write_metrics_json,
+)
+from indivaid_core.evaluate.results import mean_std
+from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.prepare import read_table, train_split
+from indivaid_core.safe_io import write_csv
+from indivaid_core.train.export import load_export
+from indivaid_core.transforms import eval_transform
+
+METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
+
+
+def eval_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """(query, gallery, leave_one_out) for the table's protocol."""
+    if (table["split"] == "test").any():
+        test = table[table["split"] == "test"].reset_index(drop=True)
+        return test, test, True
+    q = table[table["split"] == "query"].reset_index(drop=True)
+    g = table[table["split"] == "gallery"].reset_index(drop=True)
+    return q, g, False
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """A prepared table cut for evaluation; `test` is what features are computed of."""
+
+    table: pd.DataFrame
+    root: Path
+    query: pd.DataFrame
+    gallery: pd.DataFrame
+    loo: bool
+    test: pd.DataFrame  # the queries (leave-one-out), else the queries then the gallery
+
+    def halves(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, gallery) features out of the features of `test`."""
+        n = len(self.query)
+        return (feats, feats) if self.loo else (feats[:n], feats[n:])
+
+
+def eval_split(cfg: Config, dataset: str) -> EvalSplit:
+    """Read the prepared table and cut it into query and gallery rows."""
+    table = read_table(cfg, dataset)
+    query, gallery, loo = eval_rows(table)
+    test = query if loo else pd.concat([query, gallery], ignore_index=True)
+    return EvalSplit(table, Paths.image_root(table), query, gallery, loo, test)
+
+
+def features_for(
+    cfg: Config,
+    encoder: torch.nn.Module,
+    spec: dict,
+    rows: pd.DataFrame,
+    root: Path,
+    transform=None,
+) -> torch.Tensor:
+    """Evaluation features of `rows` with the exported model's own preprocessing."""
+    tf = transform or eval_transform(
+        spec["image_size"], spec["mean"], spec["std"], spec.get("resize_backend", "tensor")
+    )
+    camera_map = spec.get("camera_map")
+    loader = DataLoader(
+        ImageTableDataset(
+            rows, root, tf, camera_map=camera_map, draft=draft_for(spec["image_size"])
+        ),
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
+    )
+    device = resolve_device(cfg.device)
+    if cfg.model.channels_last:  # here, not under extract_features' inference mode
+        encoder.to(memory_format=torch.channels_last)
+    return extract_features(
+        encoder.encode,
+        loader,
+        device=device,
+        amp=cfg.stage2.amp,
+        flip=cfg.model.flip_tta,
+        feature=cfg.model.eval_feature,
+        cameras=bool(camera_map),
+        channels_last=cfg.model.channels_last,
+    )
+
+
+def score(
+    cfg: Config,
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    query: pd.DataFrame,
+    gallery: pd.DataFrame,
+    loo: bool,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Euclidean distances (optionally k-reciprocal re-ranked) and the rank metrics."""
+    dist = torch.cdist(qf, gf)
+    e = cfg.eval
+    if e.rerank:
+        dist = (
+            rerank_loo(dist, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
+            if loo
+            else rerank(
+                dist,
+                torch.cdist(qf, qf),
+                torch.cdist(gf, gf),
+                e.rerank_k1,
+                e.rerank_k2,
+                e.rerank_lambda,
+            )
+        )
+    cams = e.same_camera_filter and "camera" in query
+    m = rank_metrics(
+        dist,
+        query["identity"].to_numpy(),
+        gallery["identity"].to_numpy(),
+        query["camera"].to_numpy() if cams else None,
+        gallery["camera"].to_numpy() if cams else None,
+        leave_one_out=loo,
+        max_rank=e.max_rank,
+    )
+    return dist, m
+
+
+def headline(m: dict[str, Any]) -> dict[str, float]:
+    """The table metrics of a `rank_metrics` result (via `evaluate.summarise`)."""
+    s = summarise(m)
+    return {k: float(s[k]) for k in METRIC_KEYS}
+
+
+@dataclass(frozen=True)
+class SeedEvaluation:
+    """One seed's model on the test rows: its scores and what the figures draw from."""
+
+    scores: dict[str, float]  # METRIC_KEYS, train_mAP, inference_images_per_s
+    per_query: pd.DataFrame
+    dist: torch.Tensor
+    rank_metrics: dict[str, Any]
+    features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` found: `summary` is the metrics JSON; the rest is the first seed's.
+
+    Indexing by the old dict keys (`ev["mAP"]`, `ev["dist"]`, `ev["metrics"]`, ...) still works.
+    """
+
+    summary: dict[str, Any]
+    split: EvalSplit
+    dist: torch.Tensor
+    rank_metrics: dict[str, Any]
+    features: torch.Tensor
+    per_query: pd.DataFrame  # every seed's per-query AP and rank, with a `seed` column
+
+    @property
+    def query(self) -> pd.DataFrame:
+        return self.split.query
+
+    @property
+    def gallery(self) -> pd.DataFrame:
+        return self.split.gallery
+
+    @property
+    def loo(self) -> bool:
+        return self.split.loo
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        return self.split.test
+
+    @property
+    def image_root(self) -> Path:
+        return self.split.root
+
+    _FIELDS = ("dist", "features", "query", "gallery", "loo", "rows", "image_root", "per_query")
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.summary:
+            return self.summary[key]
+        if key == "metrics":
+            return self.rank_metrics
+        if key in self._FIELDS:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.summary or key == "metrics" or key in self._FIELDS
+
+
+def evaluate(cfg: Config, dataset: str, variant: str) -> Evaluation:
+    """Per seed: features -> distances -> metrics; writes mean/std JSON, per-query CSV, CMC."""
+    paths = Paths(cfg, dataset)
+    split = eval_split(cfg, dataset)
+    device = resolve_device(cfg.device)
+    train = train_split(split.table).reset_index(drop=True)
+    scores, frames, cmcs, first = {}, [], [], None
+    for seed in cfg.pipeline.seeds:
+        run = evaluate_seed(cfg, paths, split, train, variant, seed, device)
+        scores[seed] = run.scores
+        frames.append(run.per_query)
+        cmcs.append(np.asarray(run.rank_metrics["cmc"], dtype=float))
+        first = first or run
+    summary = _summary(paths, variant, split, scores, first.rank_metrics, device)
+    write_metrics_json(paths.metrics(variant), summary)
+    pq = pd.concat(frames, ignore_index=True)
+    paths.per_query(variant).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(pq, paths.per_query(variant), index=False)
+    paths.cmc(variant).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(cmc_curve_frame(np.mean(cmcs, axis=0)), paths.cmc(variant), index=False)
+    return Evaluation(summary, split, first.dist, first.rank_metrics, first.features, pq)
+
+
+def evaluate_seed(
+    cfg: Config,
+    paths: Paths,
+    split: EvalSplit,
+    train: pd.DataFrame,
+    variant: str,
+    seed: int,
+    device: torch.device,
+) -> SeedEvaluation:
+    """One seed's export: test features (saved), scores, and the training-set fit."""
+    encoder, spec = load_export(paths.stage2(variant, seed), device)
+    start = time.perf_counter()
+    feats = features_for(cfg, encoder, spec, split.test, split.root)
+    seconds = time.perf_counter() - start
+    save_features(paths.features(variant, seed), feats, split.test)
+    dist, m = score(cfg, *split.halves(feats), split.query, split.gallery, split.loo)
+    # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
+    train_feats = features_for(cfg, encoder, spec, train, split.root)
+    train_map = headline(score(cfg, train_feats, train_feats, train, train, True)[1])["mAP"]
+    scores = {
+        **headline(m),
+        "train_mAP": train_map,
+        "inference_images_per_s": len(split.test) / seconds,
+    }
+    frame = per_query_frame(m, split.query).assign(seed=seed)
+    return SeedEvaluation(scores, frame, dist, m, feats)
+
+
+def _summary(
+    paths: Paths,
+    variant: str,
+    split: EvalSplit,
+    per_seed: dict[int, dict[str, float]],
+    first: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The metrics JSON: means over seeds, their std, each seed's scores, sizes and cost."""
+    keys = (*METRIC_KEYS, "train_mAP")
+    stats = {k: mean_std([r[k] for r in per_seed.values()]) for k in keys}
+    speed = np.median([r["inference_images_per_s"] for r in per_seed.values()])
+    return {
+        "dataset": paths.dataset,
+        "variant": variant,
+        "protocol": "leave_one_out" if split.loo else "disjoint",
+        **{k: stats[k]["mean"] for k in keys},
+        "std": {k: stats[k]["std"] for k in keys},
+        "per_seed": {str(s): {k: r[k] for k in keys} for s, r in per_seed.items()},
+        "n_seeds": len(per_seed),
+        "n_query": len(split.query),
+        "n_gallery": len(split.gallery),
+        "n_valid_queries": int(first["n_valid_queries"]),
+        "n_skipped_queries": int(first["n_skipped_queries"]),
+        "inference_images_per_s": round(float(speed), 1),
+        "inference_peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": device_name(device),
+    }

@@ -1,0 +1,98 @@
+"""Reproduction within noise: a rerun on another machine against a committed report.
+
+Byte equality holds only on the same CPU kernel path. Elsewhere the last bits differ, and
+training grows them into several mAP points. This check passes when every metric lies within
+its cell's noise band of the committed value and every significance verdict agrees.
+
+The band of a cell is `z * sqrt(2 / n) * sigma`: the difference of two n-seed means, each with
+seed spread `sigma`, at z standard deviations (default 3). `sigma` is the seed spread pooled
+over the trained cells of the dataset, read from a snapshot with several seeds, because three
+seeds estimate one cell's spread poorly. Untrained cells (zero-shot, spread 0) get `floor`
+points. Both numbers are arguments, so a stricter or looser check is one flag away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+TABLES = ("main.csv", "ablation.csv")
+
+
+def pooled_spread(spread_reports: str | Path) -> dict[str, float]:
+    """Seed spread of mAP in points per dataset: sqrt of the mean variance over trained cells."""
+    out: dict[str, list[float]] = {}
+    for path in sorted(Path(spread_reports, "metrics", "eval").glob("*/*.json")):
+        m = json.loads(path.read_text())
+        if m.get("n_seeds", 1) > 1 and m.get("std", {}).get("mAP", 0) > 0:
+            out.setdefault(path.parent.name, []).append((100 * m["std"]["mAP"]) ** 2)
+    return {ds: math.sqrt(sum(v) / len(v)) for ds, v in out.items()}
+
+
+def _value(cell: object) -> float | None:
+    found = NUMBER.search(str(cell))
+    return float(found.group()) if found else None
+
+
+def within_noise(
+    reference: str | Path,
+    reports: str | Path,
+    spread: dict[str, float],
+    n_seeds: int,
+    z: float = 3.0,
+    floor: float = 0.5,
+) -> pd.DataFrame:
+    """Cells outside their band and verdicts that disagree; an empty frame means it passes."""
+    rows = []
+    for name in TABLES:
+        ref_csv, new_csv = Path(reference, "tables", name), Path(reports, "tables", name)
+        if not ref_csv.exists():
+            continue
+        ref = pd.read_csv(ref_csv, header=[0, 1], index_col=0, dtype=str)
+        new = pd.read_csv(new_csv, header=[0, 1], index_col=0, dtype=str)
+        for (ds, metric), column in ref.items():
+            if metric not in ("mAP", "R1") or (ds, metric) not in new:
+                continue
+            for variant, cell in column.items():
+                a, b = _value(cell), _value(new.at[variant, (ds, metric)])
+                if a is None and b is None:
+                    continue
+                sigma = spread.get(ds)
+                band = floor if variant == "zero_shot" or sigma is None else z * sigma
+                band = max(floor, band * math.sqrt(2 / n_seeds))
+                if a is None or b is None or abs(a - b) > band:
+                    rows.append(
+                        {
+                            "table": name,
+                            "dataset": ds,
+                            "variant": variant,
+                            "metric": metric,
+                            "committed": a,
+                            "rerun": b,
+                            "allowed": round(band, 2),
+                        }
+                    )
+    ref_sig = Path(reference, "tables", "significance.csv")
+    if ref_sig.exists():
+        a = pd.read_csv(ref_sig).set_index(["dataset", "comparison"])["verdict"]
+        b = pd.read_csv(Path(reports, "tables", "significance.csv"))
+        b = b.set_index(["dataset", "comparison"])["verdict"]
+        for key, verdict in a.items():
+            if b.get(key) != verdict:
+                rows.append(
+                    {
+                        "table": "significance.csv",
+                        "dataset": key[0],
+                        "variant": key[1],
+                        "metric": "verdict",
+                        "committed": verdict,
+                        "rerun": b.get(key),
+                        "allowed": "same verdict",
+                    }
+                )
+    return pd.DataFrame(rows)

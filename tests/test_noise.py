@@ -1,0 +1,56 @@
+"""Reproduction within noise: a rerun passes inside each cell's band and fails outside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from indivaid_core.repro import noise
+
+
+def _report(root: Path, maps: dict[str, str], verdict: str) -> Path:
+    (root / "tables").mkdir(parents=True)
+    cols = pd.MultiIndex.from_tuples([("tiger", "mAP"), ("tiger", "R1")])
+    frame = pd.DataFrame([[v, v] for v in maps.values()], index=list(maps), columns=cols)
+    frame.to_csv(root / "tables" / "main.csv")
+    pd.DataFrame(
+        [{"dataset": "tiger", "comparison": "indivaid − clipreid", "verdict": verdict}]
+    ).to_csv(root / "tables" / "significance.csv", index=False)
+    return root
+
+
+def _spread_snapshot(root: Path, stds: dict[str, float]) -> Path:
+    for variant, std in stds.items():
+        path = root / "metrics" / "eval" / "tiger" / f"{variant}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"n_seeds": 3, "mAP": 0.4, "std": {"mAP": std}}))
+    return root
+
+
+def test_pooled_spread_ignores_untrained_cells(tmp_path):
+    snap = _spread_snapshot(tmp_path, {"zero_shot": 0.0, "indivaid": 0.03, "clipreid": 0.04})
+    assert noise.pooled_spread(snap) == {"tiger": pytest.approx((12.5) ** 0.5)}
+
+
+def test_rerun_inside_the_band_passes_and_outside_fails_with_a_table(tmp_path):
+    spread = {"tiger": 2.0}  # points; band for one seed: 3 * sqrt(2) * 2 = 8.5
+    ref = _report(tmp_path / "ref", {"zero_shot": "25.1", "indivaid": "41.9"}, "not decidable")
+    ok = _report(tmp_path / "ok", {"zero_shot": "25.3", "indivaid": "34.2"}, "not decidable")
+    assert noise.within_noise(ref, ok, spread, n_seeds=1).empty
+    bad = _report(tmp_path / "bad", {"zero_shot": "26.5", "indivaid": "30.0"}, "not decidable")
+    out = noise.within_noise(ref, bad, spread, n_seeds=1)
+    assert set(out["variant"]) == {"zero_shot", "indivaid"}  # 1.4 > floor; 11.9 > 8.5
+    assert (out["allowed"] > 0).all()
+    # with three seeds per cell the band shrinks: 3 * sqrt(2/3) * 2 = 4.9
+    three = _report(tmp_path / "three", {"zero_shot": "25.1", "indivaid": "36.0"}, "not decidable")
+    assert set(noise.within_noise(ref, three, spread, n_seeds=3)["variant"]) == {"indivaid"}
+
+
+def test_a_verdict_that_flips_fails(tmp_path):
+    ref = _report(tmp_path / "ref", {"indivaid": "41.9"}, "significant gain")
+    new = _report(tmp_path / "new", {"indivaid": "41.9"}, "significant loss")
+    out = noise.within_noise(ref, new, {"tiger": 2.0}, n_seeds=3)
+    assert list(out["metric"]) == ["verdict"] and out.iloc[0]["rerun"] == "significant loss"
