@@ -102,14 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--species", default="animal", help="the word after the X tokens in the prompt")
     t.add_argument("--variant", default="indivaid", help="a variant of params.yaml (default)")
     t.add_argument("--stage", choices=["both", "stage1", "stage2"], default="both")
-    t.add_argument("--params", default="params.yaml", help="settings file (default params.yaml)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted settings override with a YAML value, e.g. stage2.epochs=20 (repeatable)",
-    )
+    config.add_settings_arguments(t)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 
     pr = sub.add_parser("profile", help="select a params.yaml profile for dvc repro")

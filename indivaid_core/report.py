@@ -7,6 +7,7 @@ report can be regenerated, and its confidence intervals recomputed, without any 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -204,29 +205,35 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
+def per_query_cells(
+    per_query_dir: str | Path, datasets: list[str], variants: list[str]
+) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(dataset, variant, per-query rows) of every cell that has a per-query CSV."""
+    for ds in datasets:
+        for v in variants:
+            path = Path(per_query_dir) / ds / f"{v}.csv"
+            if path.exists():
+                yield ds, v, read_per_query(path)
+
+
 def condition_table(
     per_query_dir: str | Path, datasets: list[str], variants: list[str], columns: list[str]
 ) -> pd.DataFrame:
     """Mean per-query AP split by a metadata column (day/night, viewpoint, occlusion, camera)."""
     rows = []
-    for ds in datasets:
-        for v in variants:
-            path = Path(per_query_dir) / ds / f"{v}.csv"
-            if not path.exists():
-                continue
-            pq = read_per_query(path)
-            for col in (c for c in columns if c in pq):
-                for value, part in pq.groupby(col):
-                    rows.append(
-                        {
-                            "dataset": ds,
-                            "variant": v,
-                            "column": col,
-                            "value": str(value),
-                            "mAP": 100 * part["ap"].mean(),
-                            "queries": part["image_id"].nunique(),
-                        }
-                    )
+    for ds, v, pq in per_query_cells(per_query_dir, datasets, variants):
+        for col in (c for c in columns if c in pq):
+            for value, part in pq.groupby(col):
+                rows.append(
+                    {
+                        "dataset": ds,
+                        "variant": v,
+                        "column": col,
+                        "value": str(value),
+                        "mAP": 100 * part["ap"].mean(),
+                        "queries": part["image_id"].nunique(),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -239,25 +246,20 @@ def map_intervals(
 ) -> pd.DataFrame:
     """mAP (%) of each cell with its 95 % CI over seeds and queries (two-level bootstrap)."""
     rows = []
-    for ds in datasets:
-        for v in variants:
-            path = Path(per_query_dir) / ds / f"{v}.csv"
-            if not path.exists():
-                continue
-            pq = read_per_query(path)
-            ap = pq.pivot(index="seed", columns="image_id", values="ap").dropna(axis=1)
-            ci = stats.two_level_bootstrap(ap.to_numpy(), n_resamples, seed)
-            rows.append(
-                {
-                    "dataset": ds,
-                    "variant": v,
-                    "mAP": 100 * ci["diff"],
-                    "CI low": 100 * ci["lo"],
-                    "CI high": 100 * ci["hi"],
-                    "seeds": ci["n_seeds"],
-                    "queries": ci["n_queries"],
-                }
-            )
+    for ds, v, pq in per_query_cells(per_query_dir, datasets, variants):
+        ap = pq.pivot(index="seed", columns="image_id", values="ap").dropna(axis=1)
+        ci = stats.two_level_bootstrap(ap.to_numpy(), n_resamples, seed)
+        rows.append(
+            {
+                "dataset": ds,
+                "variant": v,
+                "mAP": 100 * ci["diff"],
+                "CI low": 100 * ci["lo"],
+                "CI high": 100 * ci["hi"],
+                "seeds": ci["n_seeds"],
+                "queries": ci["n_queries"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,7 @@ then checks a fresh rerun against that copy, number by number.
   python -m indivaid_core.snapshot --wall-s 4080             # after `dvc repro` (profile: full)
   python -m indivaid_core.snapshot --check reports/full      # after a rerun: does it match?
   python -m indivaid_core.snapshot --check-rev HEAD          # default report vs the committed one
+  python -m indivaid_core.snapshot --check-rev HEAD --within-noise reports/full  # other machine
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pandas as pd
 import yaml
 
 from indivaid_core.config import Config, load
+from indivaid_core.repro import noise
 
 # What a report is computed from and consists of, relative to data.reports (and data.metrics).
 REPORT_PARTS = (
@@ -213,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--note", default="", help="a line for PROVENANCE.md (e.g. machine load)")
     parser.add_argument("--tol", type=float, default=0.0, help="allowed difference per number")
+    parser.add_argument(
+        "--within-noise",
+        metavar="SPREAD_SNAPSHOT",
+        help="another machine: pass when every mAP/R1 lies within its cell's noise band and "
+        "every verdict agrees; the seed spread comes from this several-seed snapshot "
+        "(e.g. reports/full). Without it, --check and --check-rev compare exactly",
+    )
+    parser.add_argument("--z", type=float, default=3.0, help="--within-noise band, in sds")
     args = parser.parse_args(argv)
     cfg = load(args.params)
     if args.check or args.check_rev:
@@ -220,6 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference = args.check or tables_at_revision(
                 args.check_rev, cfg.data.reports, Path(tmp)
             )
+            if args.within_noise:
+                spread = noise.pooled_spread(args.within_noise)
+                n = len(cfg.pipeline.seeds)
+                bad = noise.within_noise(reference, cfg.data.reports, spread, n, args.z)
+                where = args.check or args.check_rev
+                if len(bad):
+                    print(bad.to_string(index=False))
+                print(f"outside the noise band of {where} (z={args.z}, {n} seeds): {len(bad)}")
+                return 1 if len(bad) else 0
             problems = compare(reference, cfg.data.reports, args.tol)
         for p in problems:
             print(p)

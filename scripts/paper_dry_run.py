@@ -28,24 +28,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def copy_tree(dst: Path) -> None:
-    """The working tree as git sees it (tracked + untracked, not ignored), without data/."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    skip = ("reports/", "metrics/", "data.dvc", "dvc-remote/", "tests/golden/")
-    for rel in filter(None, out.split("\0")):
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(skip):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-
-
 def dry_run_params(path: Path, quick: bool) -> None:
     """The paper profile, cut to one epoch on the CPU; everything else as in params.yaml."""
     raw = yaml.safe_load(path.read_text())
@@ -77,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         write_fake_openai_vit_b16,
         write_fake_release_trees,
     )
+    from indivaid_core.repro.worktree import copy_worktree
 
     t0 = time.perf_counter()
     work = args.keep or Path(tempfile.mkdtemp(prefix="indivaid-paper-dry-"))
@@ -84,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=False)
     repo = work / "repo"
     repo.mkdir()
-    copy_tree(repo)
+    skip = ("reports/", "metrics/", "data.dvc", "dvc-remote/", "tests/golden/")
+    copy_worktree(REPO, repo, skip)  # without data/: the fake trees go there
     weights = work / "weights"
     write_fake_openai_vit_b16(weights / "ViT-B-16.pt")
     write_fake_release_trees(repo / "data")

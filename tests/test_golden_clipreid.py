@@ -150,6 +150,8 @@ def test_prompt_tokens_and_text_features(text) -> None:
     prompts = pl.individual_prompts(text["labels"])
     close(prompts, text["prompts"], 0, 0)
     close(enc(prompts, pl.tokens), text["text_features"])
+    # the paper profile's truncated text encoder (stage1.truncate_text) gives the same features
+    close(TextEncoder(clip, truncate=True)(prompts, pl.tokens), text["text_features"])
     batch = pl.individual_prompts(text["batch_labels"])
     close(enc(batch, pl.tokens), text["batch_text_features"])
     close(clip.encode_text(text["token_ids"]), text["template_text_features"])

@@ -32,8 +32,6 @@ REPRO = (
     "indivaid_core.report",
     "indivaid_core.snapshot",
     "indivaid_core.viz",
-    "indivaid_core.robustness",
-    "indivaid_core.saliency",
     "indivaid_core.repro",
 )
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from indivaid_core import config
+from indivaid_core.repro.worktree import copy_worktree
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -30,22 +31,10 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 1200) -> str:
 
 
 def _copy_repo(dst: Path) -> None:
-    """The working tree as git sees it (tracked + untracked, not ignored), plus data/."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("reports/", "metrics/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    """The working tree as git sees it, plus data/."""
+    copy_worktree(REPO, dst)
     if (REPO / "data").is_dir():
         shutil.copytree(REPO / "data", dst / "data")
-    _run(["git", "init", "-q"], dst)
 
 
 @pytest.mark.slow

@@ -89,3 +89,19 @@ def test_bad_inputs_are_named(clip):
         pl(torch.tensor([0]), None)
     with pytest.raises(ValueError, match="context length"):
         PromptLearner(3, clip, species=" ".join(["spotted"] * 40))
+
+
+@pytest.mark.parametrize("backbone", ["lite0", "tiny-vit"])
+def test_truncated_text_encoder_equals_the_full_one(backbone):
+    """The causal mask keeps slots after end-of-text out of the pooled feature."""
+    clip = build_clip(backbone, None, (32, 32))
+    full = DescriptionGenerator(clip, 5, "tiger", 4, True)
+    short = DescriptionGenerator(clip, 5, "tiger", 4, True, truncate_text=True)
+    short.load_state_dict(full.state_dict())
+    ids, feats = torch.tensor([0, 1, 4, 4]), torch.randn(4, clip.text_projection.shape[1])
+    with torch.no_grad():
+        a, b = full(ids, feats), short(ids, feats)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    n_eot = int(full.prompt_learner.tokens.argmax()) + 1
+    assert n_eot < full.prompt_learner.tokens.shape[1]  # something was cut

@@ -11,8 +11,8 @@ import torch
 
 from indivaid_core import report
 from indivaid_core.model import ReIDEncoder, build_clip
-from indivaid_core.robustness import corruption
-from indivaid_core.saliency import gradcam
+from indivaid_core.repro.robustness import corruption
+from indivaid_core.repro.saliency import gradcam
 
 
 def _write_run(root, ds, variant, mAP, aps):

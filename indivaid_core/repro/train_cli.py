@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from indivaid_core.config import ConfigError, load, parse_overrides
+from indivaid_core.config import ConfigError, add_settings_arguments, load, parse_overrides
 from indivaid_core.data.images import DataError
 from indivaid_core.repro.training import run_stage1, run_stage2
 from indivaid_core.safe_io import LockedError, UnreadableFileError
@@ -18,17 +18,10 @@ from indivaid_core.safe_io import LockedError, UnreadableFileError
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m indivaid_core.train", description=__doc__)
     ap.add_argument("stage", choices=["stage1", "stage2"])
-    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--text", help="stage-1 run name (pipeline.text_runs)")
     ap.add_argument("--variant", help="variant name (variants)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted params override, YAML value (repeatable)",
-    )
+    add_settings_arguments(ap)
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     args = ap.parse_args(argv)
     if args.stage == "stage1" and not args.text:

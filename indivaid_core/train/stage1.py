@@ -224,9 +224,14 @@ def train_stage1(
         labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
         with main_process_first(info):
             feats = frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
-        gen = DescriptionGenerator(clip_model, len(labels_of), species, m.n_ctx, m.meta_net).to(
-            device
-        )
+        gen = DescriptionGenerator(
+            clip_model,
+            len(labels_of),
+            species,
+            m.n_ctx,
+            m.meta_net,
+            truncate_text=cfg.stage1.truncate_text,
+        ).to(device)
         trainable = [p for p in gen.parameters() if p.requires_grad]
         s1 = cfg.stage1
         n = len(labels)
