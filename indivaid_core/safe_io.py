@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -234,8 +235,10 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
 def save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` of tensors and plain data only, so :func:`load_torch` can read it back."""
     check_plain(obj, str(path))
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()  # torch.save names the archive after its file: a temp name would make
+    torch.save(obj, buf)  # the bytes differ run to run; a buffer's archive is always "archive"
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.Size, torch.dtype, torch.device)

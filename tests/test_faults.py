@@ -538,3 +538,12 @@ def test_all_single_image_identities_say_why_the_query_is_empty(tmp_path):
     )
     with pytest.raises(DataError, match="every identity has a single image"):
         check_splits(df, "tiny")
+
+
+def test_torch_files_are_byte_identical_across_writes(tmp_path):
+    """torch.save names its archive after the file; written through a unique temp name, the
+    bytes (and so every DVC hash downstream) changed on every run."""
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 3}
+    safe_io.save_torch(state, tmp_path / "a.pt")
+    safe_io.save_torch(state, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
