@@ -389,7 +389,7 @@ def cells_of(cfg: Config) -> dict[str, Any]:
 def _check_references(cfg: Config) -> Config:
     """Cross-key checks: every name a list or override refers to must exist and be valid."""
     p = cfg.pipeline
-    for ds in dict.fromkeys([*p.datasets, *p.ablation_datasets]):
+    for ds in dict.fromkeys([*p.datasets, *p.ablation_datasets, *cfg.data.datasets]):
         try:
             cfg.for_run(ds)  # validates the dataset's overrides, with their ranges
         except ConfigError as exc:

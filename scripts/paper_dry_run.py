@@ -34,7 +34,8 @@ def dry_run_params(path: Path, quick: bool) -> None:
     paper = raw["profiles"]["paper"]
     paper["device"] = "cpu"
     paper.setdefault("eval", {}).update(bootstrap=100, corruption_levels=[0.0, 1.0])
-    for ds in paper["data"]["datasets"].values():
+    for name in paper["pipeline"]["datasets"]:
+        ds = raw["data"]["datasets"][name]
         ds["overrides"].setdefault("stage1", {})["epochs"] = 1
         ds["overrides"].setdefault("stage2", {})["epochs"] = 1
     if quick:

@@ -85,7 +85,10 @@ def trees(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 
 def _paper_datasets() -> dict:
-    return yaml.safe_load(PARAMS.read_text())["profiles"]["paper"]["data"]["datasets"]
+    """The datasets the paper profile selects, as params.yaml defines them."""
+    raw = yaml.safe_load(PARAMS.read_text())
+    names = raw["profiles"]["paper"]["pipeline"]["datasets"]
+    return {name: raw["data"]["datasets"][name] for name in names}
 
 
 def _table(root: Path, name: str) -> tuple[pd.DataFrame, Path]:
