@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,8 +93,10 @@ def test_dvc_repro_smoke_profile(tmp_path):
     cost["stage-2 wall (s)"] += 5.0  # a timing column: the machine, not the method
     cost.to_csv(kept / "tables/cost.csv", index=False)
     main = (kept / "tables/main.csv").read_text()
-    changed = main.replace("not run", "12.3", 1)
-    (kept / "tables/main.csv").write_text(changed)
+    rows = main.splitlines()  # two header rows, then one row per variant
+    rows[2] = re.sub(r",\d+\.\d", ",12.3", rows[2], count=1)  # a method number: must be caught
+    assert "\n".join(rows) != main.rstrip("\n")
+    (kept / "tables/main.csv").write_text("\n".join(rows) + "\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     check = subprocess.run(
         [*snap, "--check", "reports/smoke"], cwd=repo, capture_output=True, text=True, env=env
