@@ -15,7 +15,8 @@ from pathlib import Path
 
 CHILD = """
 import resource, sys, time
-from indivaid_core.data.images import draft_for, load_rgb
+from indivaid_core.data.images import draft_for, load_rgb, set_pixel_limit
+set_pixel_limit(400_000_000)  # 144 MP is over the default 100 MP limit, on purpose
 mode, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 if mode != "none":
