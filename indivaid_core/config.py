@@ -407,10 +407,9 @@ def _check_references(cfg: Config) -> Config:
         for name in getattr(p, key):
             if name not in cfg.variants:
                 raise ConfigError(_unknown(f"pipeline.{key}", name, list(cfg.variants)))
-    for key in ("robustness_variants",):
-        for name in getattr(p, key):
-            if name not in p.variants:
-                raise ConfigError(_unknown(f"pipeline.{key}", name, p.variants))
+    for name in p.robustness_variants:
+        if name not in p.variants:
+            raise ConfigError(_unknown("pipeline.robustness_variants", name, p.variants))
     if p.attention_variant not in p.variants:
         raise ConfigError(_unknown("pipeline.attention_variant", p.attention_variant, p.variants))
     if extra := [d for d in p.ablation_datasets if d not in p.datasets]:

@@ -102,9 +102,8 @@ def read_per_query(per_query_csv: str | Path) -> pd.DataFrame:
     return pd.read_csv(per_query_csv, dtype={"image_id": str}).dropna(subset=["ap"])
 
 
-def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Series:
-    """mAP(a) − mAP(b) for each seed, over queries both evaluated: the seed spread the bootstrap
-    (on seed-averaged AP) does not see."""
+def read_pair(per_query_a: str | Path, per_query_b: str | Path) -> tuple[pd.DataFrame, ...]:
+    """Two cells' per-query rows, refused when a seed was evaluated for one of them only."""
     a, b = read_per_query(per_query_a), read_per_query(per_query_b)
     only = set(a["seed"]) ^ set(b["seed"])
     if only:
@@ -112,6 +111,13 @@ def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Se
             f"seeds {sorted(only)} are in only one of {per_query_a} and {per_query_b}: "
             "re-run the evaluate stage"
         )
+    return a, b
+
+
+def per_seed_map_diff(per_query_a: str | Path, per_query_b: str | Path) -> pd.Series:
+    """mAP(a) − mAP(b) for each seed, over queries both evaluated: the seed spread the bootstrap
+    (on seed-averaged AP) does not see."""
+    a, b = read_pair(per_query_a, per_query_b)
     joined = a.merge(b, on=["seed", "image_id"], suffixes=("_a", "_b"))
     if joined.empty:
         raise ValueError(f"no common (seed, query) pairs in {per_query_a} and {per_query_b}")
@@ -137,8 +143,7 @@ def significance_table(
             pb = Path(per_query_dir) / ds / f"{b}.csv"
             if not (pa.exists() and pb.exists()):
                 continue
-            per_seed_map_diff(pa, pb)  # refuses seeds present on one side only
-            diff, seeds, _ = stats.paired_matrix(read_per_query(pa), read_per_query(pb))
+            diff, seeds, _ = stats.paired_matrix(*read_pair(pa, pb))
             r = stats.two_level_bootstrap(diff, n_resamples, seed)
             q = stats.query_only_bootstrap(diff, n_resamples, seed)
             # signs at the 0.1 points shown, so rounding noise is a tie, not a flip

@@ -147,7 +147,7 @@ def test_openai_offline_says_what_file_to_get_and_where(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("INDIVAID_WEIGHTS_DIR", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(checkpoints, "_online", lambda *a, **k: False)
+    monkeypatch.setattr(checkpoints, "is_online", lambda *a, **k: False)
     with pytest.raises(RuntimeError) as err:
         build_clip("ViT-B-16", "openai", (256, 128), stride=16)
     msg = str(err.value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,10 @@ from torch import nn
 if TYPE_CHECKING:
     from indivaid_core.config import ModelCfg
 
+from indivaid_core.model import checkpoints
 from indivaid_core.model.checkpoints import (
     Checkpoint,
     CheckpointError,
-    _online,
     find_openai_file,
     openai_missing_message,
     read_checkpoint,
@@ -304,7 +303,7 @@ def _resolve_weights(backbone: str, pretrained: str) -> tuple[Checkpoint, dict]:
             return read_checkpoint(f"openai:{local}"), {}
     tag_cfg = get_pretrained_cfg(backbone, pretrained)
     if tag_cfg:
-        if not _online():
+        if not checkpoints.is_online():  # via the module, so a test can stand in for it
             if pretrained == "openai":
                 raise RuntimeError(openai_missing_message(backbone))
             raise RuntimeError(
@@ -322,8 +321,7 @@ def _resolve_weights(backbone: str, pretrained: str) -> tuple[Checkpoint, dict]:
             ) from err
         declared = "openai:" if pretrained == "openai" else "open_clip:"
         return read_checkpoint(f"{declared}{path}"), tag_cfg
-    body = pretrained.split(":", 1)[1] if pretrained.startswith(("openai:", "open_clip:")) else ""
-    if os.path.isfile(os.path.expanduser(body or pretrained)):
+    if checkpoints.split_spec(pretrained)[0].is_file():
         return read_checkpoint(pretrained), {}
     raise ValueError(
         f"pretrained={pretrained!r} is neither an open_clip tag of {backbone!r} "

@@ -107,14 +107,18 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_checkpoint(spec: str | Path) -> Checkpoint:
-    """Read `spec` (a path, `openai:<path>` or `open_clip:<path>`) without running code."""
+def split_spec(spec: str | Path) -> tuple[Path, bool | None]:
+    """`openai:<path>` / `open_clip:<path>` / `<path>` -> (path, declared OpenAI or not)."""
     spec = str(spec)
-    declared: bool | None = None
     for tag, is_openai in (("openai:", True), ("open_clip:", False)):
         if spec.startswith(tag):
-            spec, declared = spec[len(tag) :], is_openai
-    path = Path(spec).expanduser()
+            return Path(spec[len(tag) :]).expanduser(), is_openai
+    return Path(spec).expanduser(), None
+
+
+def read_checkpoint(spec: str | Path) -> Checkpoint:
+    """Read `spec` (a path, `openai:<path>` or `open_clip:<path>`) without running code."""
+    path, declared = split_spec(spec)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
@@ -151,7 +155,7 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
     return Checkpoint(path=path, state_dict=sd, openai=bool(openai), format=fmt)
 
 
-def _online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+def is_online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
     """One quick connection attempt, so that offline machines fail at once, not after retries."""
     try:
         socket.create_connection((host, 443), timeout=timeout).close()

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from indivaid_core.config import Config, to_dict
+from indivaid_core.config import Config, Stage1Cfg, to_dict
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.images import draft_for
 from indivaid_core.device import resolve_device
@@ -184,7 +184,9 @@ def run_settings(cfg: Config, train_table: pd.DataFrame, species: str) -> dict[s
     }
 
 
-def update_matched_epochs(epochs: int, warmup: int, n: int, batch: int, s1: Any) -> tuple[int, int]:
+def update_matched_epochs(
+    epochs: int, warmup: int, n: int, batch: int, s1: Stage1Cfg
+) -> tuple[int, int]:
     """(epochs, warmup epochs) that give as many updates as `epochs` at the released batch.
 
     The released configs count stage-1 epochs at batch size 1: n updates an epoch. Here an
