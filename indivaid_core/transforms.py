@@ -22,6 +22,12 @@ def _resize(image_size: Sequence[int], backend: str, train: bool) -> list:
     return [v2.Resize(tuple(image_size), interpolation=mode), v2.ToImage()]
 
 
+def train_resize(image_size: Sequence[int], backend: str = "tensor") -> list:
+    """The deterministic first steps of `train_transform`, decoded image -> uint8 tensor at
+    the training size: what `data.decoded` caches."""
+    return _resize(image_size, backend, train=True)
+
+
 def eval_transform(
     image_size: Sequence[int],
     mean: Sequence[float],

@@ -20,11 +20,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader, Subset
 
 from indivaid_core.config import AugmentCfg
 from indivaid_core.data import (
-    ImageTableDataset,
     camera_map_of,
     label_map_of,
     load_dataset,
@@ -32,6 +30,8 @@ from indivaid_core.data import (
     prepare_table,
     train_rows,
 )
+from indivaid_core.data.dataset import camera_ids
+from indivaid_core.data.decoded import decoded_images
 from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
 from indivaid_core.model import AttentionFusion, ReIDEncoder, build_clip, preprocess_info
 from indivaid_core.model.checkpoints import read_checkpoint
@@ -42,8 +42,8 @@ from indivaid_core.repro.fake_release import (
     write_fake_openai_vit_b16,
     write_fake_release_trees,
 )
+from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.stage2 import Stage2Model, param_groups
-from indivaid_core.transforms import train_transform
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SIZE, STRIDE = (256, 128), 16
@@ -195,11 +195,12 @@ def test_one_stage2_step_of_vit_b16_on_a_released_layout(trees, clip_b16, name, 
     labels = label_map_of(rows.identity)
     camera_map = camera_map_of(table.camera) if sie_coef else None  # every split's cameras
     info = preprocess_info(clip_b16)
-    tf = train_transform(SIZE, info.mean, info.std, PAPER_AUG, info.resize_backend)
-    ds = ImageTableDataset(rows, image_root, tf, label_map=labels, camera_map=camera_map)
+    pixels = decoded_images(rows, image_root, SIZE, info.resize_backend, None)
     pick = [i for y in sorted(labels)[:2] for i in rows.index[rows.identity == y][:2]]  # P2 K2
-    batch = next(iter(DataLoader(Subset(ds, pick), batch_size=len(pick))))
-    assert batch["image"].shape == (4, 3, *SIZE) and batch["label"].tolist() == [0, 0, 1, 1]
+    images = BatchAugment(PAPER_AUG, info.mean, info.std)(torch.from_numpy(pixels[pick]), pick)
+    y = torch.tensor(rows.identity.iloc[pick].map(labels).to_numpy())
+    assert images.shape == (4, 3, *SIZE) and y.tolist() == [0, 0, 1, 1]
+    cams = torch.tensor(camera_ids(rows.camera.iloc[pick], camera_map)) if camera_map else None
 
     torch.manual_seed(0)
     enc = ReIDEncoder(
@@ -221,9 +222,7 @@ def test_one_stage2_step_of_vit_b16_on_a_released_layout(trees, clip_b16, name, 
     }
     before = {k: p.detach().clone() for k, p in watched.items()}
 
-    cams = batch["camera"] if camera_map else None
-    y = batch["label"]
-    out = net(batch["image"], h, g, g_labels, cams)
+    out = net(images, h, g, g_labels, cams)
     loss = (
         id_loss(out["logits"], y, 0.1)
         + sum(triplet_loss(f, y, 0.3) for f in out["triplet"])

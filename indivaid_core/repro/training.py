@@ -140,6 +140,7 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
             paths.stage1(v.text, seed) if v.text != "none" else None,
             train=v.train,
             camera_map=camera_map,
+            cache_dir=Path(cfg.data.work) / "cache",
             **kw,
         )
     if not dist_info().is_main:  # DDP: only rank 0 writes

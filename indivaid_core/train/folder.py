@@ -64,6 +64,7 @@ def train_on_folder(
             out / "stage1" if text != "none" else None,
             train=cfg.variants[variant].train,
             resume=resume,
+            cache_dir=out / "cache",
         )
         result["stage2"] = {k: s2[k] for k in ("epochs", "final_loss") if k in s2}
         result["model"] = str(out / "model")

@@ -12,8 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 
 def sample_seed(seed: int, epoch: int, batch: int, slot: int) -> int:
@@ -122,25 +120,3 @@ class PKSampler:
         lo = self.rank * per_rank
         for batch in self.global_batches(self.epoch)[self.start_batch :]:
             yield batch[lo : lo + per_rank]
-
-
-class SeededDataset(Dataset):
-    """Runs the wrapped dataset's random transforms under a per-sample seed.
-
-    Makes augmentation independent of worker count, rank split and resume point.
-    """
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        row, seed = key
-        # Only the CPU generator: the transforms draw from it alone. torch.manual_seed would
-        # also reseed every accelerator generator, which fork_rng(devices=[]) leaves reseeded,
-        # and it cost about 1 ms a sample (benchmarks/bench_seeding.py).
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            return self.base[row]

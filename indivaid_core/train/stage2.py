@@ -8,20 +8,22 @@ description z (skipped when its weight is 0).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from indivaid_core.config import Config, to_dict
-from indivaid_core.data.dataset import ImageTableDataset
-from indivaid_core.data.images import draft_for
+from indivaid_core.data.dataset import camera_ids
+from indivaid_core.data.decoded import decoded_images
 from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
 from indivaid_core.model import AttentionFusion, ReIDEncoder, build_clip_for, preprocess_info
 from indivaid_core.safe_io import load_safetensors, read_json, save_torch, write_json
+from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.engine import (
     count_params,
     exclusive_run,
@@ -33,10 +35,9 @@ from indivaid_core.train.engine import (
 )
 from indivaid_core.train.export import file_sha256, save_export
 from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
-from indivaid_core.train.sampler import PKSampler, SeededDataset
+from indivaid_core.train.sampler import PKSampler
 from indivaid_core.train.schedule import warmup_multistep
 from indivaid_core.train.stage1 import label_map
-from indivaid_core.transforms import train_transform
 
 
 class Stage2Model(torch.nn.Module):
@@ -132,8 +133,12 @@ def train_stage2(
     resume: bool = True,
     interrupt_after_steps: int = 0,
     camera_map: dict[str, int] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or, with train=False, just export the zero-shot model) and write metrics.
+
+    `cache_dir` keeps the decoded training images (`data.decoded`) for the next run; None
+    decodes them into memory.
 
     `camera_map` ({camera: id}, covering every split) feeds the SIE embedding when
     `model.sie_coef > 0`; it is stored in the export so evaluation uses the same ids.
@@ -179,19 +184,17 @@ def train_stage2(
         return result
 
     info_pp = preprocess_info(clip_model)
-    tf = train_transform(
-        m.image_size, info_pp.mean, info_pp.std, s2.augment, info_pp.resize_backend
+    pixels = decoded_images(
+        train_table,
+        image_root,
+        tuple(m.image_size),
+        info_pp.resize_backend,
+        cache_dir,
+        cfg.data.num_workers,
     )
-    ds = SeededDataset(
-        ImageTableDataset(
-            train_table,
-            image_root,
-            tf,
-            label_map=labels_of,
-            camera_map=camera_map,
-            draft=draft_for(m.image_size),
-        )
-    )
+    augment = BatchAugment(s2.augment, info_pp.mean, info_pp.std)
+    labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
+    cameras = torch.tensor(camera_ids(train_table["camera"], camera_map)) if camera_map else None
     sampler = PKSampler(
         train_table["identity"].astype(str).map(labels_of).tolist(),
         s2.p,
@@ -212,17 +215,25 @@ def train_stage2(
     scale = 1.0 if raw_i2t else clip_model.logit_scale.exp().detach().to(device)
     w = s2.loss_weights
 
-    def batches(epoch: int):
+    def batches(epoch: int) -> Iterator[dict[str, Any]]:
+        """uint8 pixels gathered from the decoded cache; augmented on the device in `step`."""
         sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers)
+        for batch in sampler:
+            rows = [r for r, _ in batch]
+            yield {
+                "pixels": torch.from_numpy(np.ascontiguousarray(pixels[rows])),
+                "seeds": [s for _, s in batch],
+                "rows": torch.tensor(rows),
+            }
 
     with maybe_ddp(net, device) as model:
         model.train()
 
         def step(batch: dict[str, torch.Tensor]):
-            images = batch["image"].to(device, memory_format=fmt)
-            y = batch["label"].to(device)
-            cams = batch["camera"].to(device) if camera_map else None
+            pixels_on = batch["pixels"].to(device, non_blocking=True)
+            images = augment(pixels_on, batch["seeds"]).contiguous(memory_format=fmt)
+            y = labels[batch["rows"]].to(device)
+            cams = cameras[batch["rows"]].to(device) if cameras is not None else None
             with autocast(device, s2.amp):
                 out = model(images, text.get("h"), text.get("g"), text.get("g_labels"), cams)
             y = gather_cat(y)

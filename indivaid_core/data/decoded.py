@@ -1,0 +1,86 @@
+"""Training images decoded once, resized to the model's input size, kept as a uint8 memmap.
+
+Stage 2 decoded and resized every JPEG again on every epoch, in the training process; the
+resize is deterministic, so its output is cached: (N, 3, H, W) uint8 in a `.npy` under
+`work/cache/decoded/`, keyed by the rows, the image files' sizes and times, the size and the
+resize backend. Every stage-2 cell and seed of a dataset shares one file. Augmentation then
+runs on batches of it (`train.augment`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.images import draft_for
+from indivaid_core.safe_io import atomic_path
+from indivaid_core.transforms import train_resize
+
+FORMAT = 1  # bump when what is stored changes
+
+
+def decoded_key(table: pd.DataFrame, root: Path, image_size: tuple[int, int], backend: str) -> str:
+    """What the decoded pixels depend on; an edited or replaced image file changes it."""
+    h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend]).encode())
+    h.update(table[["image_id", "path"]].to_csv(index=False).encode())
+    for rel in table["path"].astype(str):
+        file = root / rel
+        st = file.stat() if file.exists() else None
+        h.update((f"{st.st_size}:{st.st_mtime_ns}|" if st else "missing|").encode())
+    return h.hexdigest()[:16]
+
+
+def _decode_into(out: np.ndarray, ds: ImageTableDataset, batch_size: int, workers: int) -> None:
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator())
+    for batch in tqdm(loader, desc="decode training images", unit="batch"):
+        out[batch["index"].numpy()] = batch["image"].numpy()
+
+
+def decoded_images(
+    table: pd.DataFrame,
+    root: Path,
+    image_size: tuple[int, int],
+    backend: str,
+    cache_dir: Path | None,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """(N, 3, H, W) uint8 of `table`'s rows in order, resized as training resizes them.
+
+    With `cache_dir` the array is a read-only memmap of a file written whole (a rerun reuses
+    it); without, it is decoded into memory.
+    """
+    table = table.reset_index(drop=True)
+    size = tuple(int(s) for s in image_size)
+    tf = v2.Compose(train_resize(size, backend))
+    ds = ImageTableDataset(table, root, tf, draft=draft_for(size))
+    shape = (len(table), 3, *size)
+    if cache_dir is None:
+        out = np.empty(shape, np.uint8)
+        _decode_into(out, ds, 64, num_workers)
+        return out
+    path = Path(cache_dir) / "decoded" / f"{decoded_key(table, Path(root), size, backend)}.npy"
+    if path.exists():
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.shape == shape and arr.dtype == np.uint8:
+                return arr
+            why = f"holds {arr.dtype} {arr.shape}, not {shape} uint8"
+        except (OSError, ValueError, EOFError) as err:
+            why = f"unreadable ({err})"
+        warnings.warn(f"{path}: decoded-image cache {why}; decoding again", stacklevel=2)
+    with atomic_path(path) as tmp:  # a unique temporary: a killed run leaves no half file
+        out = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+        _decode_into(out, ds, 64, num_workers)
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r", allow_pickle=False)
