@@ -1,30 +1,44 @@
-"""rank_metrics vs torchreid's evaluate_rank (Python and Cython paths) and a per-query loop.
+"""rank_metrics (counting path) vs its previous sort path, torchreid's evaluate_rank and a loop.
 
-Prints medians of repeats measured side by side in one run, the speed-up ratios, the largest
-differences of mAP / CMC / mINP, and the peak memory of a 20,000 x 100,000 evaluation
-(run in a child process so that its peak RSS is its own). torchreid is optional: its
+Part 1, 2,000 x 20,000 uniform random float32 distances (tie-free; every true match lies deep
+in the ranking, the counting path's hardest case): medians of repeats measured side by side,
+speed-up ratios and the largest differences of mAP / CMC / mINP. torchreid is optional: its
 ``rank.py`` (and a built ``rank_cy`` extension next to it, if any) is loaded by path because
 the package's ``__init__`` imports the whole training library.
 
-    .venv/bin/python benchmarks/bench_metrics.py [--skip-big] [--py-repeats 1]
+Part 2, 20,000 x 100,000 from features (dim 64, 20,000 identities: ~5 gallery images each):
+the counting path and the previous sort path (``pairwise_distance`` per chunk, full sort),
+each measurement in its own fresh process, run alternately. Time: wall seconds of the call.
+Peak memory: the process's VmHWM after the call, reset through ``/proc/self/clear_refs``
+just before it (after imports and data generation), minus VmRSS just before it; that is
+resident memory, so torch's allocations count (tracemalloc would miss them). Every output
+of every run (per-query arrays included) is compared exactly with the first counting run.
+
+    .venv/bin/python benchmarks/bench_metrics.py [--skip-big] [--repeats 3] [--old-repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 from indivaid_core.evaluate import rank_metrics, rank_metrics_from_features
+from indivaid_core.evaluate.metrics import (
+    _rank_metrics_from_features_sorted,
+    _rank_metrics_sorted,
+)
 
 
 def load_torchreid() -> tuple[object | None, object | None]:
@@ -91,26 +105,86 @@ def _tr(evaluate, dist, qids, gids, qcams, gcams, max_rank) -> dict:
     return {"mAP": float(mAP), "cmc": np.asarray(cmc)}
 
 
-def big_case(n_query: int, n_gallery: int, n_ids: int, dim: int) -> None:
-    """Child process: peak RSS growth of a chunked from-features evaluation."""
+def _status_kib(key: str) -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)[1])
+
+
+def big_case(n_query: int, n_gallery: int, n_ids: int, dim: int, method: str, out: str) -> None:
+    """Child process: one from-features evaluation; seconds, peak RSS growth and outputs."""
     g = torch.Generator().manual_seed(0)
     centres = torch.nn.functional.normalize(torch.randn(n_ids, dim, generator=g), dim=1)
     qid = torch.randint(0, n_ids, (n_query,), generator=g)
     gid = torch.randint(0, n_ids, (n_gallery,), generator=g)
     qf = centres[qid] + 0.1 * torch.randn(n_query, dim, generator=g)
     gf = centres[gid] + 0.1 * torch.randn(n_gallery, dim, generator=g)
-    rss_before = psutil.Process().memory_info().rss  # current, not the import-time peak
+    qid, gid = qid.numpy(), gid.numpy()
+    fn = rank_metrics_from_features if method == "count" else _rank_metrics_from_features_sorted
+    rss_before = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        peak_how = "VmHWM (reset) - VmRSS"
+    except OSError:
+        peak_how = "ru_maxrss - VmRSS (peak not reset: may include data generation)"
     start = time.perf_counter()
-    m = rank_metrics_from_features(qf, gf, qid.numpy(), gid.numpy(), progress=False)
+    m = fn(qf, gf, qid, gid, progress=False)
     seconds = time.perf_counter() - start
-    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    full_gb = n_query * n_gallery * 4 / 1e9
-    print(f"big case {n_query} x {n_gallery} (dim {dim}, {n_ids} ids), distances chunked:")
-    print(f"  time {seconds:.1f} s, mAP {m['mAP']:.4f}, R1 {m['cmc'][0]:.4f}")
-    print(
-        f"  peak RSS above the pre-call RSS: {(peak_after - rss_before) / 2**20:.0f} MiB "
-        f"(the full float32 distance matrix alone would be {full_gb:.1f} GB)"
+    if peak_how.startswith("VmHWM"):
+        peak = _status_kib("VmHWM")
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    np.savez(out, **{k: np.asarray(v) for k, v in m.items()})
+    info = {"seconds": seconds, "peak_mib": (peak - rss_before) / 1024, "peak_how": peak_how}
+    Path(out).with_suffix(".json").write_text(json.dumps(info))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a
     )
+
+
+def big_comparison(args: argparse.Namespace) -> None:
+    q, g, ids, dim = args.big
+    print(
+        f"{q} x {g} from features (dim {dim}, {ids} identities, ~{g / ids:.0f} gallery "
+        f"images each), Euclidean, no camera filter; each run a fresh process, run alternately"
+    )
+    names = {"count": "counting path (new)", "sort": "sort path (previous)"}
+    runs: dict = {"count": [], "sort": []}
+    order = ["count", "sort"] * max(args.repeats, args.old_repeats)
+    budget = {"count": args.repeats, "sort": args.old_repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, method in enumerate(order):
+            if len(runs[method]) >= budget[method]:
+                continue
+            out = f"{tmp}/{i}_{method}.npz"
+            cmd = [sys.executable, __file__, "--big-only", method, out]
+            subprocess.run([*cmd, "--big", *map(str, args.big)], check=True)
+            info = json.loads(Path(out).with_suffix(".json").read_text())
+            with np.load(out) as z:
+                info["result"] = {k: z[k] for k in z.files}
+            runs[method].append(info)
+            print(
+                f"  run {i + 1}: {names[method]:22s} {info['seconds']:7.2f} s "
+                f"{info['peak_mib']:7.0f} MiB"
+            )
+    ref = runs["count"][0]["result"]
+    print(f"\n{'path':22s} {'runs':>4s} {'median s':>9s} {'median peak MiB':>16s}  outputs")
+    for method, rs in runs.items():
+        same = all(_same(r["result"], ref) for r in rs)
+        print(
+            f"{names[method]:22s} {len(rs):4d} {np.median([r['seconds'] for r in rs]):9.2f} "
+            f"{np.median([r['peak_mib'] for r in rs]):16.0f}  "
+            f"{'identical to counting run 1' if same else 'DIFFERENT'}"
+        )
+    t_new = np.median([r["seconds"] for r in runs["count"]])
+    t_old = np.median([r["seconds"] for r in runs["sort"]])
+    print(f"speed-up {t_old / t_new:.1f}x; peak memory: {runs['count'][0]['peak_how']}")
+    print(
+        f"mAP {float(ref['mAP']):.6f}, R1 {ref['cmc'][0]:.6f}, mINP {float(ref['mINP']):.6f}, "
+        f"valid queries {int(ref['n_valid_queries'])}, skipped {int(ref['n_skipped_queries'])}"
+    )
+    print(f"full float32 distance matrix (never built): {q * g * 4 / 2**30:.1f} GiB")
 
 
 def main() -> None:
@@ -119,20 +193,21 @@ def main() -> None:
     ap.add_argument("--gallery", type=int, default=20000)
     ap.add_argument("--ids", type=int, default=500)
     ap.add_argument("--max-rank", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="part 1; part 2: counting path")
+    ap.add_argument("--old-repeats", type=int, default=3, help="part 2: sort path runs")
     ap.add_argument("--py-repeats", type=int, default=1, help="torchreid Python path is slow")
     ap.add_argument(
         "--big",
         type=int,
         nargs=4,
-        default=[20000, 100000, 5000, 128],
+        default=[20000, 100000, 20000, 64],
         metavar=("Q", "G", "IDS", "DIM"),
     )
     ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--big-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--big-only", nargs=2, metavar=("METHOD", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.big_only:
-        big_case(*args.big)
+        big_case(*args.big, *args.big_only)
         return
 
     rng = np.random.default_rng(0)
@@ -148,15 +223,19 @@ def main() -> None:
     )
 
     rank, cy = load_torchreid()
-    fast = {"ours": lambda: rank_metrics(dist, qids, gids, max_rank=k)}
+    fast = {
+        "ours": lambda: rank_metrics(dist, qids, gids, max_rank=k),
+        "sorted": lambda: _rank_metrics_sorted(dist, qids, gids, max_rank=k),
+    }
     if cy is not None:
         fast["cy"] = lambda: _tr(cy.evaluate_cy, dist, qids, gids, qcams, gcams, k)
     elif rank is not None:
         print("torchreid Cython extension not built: Cython path skipped")
-    # Round-robin repeats, so that both fast methods see the same machine load.
+    # Round-robin repeats, so that the fast methods see the same machine load.
     times, results = interleaved(fast, args.repeats)
     ours = results["ours"]
     rows = [("this project (rank_metrics, CPU)", times["ours"], None)]
+    rows.append(("this project, previous sort path", times["sorted"], results["sorted"]))
     t_loop, loop = median_time(lambda: loop_reference(dist, qids, gids, k), 1)
     rows.append(("per-query numpy loop (reference)", t_loop, loop))
     if rank is None:
@@ -191,8 +270,7 @@ def main() -> None:
 
     if not args.skip_big:
         print()
-        cmd = [sys.executable, __file__, "--big-only", "--big", *map(str, args.big)]
-        subprocess.run(cmd, check=True)
+        big_comparison(args)
 
 
 if __name__ == "__main__":

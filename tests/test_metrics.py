@@ -226,3 +226,155 @@ def test_negative_distances_and_torch_key_path() -> None:
     for r, k in zip(rows.tolist()[::-1], ranks.tolist()[::-1], strict=True):
         first[r] = k
     np.testing.assert_array_equal(first, want["first_match_rank"])
+
+
+# --- The counting path (rank_metrics on CPU) against the previous full-sort path ----------------
+
+
+def _assert_identical(got: dict, want: dict) -> None:
+    """Every output, per-query arrays included, bit for bit (NaN where the reference has NaN)."""
+    assert got.keys() == want.keys()
+    for key in want:
+        a, b = np.asarray(got[key]), np.asarray(want[key])
+        assert a.dtype == b.dtype, key
+        np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def _tied_case(seed: int, q: int, g: int, n_ids: int, levels: int | None, loo: bool):
+    """Coarse distances (many exact ties, also with true matches), ids absent from the gallery,
+    single-image identities, cameras; negative values and -0.0 included."""
+    rng = np.random.default_rng(seed)
+    if loo:
+        q = g
+    dist = rng.random((q, g)).astype(np.float32)
+    if levels is not None:
+        dist = (np.floor(dist * levels) / levels - 0.25).astype(np.float32)
+        dist[dist == 0] = -0.0
+    gid = rng.integers(0, n_ids, g)
+    qid = gid.copy() if loo else rng.integers(0, n_ids + 3, q)  # ids >= n_ids: not in gallery
+    if loo:
+        qid[:3] = n_ids + np.arange(3)  # single-image identities: nothing left after LOO
+        gid[:3] = qid[:3]
+    gc = rng.integers(0, 3, g)
+    qc = gc.copy() if loo else rng.integers(0, 3, q)
+    return dist, qid, gid, qc, gc
+
+
+def _has_tied_match(dist, qid, gid) -> bool:
+    """Some true match shares its distance with another gallery item of its row."""
+    for i in range(dist.shape[0]):
+        for c in np.flatnonzero(gid == qid[i]):
+            if np.count_nonzero(dist[i] == dist[i, c]) > 1:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("levels", [None, 3, 7])
+@pytest.mark.parametrize("cams", [False, True])
+@pytest.mark.parametrize("loo", [False, True])
+def test_counting_equals_sort_path(seed: int, levels: int | None, cams: bool, loo: bool) -> None:
+    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
+
+    dist, qid, gid, qc, gc = _tied_case(seed, q=37, g=90, n_ids=14, levels=levels, loo=loo)
+    cam_args = (qc, gc) if cams else (None, None)
+    if levels is not None:
+        assert _has_tied_match(dist, qid, gid)  # the tie-break path is exercised
+    for chunk, threads, max_rank in ((None, 1, 10), (5, 2, 20), (1, 3, 3)):
+        kw = dict(leave_one_out=loo, max_rank=max_rank, chunk_size=chunk, n_threads=threads)
+        want = _rank_metrics_sorted(dist, qid, gid, *cam_args, **kw)
+        assert want["n_skipped_queries"] > 0  # queries with no true match left are covered
+        _assert_identical(rank_metrics(dist, qid, gid, *cam_args, **kw), want)
+    if cams:
+        plain = rank_metrics(dist, qid, gid, leave_one_out=loo)
+        assert plain["mAP"] != want["mAP"]  # the camera filter changed something
+
+
+@pytest.mark.parametrize("force", ["compare", "sort"])
+def test_counting_both_count_methods(monkeypatch, force: str) -> None:
+    """The two ways of counting candidates (compare passes, sort + binary search) agree."""
+    from indivaid_core.evaluate import metrics
+    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
+
+    if force == "compare":
+        monkeypatch.setattr(metrics, "_SORT_BELOW_PER_MATCH", 0)
+        monkeypatch.setattr(metrics, "_SORT_FROM_MATCHES", 10**9)
+    else:
+        monkeypatch.setattr(metrics, "_SORT_BELOW_PER_MATCH", 10**9)
+    for levels, cams, loo in ((None, False, False), (4, True, False), (3, True, True)):
+        dist, qid, gid, qc, gc = _tied_case(9, q=25, g=120, n_ids=6, levels=levels, loo=loo)
+        cam_args = (qc, gc) if cams else (None, None)
+        want = _rank_metrics_sorted(dist, qid, gid, *cam_args, leave_one_out=loo)
+        _assert_identical(rank_metrics(dist, qid, gid, *cam_args, leave_one_out=loo), want)
+
+
+def test_counting_tie_break_with_excluded_items() -> None:
+    """All distances equal, so ranks are gallery order among the kept items. Query (id 1,
+    camera 0): column 1 is the same id and camera (removed), columns 3 and 4 are true matches
+    at kept positions 3 and 4; in leave-one-out the own column is removed as well."""
+    dist = np.zeros((1, 5), dtype=np.float32)
+    got = rank_metrics(dist, [1], [0, 1, 0, 1, 1], [0], [0, 0, 1, 1, 1], max_rank=5)
+    np.testing.assert_array_equal(got["first_match_rank"], [3])
+    np.testing.assert_allclose(got["ap"], [(1 / 3 + 2 / 4) / 2])
+    np.testing.assert_allclose(got["inp"], [2 / 4])
+    np.testing.assert_allclose(got["cmc"], [0, 0, 1, 1, 1])
+    ids, cams = [0, 1, 1, 0, 1], [0, 0, 1, 1, 1]
+    loo = rank_metrics(np.zeros((5, 5), dtype=np.float32), ids, ids, cams, cams, True)
+    # Row 0 (id 0, cam 0): kept 1, 2, 3, 4 (3 is id 0 on camera 1) -> match 3 at rank 3.
+    # Row 1 (id 1, cam 0): kept 0, 2, 3, 4 -> matches 2 and 4 at ranks 2 and 4.
+    # Row 4 (id 1, cam 1): kept 0, 1, 3 (2 is same camera) -> match 1 at rank 2.
+    np.testing.assert_array_equal(loo["first_match_rank"], [3, 2, 2, 1, 2])
+    np.testing.assert_allclose(loo["ap"][1], (1 / 2 + 2 / 4) / 2)
+    _assert_same(loo, _loop_reference(np.zeros((5, 5)), ids, ids, cams, cams, loo=True))
+
+
+def test_counting_float64_and_gallery_smaller_than_max_rank() -> None:
+    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
+
+    dist, qid, gid, qc, gc = _tied_case(4, q=20, g=8, n_ids=4, levels=3, loo=False)
+    for d in (dist, dist.astype(np.float64), torch.from_numpy(dist).half()):
+        want = _rank_metrics_sorted(d, qid, gid, qc, gc, max_rank=12)
+        got = rank_metrics(d, qid, gid, qc, gc, max_rank=12)
+        _assert_identical(got, want)
+        assert got["cmc"].shape == (12,) and got["cmc"][-1] == 1.0
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distance_rows_equal_pairwise_distance(metric: str) -> None:
+    """The counting path's chunked distances are pairwise_distance's, bit for bit (the gallery
+    side is built once); galleries of at most 25 fall back to pairwise_distance itself."""
+    from indivaid_core.evaluate.metrics import _distance_rows, pairwise_distance
+
+    g = torch.Generator().manual_seed(1)
+    qf = torch.randn(50, 24, generator=g)
+    for n_gallery in (300, 20):
+        gf = torch.randn(n_gallery, 24, generator=g)
+        gf[5] = qf[3]  # a zero distance (the matmul form clamps at 0 before the sqrt)
+        rows = _distance_rows(qf, gf, metric)
+        for step in (1, 7, 41, 50):
+            for s in range(0, 50, step):
+                e = min(s + step, 50)
+                got = rows(s, e).clone()  # the buffer is reused by the next call
+                assert torch.equal(got, pairwise_distance(qf[s:e], gf, metric)), (n_gallery, s)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_from_features_counting_equals_sort_path(metric: str) -> None:
+    from indivaid_core.evaluate.metrics import _rank_metrics_from_features_sorted
+
+    g = torch.Generator().manual_seed(2)
+    qf, gf = torch.randn(45, 8, generator=g), torch.randn(160, 8, generator=g)
+    gf[10:20] = gf[0]  # exact distance ties among gallery items
+    qf[4] = gf[0]
+    qid = torch.randint(0, 30, (45,), generator=g).numpy()
+    gid = torch.randint(0, 25, (160,), generator=g).numpy()
+    qc = torch.randint(0, 2, (45,), generator=g).numpy()
+    gc = torch.randint(0, 2, (160,), generator=g).numpy()
+    for chunk in (None, 1, 16):
+        for cams in ((None, None), (qc, gc)):
+            kw = dict(metric=metric, chunk_size=chunk, progress=False)
+            want = _rank_metrics_from_features_sorted(qf, gf, qid, gid, *cams, **kw)
+            _assert_identical(rank_metrics_from_features(qf, gf, qid, gid, *cams, **kw), want)
+    kw = dict(leave_one_out=True, metric=metric, chunk_size=32, progress=False)
+    want = _rank_metrics_from_features_sorted(gf, gf, gid, gid, gc, gc, **kw)
+    _assert_identical(rank_metrics_from_features(gf, gf, gid, gid, gc, gc, **kw), want)

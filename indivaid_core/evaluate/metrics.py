@@ -7,14 +7,19 @@ same-camera filtering (off unless cameras are passed).
 Tie rule: the gallery of each query is ranked by ascending distance, ties broken by ascending
 gallery index (exactly ``np.argsort(row, kind="stable")``). ``-0.0`` equals ``0.0``.
 
-How: no library computes these metrics without a Python loop over queries (torchreid loops,
-even in Cython), so it is written here. Each chunk of query rows becomes one int64 key per
-gallery item, ``[order-preserving float32 bits | gallery index | is-match bit]``; one plain
-sort of those unique keys gives the stable ranking and carries the match bit along, so no
-argsort/gather is needed. Excluded items (self-match, same id and camera) get a key above every
-real distance, so they fall behind all kept items and never shift a rank. On CPU the sort runs
-in numpy (its SIMD int64 sort is ~9x faster than ``torch.sort`` on CPU here); on CUDA in torch.
-Only the positions of true matches (a few per query) are then pulled out with ``nonzero``.
+Written by hand: nothing in torchreid/sklearn gives these exact numbers at this speed.
+
+How (CPU, :class:`_CountRanker`): nothing is sorted. Only the ranks of the true matches are
+needed, and the rank of match ``p`` among the kept items is ``1 + #{kept j: d_j < d_p}
++ #{kept j < p: d_j == d_p}``. Per query row, one compare pass keeps the items no farther than
+its farthest true match (usually a handful), and the counts are taken on those. Excluded
+items (self-match, same id and camera) are all gallery items of known columns, so they are
+subtracted from the counts instead of being masked out of the row. A true match tied with
+another kept item gets the exact index tie-break from one more pass over that row.
+On CUDA, and as the reference (:func:`_rank_metrics_sorted`), each chunk of query rows becomes
+one int64 key per gallery item, ``[order-preserving float32 bits | gallery index | is-match
+bit]``; one plain sort of those unique keys gives the stable ranking and carries the match bit
+along. Excluded items get a key above every real distance, so they fall behind all kept items.
 """
 
 from __future__ import annotations
@@ -116,6 +121,139 @@ class _CpuRanker:
         return rows, cols + 1
 
 
+# Below this many candidates per true match, sort the candidates and binary-search them;
+# above it, one vectorised compare pass per true match is cheaper (module constants, so that
+# tests can force either way).
+_SORT_BELOW_PER_MATCH = 128
+_SORT_FROM_MATCHES = 64
+
+
+def _below_counts(v: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(#(v < t_k), #(v <= t_k)) for every threshold t_k, exact for any dtype."""
+    if v.size < _SORT_BELOW_PER_MATCH * t.size or t.size >= _SORT_FROM_MATCHES:
+        v = np.sort(v)
+        return np.searchsorted(v, t, "left"), np.searchsorted(v, t, "right")
+    lt = np.fromiter((np.count_nonzero(v < x) for x in t), np.int64, t.size)
+    le = np.fromiter((np.count_nonzero(v <= x) for x in t), np.int64, t.size)
+    return lt, le
+
+
+class _CountRanker:
+    """Ranks of the true matches by counting gallery items ahead of them (CPU, any float).
+
+    For a query whose kept true matches are at distances ``t``, one pass ``row <= max(t)``
+    keeps the only items that can be ahead of any of them, and ``#(< t_k)`` and
+    ``#(<= t_k)`` are counted on those. The excluded items (leave-one-out self-match, same
+    id and camera) are same-id gallery columns or the query's own column, so their counts
+    are subtracted. When ``#(<= t_k) - #(< t_k)`` shows another kept item at exactly
+    ``t_k``, the stable-sort tie-break (lower gallery index first) is counted exactly on
+    ``row[:p]``. Row blocks run in a thread pool (numpy releases the GIL in its compare and
+    count loops).
+    """
+
+    def __init__(
+        self,
+        qid: np.ndarray,
+        gid: np.ndarray,
+        qcam: np.ndarray | None,
+        gcam: np.ndarray | None,
+        leave_one_out: bool,
+        n_threads: int,
+        rows_per_chunk: int,
+    ):
+        self.qid, self.gid, self.qcam, self.gcam = qid, gid, qcam, gcam
+        self.loo = leave_one_out
+        n_codes = int(max(qid.max(), gid.max())) + 1
+        counts = np.bincount(gid, minlength=n_codes)
+        self.id_count = counts
+        self.id_start = np.cumsum(counts) - counts
+        self.cols_by_id = np.argsort(gid, kind="stable")  # each identity's columns, ascending
+        self.n_threads = max(1, min(n_threads, rows_per_chunk))
+        self.pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _specials(self, d: np.ndarray, s: int) -> tuple:
+        """Same-id columns (and leave-one-out's own column) of rows s:s+b, grouped by row:
+        ``(starts, cols, values)`` of the kept true matches and of the excluded items."""
+        b = d.shape[0]
+        q = np.arange(s, s + b)
+        codes = self.qid[q]
+        n = self.id_count[codes]
+        first = np.cumsum(n) - n
+        row = np.repeat(np.arange(b), n)
+        cols = self.cols_by_id[np.repeat(self.id_start[codes] - first, n) + np.arange(n.sum())]
+        if self.qcam is None:
+            excl = np.zeros(cols.size, dtype=bool)
+        else:
+            excl = self.gcam[cols] == self.qcam[q][row]
+        if self.loo:
+            excl |= cols == q[row]
+            own = np.flatnonzero(self.gid[q] != codes)  # own column, not a true match
+            if own.size:
+                row = np.concatenate([row, own])
+                cols = np.concatenate([cols, q[own]])
+                excl = np.concatenate([excl, np.ones(own.size, dtype=bool)])
+                order = np.argsort(row, kind="stable")
+                row, cols, excl = row[order], cols[order], excl[order]
+        vals = d[row, cols]
+        kept = ~excl
+        edges = np.arange(b + 1)
+        return (
+            (np.searchsorted(row[kept], edges), cols[kept], vals[kept]),
+            (np.searchsorted(row[excl], edges), cols[excl], vals[excl]),
+        )
+
+    @staticmethod
+    def _block(d: np.ndarray, kept: tuple, ex: tuple, r0: int, r1: int) -> list:
+        """(row, sorted 1-based ranks among its kept items) of each row r0:r1 with a match."""
+        (k_at, k_cols, k_vals), (e_at, e_cols, e_vals) = kept, ex
+        out = []
+        for i in range(r0, r1):
+            a, z = k_at[i], k_at[i + 1]
+            if a == z:
+                continue
+            row, t = d[i], k_vals[a:z]
+            lt, le = _below_counts(row[row <= t.max()], t)
+            ea, ez = e_at[i], e_at[i + 1]
+            rank = 1 + lt
+            if ea < ez:
+                ev_sorted = np.sort(e_vals[ea:ez])
+                ex_lt = np.searchsorted(ev_sorted, t, "left")
+                rank -= ex_lt
+                le = le - (np.searchsorted(ev_sorted, t, "right") - ex_lt)
+            for k in np.flatnonzero(le - lt > 1):  # > 1: the match itself is one
+                p = k_cols[a + k]
+                ev, ec = e_vals[ea:ez], e_cols[ea:ez]
+                before = np.count_nonzero(row[:p] == t[k])
+                rank[k] += before - np.count_nonzero((ev == t[k]) & (ec < p))
+            rank.sort()
+            out.append((i, rank))
+        return out
+
+    def __call__(self, dist: torch.Tensor, s: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(row, rank) of every kept true match of rows ``s:s+b``, row-major, ranks ascending."""
+        dist = dist.detach().cpu()
+        d = (dist if dist.dtype == torch.float64 else dist.float()).numpy()
+        if np.isnan(d.min()):  # min propagates NaN
+            _raise_nan(what)
+        kept, ex = self._specials(d, s)
+        b = d.shape[0]
+        cuts = np.linspace(0, b, min(self.n_threads, b) + 1).astype(int)
+        spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+        if self.pool is None or len(spans) == 1:
+            parts = [self._block(d, kept, ex, r0, r1) for r0, r1 in spans]
+        else:
+            parts = list(self.pool.map(lambda sp: self._block(d, kept, ex, *sp), spans))
+        found = [x for part in parts for x in part]
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        rows = np.repeat([i for i, _ in found], [r.size for _, r in found])
+        return rows.astype(np.int64), np.concatenate([r for _, r in found])
+
+
 def _chunk_ranks(
     dist: torch.Tensor,
     match: torch.Tensor,
@@ -172,6 +310,7 @@ def _rank_core(
     device: torch.device,
     progress: bool,
     n_threads: int | None,
+    method: str = "count",
 ) -> dict:
     if n_query == 0 or n_gallery == 0:
         raise ValueError(f"empty distance matrix ({n_query} queries x {n_gallery} gallery)")
@@ -190,18 +329,27 @@ def _rank_core(
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
 
-    qid, gid = (torch.from_numpy(c).to(device) for c in encode_labels(query_ids, gallery_ids))
+    qid_np, gid_np = encode_labels(query_ids, gallery_ids)
+    qid, gid = torch.from_numpy(qid_np).to(device), torch.from_numpy(gid_np).to(device)
     use_cams = query_cams is not None
+    qcam_np = gcam_np = None
     if use_cams:
         if len(query_cams) != n_query or len(gallery_cams) != n_gallery:
             raise ValueError("query_cams/gallery_cams lengths must match query_ids/gallery_ids")
-        qcam, gcam = (
-            torch.from_numpy(c).to(device) for c in encode_labels(query_cams, gallery_cams)
-        )
+        qcam_np, gcam_np = encode_labels(query_cams, gallery_cams)
+        qcam, gcam = torch.from_numpy(qcam_np).to(device), torch.from_numpy(gcam_np).to(device)
 
     rows_per_chunk = min(chunk_size or max(1, max_chunk_elements // max(n_gallery, 1)), n_query)
     threads = n_threads or torch.get_num_threads()
-    cpu_ranker = _CpuRanker(rows_per_chunk, n_gallery, threads) if device.type == "cpu" else None
+    if method not in ("count", "sort"):
+        raise ValueError(f"unknown ranking method {method!r}")
+    counter = cpu_ranker = None
+    if device.type == "cpu" and method == "count":
+        counter = _CountRanker(
+            qid_np, gid_np, qcam_np, gcam_np, leave_one_out, threads, rows_per_chunk
+        )
+    elif device.type == "cpu":
+        cpu_ranker = _CpuRanker(rows_per_chunk, n_gallery, threads)
     first = np.full(n_query, -1, dtype=np.int64)
     last = np.full(n_query, -1, dtype=np.int64)
     n_pos = np.zeros(n_query, dtype=np.int64)
@@ -212,23 +360,26 @@ def _rank_core(
             e = min(s + rows_per_chunk, n_query)
             d = dist_rows(s, e).to(device)
             what = f"distance rows {s}:{e}"
-            match = qid[s:e, None] == gid[None, :]
-            exclude = None
-            if use_cams:
-                exclude = match & (qcam[s:e, None] == gcam[None, :])
-            if leave_one_out:
-                diag = torch.zeros_like(match)
-                r = torch.arange(e - s, device=device)
-                diag[r, r + s] = True
-                exclude = diag if exclude is None else exclude | diag
-            if exclude is not None:
-                match = match & ~exclude
-            if device.type == "cpu" and d.dtype != torch.float64:
-                ex = None if exclude is None else exclude.numpy()
-                rows, ranks = cpu_ranker(d, match.numpy(), ex, what)
+            if counter is not None:
+                rows, ranks = counter(d, s, what)
             else:
-                rows, ranks = _chunk_ranks(d, match, exclude, what)
-                rows, ranks = rows.cpu().numpy(), ranks.cpu().numpy()
+                match = qid[s:e, None] == gid[None, :]
+                exclude = None
+                if use_cams:
+                    exclude = match & (qcam[s:e, None] == gcam[None, :])
+                if leave_one_out:
+                    diag = torch.zeros_like(match)
+                    r = torch.arange(e - s, device=device)
+                    diag[r, r + s] = True
+                    exclude = diag if exclude is None else exclude | diag
+                if exclude is not None:
+                    match = match & ~exclude
+                if device.type == "cpu" and d.dtype != torch.float64:
+                    ex = None if exclude is None else exclude.numpy()
+                    rows, ranks = cpu_ranker(d, match.numpy(), ex, what)
+                else:
+                    rows, ranks = _chunk_ranks(d, match, exclude, what)
+                    rows, ranks = rows.cpu().numpy(), ranks.cpu().numpy()
             ranks = ranks.astype(np.int64)
             counts = np.bincount(rows, minlength=e - s)
             starts_of_row = np.cumsum(counts) - counts
@@ -240,8 +391,9 @@ def _rank_core(
             first[s:e][has] = ranks[starts_of_row[has]]
             last[s:e][has] = ranks[starts_of_row[has] + counts[has] - 1]
     finally:
-        if cpu_ranker is not None:
-            cpu_ranker.close()
+        for ranker in (counter, cpu_ranker):
+            if ranker is not None:
+                ranker.close()
     valid = n_pos > 0
     n_valid = int(valid.sum())
     if n_valid == 0:
@@ -282,20 +434,59 @@ def rank_metrics(
 ) -> dict:
     """mAP, CMC, mINP of a (Q, G) distance matrix (smaller = more similar).
 
-    float64 distances are ranked exactly on a slower stable-sort path; everything else is
-    ranked as float32 (see the module docstring for the tie rule).
+    float64 distances are ranked in float64; everything else is ranked as float32 (see the
+    module docstring for the tie rule).
     ``leave_one_out``: Q == G and column i is removed from row i's gallery. Cameras, when
     both are given, remove gallery items with the query's identity *and* camera.
     Queries with no true match left are skipped and counted; if none is valid a ValueError
     is raised. Rows are processed ``chunk_size`` at a time (default: as many as fit in
-    ``max_chunk_elements`` keys) so memory stays bounded. ``device`` defaults to the tensor's
-    device; "auto" picks CUDA when present. On CPU, row blocks are sorted on ``n_threads``
-    threads (default ``torch.get_num_threads()``).
+    ``max_chunk_elements`` distances) so memory stays bounded: on CPU the extra memory is
+    one chunk of distances plus, per thread, a few gallery-row-sized buffers.
+    ``device`` defaults to the tensor's device; "auto" picks CUDA when present. On CPU, row
+    blocks are ranked on ``n_threads`` threads (default ``torch.get_num_threads()``).
 
     Returns ``mAP``, ``cmc`` (length ``max_rank``, index 0 = rank 1), ``mINP`` (fractions),
     ``n_valid_queries``, ``n_skipped_queries`` and per-query arrays ``ap``, ``inp``
     (NaN when skipped), ``first_match_rank`` (-1 when skipped), ``n_true_matches``.
     """
+    return _rank_metrics(
+        dist,
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        leave_one_out,
+        max_rank,
+        chunk_size,
+        max_chunk_elements,
+        device,
+        progress,
+        n_threads,
+        "count",
+    )
+
+
+def _rank_metrics_sorted(dist, query_ids, gallery_ids, *args, **kwargs) -> dict:
+    """:func:`rank_metrics` on the previous full-sort CPU path: the reference for the tests
+    and ``benchmarks/bench_metrics.py``. Same arguments and outputs."""
+    return _rank_metrics(dist, query_ids, gallery_ids, *args, **kwargs, method="sort")
+
+
+def _rank_metrics(
+    dist: np.ndarray | torch.Tensor,
+    query_ids: Sequence,
+    gallery_ids: Sequence,
+    query_cams: Sequence | None = None,
+    gallery_cams: Sequence | None = None,
+    leave_one_out: bool = False,
+    max_rank: int = 10,
+    chunk_size: int | None = None,
+    max_chunk_elements: int = 2**22,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    n_threads: int | None = None,
+    method: str = "count",
+) -> dict:
     dist_t = _as_tensor(dist)
     if dist_t.ndim != 2:
         raise ValueError(f"dist must be 2-D (queries x gallery), got shape {tuple(dist_t.shape)}")
@@ -315,6 +506,7 @@ def rank_metrics(
         dev,
         progress,
         n_threads,
+        method,
     )
 
 
@@ -329,6 +521,46 @@ def pairwise_distance(
         gn = torch.nn.functional.normalize(gf.float(), dim=1)
         return 1.0 - qn @ gn.T
     raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+
+
+# torch.cdist switches to its matmul form above this many rows on either side.
+_CDIST_MM_ABOVE = 25
+
+
+def _distance_rows(
+    qf: torch.Tensor, gf: torch.Tensor, metric: str
+) -> Callable[[int, int], torch.Tensor]:
+    """``(s, e) -> pairwise_distance(qf[s:e], gf, metric)``, bit for bit, with the gallery-side
+    work done once instead of per chunk (on CPU, rebuilding it cost twice the matmul).
+
+    Euclidean on CPU repeats ``torch.cdist``'s matmul form, ``sqrt(max([-2x, |x|^2, 1] @
+    [y, 1, |y|^2]^T, 0))`` with torch's own clamp_min_/sqrt_ (its vectorised sqrt is not
+    the IEEE one, so the sqrt pass cannot be skipped), into one reused buffer (no page faults
+    per chunk); the tests check it still equals ``torch.cdist``. The rows must be consumed
+    before the next call. Elsewhere (CUDA, galleries of at most 25 where cdist does not use
+    the matmul form, unknown metrics) the rows are ``pairwise_distance``'s.
+    """
+    if qf.device.type != "cpu" or gf.shape[0] <= _CDIST_MM_ABOVE:
+        return lambda s, e: pairwise_distance(qf[s:e], gf, metric)
+    g = gf.float()
+    if metric == "cosine":
+        gn = torch.nn.functional.normalize(g, dim=1)
+        return lambda s, e: 1.0 - torch.nn.functional.normalize(qf[s:e].float(), dim=1) @ gn.T
+    if metric != "euclidean":
+        return lambda s, e: pairwise_distance(qf[s:e], gf, metric)  # raises the clear error
+    g_aug = torch.cat([g, torch.ones_like(g[:, :1]), g.pow(2).sum(-1, keepdim=True)], -1)
+    buf: list[torch.Tensor] = []
+
+    def rows(s: int, e: int) -> torch.Tensor:
+        x = qf[s:e].float()
+        x_norm = x.pow(2).sum(-1, keepdim=True)
+        x_aug = torch.cat([x.mul(-2), x_norm, torch.ones_like(x_norm)], -1)
+        if not buf or buf[0].shape[0] < e - s:
+            buf[:] = [torch.empty(e - s, g.shape[0])]
+        out = torch.matmul(x_aug, g_aug.mT, out=buf[0][: e - s])
+        return out.clamp_min_(0).sqrt_()
+
+    return rows
 
 
 def rank_metrics_from_features(
@@ -352,13 +584,59 @@ def rank_metrics_from_features(
     For galleries whose distance matrix does not fit in memory (20,000 x 100,000 float32 is
     8 GB). Same outputs and tie rule as ``rank_metrics(pairwise_distance(qf, gf, metric))``.
     """
+    return _rank_from_features(
+        query_feats,
+        gallery_feats,
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        leave_one_out,
+        max_rank,
+        metric,
+        chunk_size,
+        max_chunk_elements,
+        device,
+        progress,
+        n_threads,
+        "count",
+    )
+
+
+def _rank_metrics_from_features_sorted(query_feats, gallery_feats, *args, **kwargs) -> dict:
+    """:func:`rank_metrics_from_features` as before: ``pairwise_distance`` per chunk and the
+    full-sort CPU ranking (the benchmark's reference). Same arguments and outputs."""
+    return _rank_from_features(query_feats, gallery_feats, *args, **kwargs, method="sort")
+
+
+def _rank_from_features(
+    query_feats: np.ndarray | torch.Tensor,
+    gallery_feats: np.ndarray | torch.Tensor,
+    query_ids: Sequence,
+    gallery_ids: Sequence,
+    query_cams: Sequence | None = None,
+    gallery_cams: Sequence | None = None,
+    leave_one_out: bool = False,
+    max_rank: int = 10,
+    metric: str = "euclidean",
+    chunk_size: int | None = None,
+    max_chunk_elements: int = 2**22,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    n_threads: int | None = None,
+    method: str = "count",
+) -> dict:
     qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"feature shapes {tuple(qf.shape)} and {tuple(gf.shape)} do not match")
     dev = _resolve_device(device, qf)
     qf, gf = qf.to(dev), gf.to(dev)
+    if method == "sort":
+        dist_rows = lambda s, e: pairwise_distance(qf[s:e], gf, metric)  # noqa: E731
+    else:
+        dist_rows = _distance_rows(qf, gf, metric)
     return _rank_core(
-        lambda s, e: pairwise_distance(qf[s:e], gf, metric),
+        dist_rows,
         qf.shape[0],
         gf.shape[0],
         query_ids,
@@ -372,4 +650,5 @@ def rank_metrics_from_features(
         dev,
         progress,
         n_threads,
+        method,
     )
