@@ -1,25 +1,28 @@
 """Figures and small tables for the data, training and attention notebooks.
 
 Evaluation figures live in `indivaid_core.evaluate.figures`; these cover the other stages.
+seaborn (with scipy.stats, ~1 s) and the evaluation figures are imported by the one function
+that draws with each, not by every notebook that imports this module.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from safetensors.torch import load_file
 
 from indivaid_core.data.images import load_rgb
-from indivaid_core.evaluate import figures
-from indivaid_core.repro.evaluation import Evaluation
 from indivaid_core.repro.paths import Paths
 from indivaid_core.safe_io import load_torch, read_json, unreadable
+
+if TYPE_CHECKING:
+    from indivaid_core.repro.evaluation import Evaluation
 
 
 def split_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -105,6 +108,8 @@ def loss_curves(history_json: Path, title: str = "") -> plt.Figure:
 
 def description_similarity(path: Path, max_ids: int = 40) -> plt.Figure:
     """Cosine similarity of the individual descriptions h: distinct individuals -> dark."""
+    import seaborn as sns
+
     h = load_file(str(path))["h"][:max_ids]
     h = torch.nn.functional.normalize(h.float(), dim=1)
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -124,6 +129,8 @@ def description_similarity(path: Path, max_ids: int = 40) -> plt.Figure:
 
 def retrieval(ev: Evaluation, k: int = 5, n_queries: int = 6) -> plt.Figure:
     """Ranked-retrieval grid for a `repro.evaluation.evaluate` result."""
+    from indivaid_core.evaluate import figures
+
     root = Path(ev["image_root"])
     q, g = ev["query"], ev["gallery"]
     return figures.retrieval_grid(

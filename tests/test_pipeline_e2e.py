@@ -22,7 +22,7 @@ DVC = [sys.executable, "-m", "dvc"]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 1200) -> str:
-    # dvc stages call `papermill`: put this interpreter's scripts first on PATH
+    # dvc stages call `python -m indivaid_core.repro.run_notebook`: this interpreter first on PATH
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, (
