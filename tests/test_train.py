@@ -84,7 +84,9 @@ def tiny_repo(tmp_path_factory) -> Path:
         ablations=[],
         robustness_variants=["zero_shot", "indivaid"],
     )
+    raw["pipeline"]["seeds"] = [0]  # one training seed: the tests below pick others by name
     raw["profiles"]["smoke"].pop("data", None)
+    raw["profiles"]["smoke"].pop("pipeline", None)
     raw["profiles"]["smoke"]["stage1"] = {"epochs": 6, "batch_size": 8, "warmup_epochs": 1}
     raw["profiles"]["smoke"]["stage2"] = {
         "epochs": 3,
