@@ -17,6 +17,8 @@ timeout "${T_TESTS:-150}" python3 -m pytest -q -o addopts="" -p no:cacheprovider
     tests/test_train.py -k cuda 2>&1 | tail -25 | tee "$OUT/tests.txt"
 timeout "${T_BENCH:-120}" python3 benchmarks/bench_stage2.py --device cuda 2>&1 \
     | tee "$OUT/bench_stage2.txt"
+timeout "${T_INPUT:-120}" python3 benchmarks/bench_stage2_input.py --device cuda 2>&1 \
+    | grep -v -i "warning\|warn(" | tee "$OUT/bench_stage2_input.txt"
 timeout "${T_PAPER:-240}" python3 benchmarks/bench_paper_gpu.py --device cuda \
     --out work/paper_gpu --workers 8 2>&1 | grep -v -i "warning\|warn(" | tee "$OUT/bench_paper_gpu.txt"
 timeout "${T_PIPE:-300}" python3 benchmarks/bench_device.py --device cuda --out work/device_scratch \

@@ -5,13 +5,14 @@ prints the mAP beside the committed value (reports/ on this machine, byte-identi
 setting is the default). Settings:
 
 - `avx2`: ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (this machine has AVX-512);
-- `threads1`: stage 2 on 1 thread instead of 2;
+- `stage2_threads2`: stage 2 on 2 threads instead of 1;
 - `stage1_threads2`: stage 1 on 2 threads instead of 1.
 
 Each setting runs in its own process (the variables must be set before torch loads), into
 work/spread/<setting>/. Run from the repository root after `dvc repro`:
 
-    python benchmarks/numerical_spread.py --datasets synth-stoat synth-tiger synth-seastar
+    python benchmarks/numerical_spread.py --datasets synth-stoat synth-tiger synth-seastar \
+        --table reports/numerical_spread.csv
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from indivaid_core.safe_io import atomic_write
+
 SETTINGS = {
     "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
-    "threads1": ({"INDIVAID_STAGE2_THREADS": "1"}, {}),
+    "stage2_threads2": ({}, {"stage2.num_threads": 2}),
     "stage1_threads2": ({}, {"stage1.num_threads": 2}),
 }
 TRAINED = ["image_only", "clipreid", "indivaid"]
 
 
 def worker(setting: str, datasets: list[str], variants: list[str], out: Path) -> None:
-    import torch
 
     from indivaid_core import config, pipeline
 
-    env, overrides = SETTINGS[setting]
+    _, overrides = SETTINGS[setting]  # the environment was set by the parent
     work = Path("work/spread") / setting
     cfg = config.load(
         "params.yaml",
@@ -49,8 +53,6 @@ def worker(setting: str, datasets: list[str], variants: list[str], out: Path) ->
             "pipeline.seeds": [0],
         },
     )
-    if "INDIVAID_STAGE2_THREADS" in env:
-        torch.set_num_threads(int(env["INDIVAID_STAGE2_THREADS"]))
     for ds in datasets:
         pipeline.prepare(cfg, ds)
         texts = sorted({cfg.variants[v].text for v in variants} - {"none"})
@@ -72,6 +74,12 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", default=["synth-stoat", "synth-tiger"])
     ap.add_argument("--variants", nargs="+", default=TRAINED)
     ap.add_argument("--out", type=Path, default=Path("work/spread/spread.jsonl"))
+    ap.add_argument(
+        "--table",
+        type=Path,
+        help="write the per-cell table here (reports/numerical_spread.csv: the report's caveats "
+        "and `indivaid snapshot --within-noise` read it)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -84,22 +92,29 @@ def main() -> int:
         cmd += ["--datasets", *args.datasets, "--variants", *args.variants]
         subprocess.run(cmd, env=env, check=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
-    committed = {
-        (r["dataset"], r["variant"]): 100
-        * json.loads(Path(f"metrics/eval/{r['dataset']}/{r['variant']}.json").read_text())["mAP"]
-        for r in rows
-    }
-    print(
-        f"{'setting':16} {'dataset':14} {'variant':11} {'committed':>9} {'rerun':>7} {'delta':>7}"
-    )
-    for r in rows:
-        c = committed[r["dataset"], r["variant"]]
-        d = r["mAP"] - c
-        cell = f"{r['setting']:16} {r['dataset']:14} {r['variant']:11}"
-        print(f"{cell} {c:9.1f} {r['mAP']:7.1f} {d:+7.1f}")
-    deltas = sorted(abs(r["mAP"] - committed[r["dataset"], r["variant"]]) for r in rows)
-    median = deltas[len(deltas) // 2]
-    print(f"median |delta| {median:.1f} points, max {deltas[-1]:.1f} (n={len(deltas)})")
+    table = []
+    for r in rows:  # the committed run's own seed 0: the same seed, the default kernel path
+        m = json.loads(Path(f"metrics/eval/{r['dataset']}/{r['variant']}.json").read_text())
+        committed = 100 * m["per_seed"]["0"]["mAP"]
+        table.append(
+            {
+                **r,
+                "seed": 0,
+                "committed": round(committed, 2),
+                "rerun": round(r["mAP"], 2),
+                "delta": round(r["mAP"] - committed, 2),
+            }
+        )
+    frame = pd.DataFrame(table)[
+        ["setting", "dataset", "variant", "seed", "committed", "rerun", "delta", "seconds"]
+    ]
+    print(frame.to_string(index=False))
+    deltas = frame["delta"].abs()
+    print(f"median |delta| {deltas.median():.1f} points, max {deltas.max():.1f} (n={len(frame)})")
+    if args.table:
+        with atomic_write(args.table) as f:
+            frame.to_csv(f, index=False, lineterminator="\n")
+        print(f"wrote {args.table}")
     return 0
 
 

@@ -169,8 +169,11 @@ class Stage2Cfg:
     i2t_label_smoothing: float = 0.0
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     amp: bool = True
+    num_threads: int = 0  # CPU threads; 0 = torch's default (see engine.cpu_threads)
+    processes: int = 1  # CPU: the seeds of a cell trained side by side; 1 = one after another
 
     def __post_init__(self) -> None:
+        _at_least("stage2", self, num_threads=0, processes=1)
         _at_least("stage2", self, epochs=1, iters_per_epoch=0, min_iters_per_epoch=0, p=2, k=1)
         _at_least("stage2", self, warmup_epochs=0, weight_decay=0.0, margin=0.0)
         _positive("stage2", self, "lr", "bias_lr_factor", "gamma")

@@ -210,6 +210,32 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
+def spread_table(metrics: pd.DataFrame, numerical_csv: str | Path) -> pd.DataFrame:
+    """Per trained cell: the seed spread (sd of mAP over seeds) beside the numerical spread
+    (the same seed retrained on another kernel path or thread count), in points.
+
+    The numerical columns are read from `numerical_spread.csv` (benchmarks/numerical_spread.py);
+    cells it did not measure stay empty.
+    """
+    trained = metrics[metrics["variant"] != "zero_shot"]
+    out = pd.DataFrame(
+        {
+            "dataset": trained["dataset"],
+            "variant": trained["variant"],
+            "seeds": trained["n_seeds"],
+            "seed sd": [
+                100 * s.get("mAP", 0.0) if isinstance(s, dict) else 0.0 for s in trained["std"]
+            ],
+        }
+    )
+    if Path(numerical_csv).exists():
+        num = pd.read_csv(numerical_csv)
+        wide = num.pivot_table(index=["dataset", "variant"], columns="setting", values="delta")
+        wide.columns = [f"Δ {c}" for c in wide.columns]
+        out = out.merge(wide.reset_index(), on=["dataset", "variant"], how="left")
+    return out.sort_values(["dataset", "variant"]).round(2).reset_index(drop=True)
+
+
 def per_query_cells(
     per_query_dir: str | Path, datasets: list[str], variants: list[str]
 ) -> Iterator[tuple[str, str, pd.DataFrame]]:
@@ -346,6 +372,39 @@ def _robustness_md(reports: Path) -> list[str]:
     return out or ["Not run in this profile."]
 
 
+def _spread_md(spread: pd.DataFrame | None) -> list[str]:
+    """The reproducibility section: what a rerun elsewhere may move, per cell."""
+    if spread is None or not len(spread):
+        return []
+    measured = [c for c in spread if c.startswith("Δ ")]
+    lines = [
+        "## Reproducibility: seed spread and numerical spread (mAP points)",
+        "",
+        "A rerun on the same CPU kernel path gives the same bytes. Elsewhere the last bits of the "
+        "kernels differ and training grows them: `seed sd` is the spread over this report's "
+        "seeds; each `Δ` column is the same seed-0 cell retrained with one setting changed "
+        "(`avx2`: kernels capped at AVX2; `stage2_threads2`: stage 2 on 2 threads instead of "
+        "1), minus this report's seed-0 value (`benchmarks/numerical_spread.py`, "
+        "`reports/numerical_spread.csv`). "
+        "`indivaid snapshot --check-rev HEAD --within-noise reports` checks a rerun against "
+        "bands built from both.",
+        "",
+        to_markdown(spread),
+        "",
+    ]
+    if measured:
+        d = spread[measured].abs().stack()
+        lines += [
+            f"Measured on {d.count()} (cell, setting) pairs: median |Δ| {d.median():.1f}, "
+            f"max {d.max():.1f} points, against a median seed sd of "
+            f"{spread['seed sd'].median():.1f}.",
+            "",
+        ]
+    else:
+        lines += ["The numerical spread has not been measured for this report.", ""]
+    return lines
+
+
 def write_results_md(
     cfg,
     metrics: pd.DataFrame,
@@ -355,6 +414,7 @@ def write_results_md(
     sig: pd.DataFrame,
     cost: pd.DataFrame,
     cond: pd.DataFrame,
+    spread: pd.DataFrame | None = None,
 ) -> Path:
     """reports/results.md: every table of the report, from the files the pipeline wrote."""
     reports = Path(cfg.data.reports)
@@ -415,6 +475,7 @@ def write_results_md(
         "",
         *significance_sentences(sig),
         "",
+        *_spread_md(spread),
         "## Computational cost",
         "",
         to_markdown(cost) if len(cost) else "No runs.",

@@ -219,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--within-noise",
         metavar="SPREAD_SNAPSHOT",
         help="another machine: pass when every mAP/R1 lies within its cell's noise band and "
-        "every verdict agrees; the seed spread comes from this several-seed snapshot "
-        "(e.g. reports/full). Without it, --check and --check-rev compare exactly",
+        "every verdict agrees; the seed spread comes from this several-seed report (e.g. "
+        "reports), the numerical spread from its numerical_spread.csv when present. Without "
+        "it, --check and --check-rev compare exactly",
     )
     parser.add_argument("--z", type=float, default=3.0, help="--within-noise band, in sds")
     args = parser.parse_args(argv)
@@ -232,8 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.within_noise:
                 spread = noise.pooled_spread(args.within_noise)
+                table = Path(args.within_noise) / "numerical_spread.csv"
+                numerical = noise.numerical_spread(table) if table.exists() else None
                 n = len(cfg.pipeline.seeds)
-                bad = noise.within_noise(reference, cfg.data.reports, spread, n, args.z)
+                bad = noise.within_noise(
+                    reference, cfg.data.reports, spread, n, args.z, numerical=numerical
+                )
                 where = args.check or args.check_rev
                 if len(bad):
                     print(bad.to_string(index=False))

@@ -54,3 +54,22 @@ def test_a_verdict_that_flips_fails(tmp_path):
     new = _report(tmp_path / "new", {"indivaid": "41.9"}, "significant loss")
     out = noise.within_noise(ref, new, {"tiger": 2.0}, n_seeds=3)
     assert list(out["metric"]) == ["verdict"] and out.iloc[0]["rerun"] == "significant loss"
+
+
+def test_a_measured_numerical_spread_widens_its_cell_only(tmp_path):
+    table = tmp_path / "numerical_spread.csv"
+    pd.DataFrame(
+        [
+            {"setting": "avx2", "dataset": "tiger", "variant": "image_only", "delta": 10.2},
+            {"setting": "threads1", "dataset": "tiger", "variant": "image_only", "delta": -6.0},
+            {"setting": "avx2", "dataset": "tiger", "variant": "indivaid", "delta": 0.3},
+        ]
+    ).to_csv(table, index=False)
+    numerical = noise.numerical_spread(table)
+    assert numerical[("tiger", "image_only")] == pytest.approx(((10.2**2 + 36) / 2) ** 0.5 / 2**0.5)
+    ref = _report(tmp_path / "ref", {"image_only": "41.9", "indivaid": "44.0"}, "not decidable")
+    new = _report(tmp_path / "new", {"image_only": "31.7", "indivaid": "38.0"}, "not decidable")
+    seed_only = noise.within_noise(ref, new, {"tiger": 2.0}, n_seeds=3)  # band 4.9 for both
+    assert set(seed_only["variant"]) == {"image_only", "indivaid"}
+    both = noise.within_noise(ref, new, {"tiger": 2.0}, n_seeds=3, numerical=numerical)
+    assert set(both["variant"]) == {"indivaid"}  # image_only's band: 3 * sqrt(2/3) * 5.9 = 14.5

@@ -69,12 +69,28 @@ def test_dvc_repro_smoke_profile(tmp_path):
         assert 0.0 < m["mAP"] <= 1.0 and 0.0 <= m["R1"] <= 1.0
         assert m["n_valid_queries"] > 0 and m["protocol"] == "leave_one_out"
         assert not {"timestamp", "date", "time"} & set(m)  # diff-stable: no clock readings
-    results = (repo / "reports/results.md").read_text()
-    assert "Main table" in results and "ATRW" not in results.split("Quoted from the paper")[0]
-    # the corruption sweep and the attention figures use one seed's models, and say which
-    assert results.count("One trained model per variant: seed 0,") == 2
-    assert "up to 2 runs train side by side (`stage1.processes`)" in results  # cost-table caveat
+    assert m["n_seeds"] == 2 and set(m["per_seed"]) == {"0", "1"}  # smoke: seeds 0 and 1
+    main = pd.read_csv(repo / "reports/tables/main.csv", header=[0, 1], index_col=0)
+    assert list(main.index) == ["zero_shot", "indivaid"] and "ATRW" not in main.columns.levels[0]
+    assert "±" in main.loc["indivaid", ("synth-stoat", "mAP")]  # mean ± sd over the 2 seeds
+    sig = pd.read_csv(repo / "reports/tables/significance.csv")
+    assert set(sig["verdict"]) == {"not decidable"}  # fewer than 3 seeds decide nothing
+    sweep = pd.read_csv(repo / "reports/robustness/synth-stoat.csv")
+    assert set(sweep["variant"]) == {"zero_shot", "indivaid"} and sweep["mAP"].between(0, 1).all()
+    spread = pd.read_csv(repo / "reports/tables/spread.csv")
+    assert list(spread["variant"]) == ["indivaid"] and (spread["seeds"] == 2).all()
     assert (repo / "reports/notebooks/04_evaluate/synth-stoat.ipynb").exists()
+
+    # 08_identify's real-model path: the trained export of seed 0 identifies held-out photos
+    nb = [sys.executable, "-m", "indivaid_core.repro.run_notebook", "-k", "python3"]
+    out = repo / "work/identify_e2e.ipynb"
+    args = ["-p", "tiny", "False", "-p", "dataset", "synth-stoat", "-p", "variant", "indivaid"]
+    _run([*nb, "notebooks/08_identify.ipynb", str(out), *args], repo)
+    found = pd.read_csv(repo / "work/identify/synth-stoat/indivaid/results.csv")
+    assert len(found) > 0 and found["error"].isna().all()
+    table = pd.read_csv(repo / "work/tables/synth-stoat.csv", dtype={"identity": str})
+    test_ids = set(table.loc[table["split"] != "train", "identity"])
+    assert set(found["predicted_identity"].dropna().astype(str)) <= test_ids
 
     # an unchanged pipeline is skipped, and so is an edit to a profile that is not selected
     params["profiles"]["paper"]["seed"] += 1

@@ -353,6 +353,33 @@ def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo)
         pipeline.run_stage2(two, "toy", "indivaid", resume=False)
 
 
+def test_stage2_seeds_side_by_side_give_the_bytes_of_seeds_one_after_another(in_repo, monkeypatch):
+    """stage2.processes only changes the wall time: on stage2.num_threads = 1 each seed's run
+    in a spawned process writes the model it writes in this process."""
+    submitted = []
+
+    class Counting(ProcessPoolExecutor):  # the real pool; counts what it is given
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(training, "ProcessPoolExecutor", Counting)
+    seeds = {"pipeline.seeds": [0, 1], "stage2.num_threads": 1}
+    pipeline.run_stage1(_cfg(**seeds), "toy", "meta-ctx4")
+    submitted.clear()  # stage 1's own runs
+    models = {}
+    for processes in (1, 2):
+        cfg = _cfg(**seeds, **{"stage2.processes": processes})
+        r = pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+        assert r["seeds"] == [0, 1]
+        paths = pipeline.Paths(cfg, "toy")
+        models[processes] = [
+            (paths.stage2("indivaid", s) / "model.safetensors").read_bytes() for s in (0, 1)
+        ]
+    assert submitted == ["train_stage2"] * 2  # processes 2 used the pool, processes 1 did not
+    assert models[1] == models[2] and models[1][0] != models[1][1]
+
+
 def test_text_runs_side_by_side_give_the_bytes_of_runs_one_after_another(in_repo, monkeypatch):
     """stage1.processes only changes the wall time: 1-thread runs in spawned processes write
     the same files as in this process, and the text runs share one feature file (their

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -374,8 +374,10 @@ def build_clip(
     if openai_weights:
         force_pp = {"mean": CLIPREID_MEAN, "std": CLIPREID_STD, "interpolation": "bilinear"}
 
-    quiet = _quiet_random_init_warning() if weights is not None else nullcontext()
-    with quiet, torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+    # open_clip always gets pretrained=None here and warns "initialized randomly", also when
+    # this module loads the weights next or an export's weights follow (evaluation, identify)
+    seeded = torch.random.fork_rng(devices=[], enabled=init_seed is not None)
+    with _quiet_random_init_warning(), seeded:
         if init_seed is not None:  # CPU generator only: fork_rng restores no other
             torch.default_generator.manual_seed(init_seed)
         model = open_clip.create_model(

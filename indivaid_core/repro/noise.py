@@ -7,8 +7,11 @@ its cell's noise band of the committed value and every significance verdict agre
 The band of a cell is `z * sqrt(2 / n) * sigma`: the difference of two n-seed means, each with
 seed spread `sigma`, at z standard deviations (default 3). `sigma` is the seed spread pooled
 over the trained cells of the dataset, read from a snapshot with several seeds, because three
-seeds estimate one cell's spread poorly. Untrained cells (zero-shot, spread 0) get `floor`
-points. Both numbers are arguments, so a stricter or looser check is one flag away.
+seeds estimate one cell's spread poorly. Where the numerical spread of a cell was measured
+(`numerical_spread.csv`: the same seed retrained on another kernel path or thread count) and is
+larger, it is used instead: on the old machine's report the pooled seed spread alone flagged a
+cell whose kernel path alone moved it 10 points. Untrained cells (zero-shot, spread 0) get
+`floor` points. z and floor are arguments, so a stricter or looser check is one flag away.
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ def pooled_spread(spread_reports: str | Path) -> dict[str, float]:
     return {ds: math.sqrt(sum(v) / len(v)) for ds, v in out.items()}
 
 
+def numerical_spread(path: str | Path) -> dict[tuple[str, str], float]:
+    """Per (dataset, variant): RMS over the measured settings of the same-seed mAP change, in
+    points, over sqrt(2) (the change of two runs is sqrt(2) times one run's spread)."""
+    frame = pd.read_csv(path)
+    missing = {"dataset", "variant", "delta"} - set(frame)
+    if missing:
+        raise ValueError(f"{path}: numerical spread table lacks columns {sorted(missing)}")
+    rms = frame.groupby(["dataset", "variant"])["delta"].apply(lambda d: (d**2).mean() ** 0.5)
+    return {key: float(v) / math.sqrt(2) for key, v in rms.items()}
+
+
 def _value(cell: object) -> float | None:
     found = NUMBER.search(str(cell))
     return float(found.group()) if found else None
@@ -46,8 +60,10 @@ def within_noise(
     n_seeds: int,
     z: float = 3.0,
     floor: float = 0.5,
+    numerical: dict[tuple[str, str], float] | None = None,
 ) -> pd.DataFrame:
     """Cells outside their band and verdicts that disagree; an empty frame means it passes."""
+    numerical = numerical or {}
     rows = []
     for name in TABLES:
         ref_csv, new_csv = Path(reference, "tables", name), Path(reports, "tables", name)
@@ -62,7 +78,7 @@ def within_noise(
                 a, b = _value(cell), _value(new.at[variant, (ds, metric)])
                 if a is None and b is None:
                     continue
-                sigma = spread.get(ds)
+                sigma = max(spread.get(ds, 0.0), numerical.get((ds, variant), 0.0)) or None
                 band = floor if variant == "zero_shot" or sigma is None else z * sigma
                 band = max(floor, band * math.sqrt(2 / n_seeds))
                 if a is None or b is None or abs(a - b) > band:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import multiprocessing
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,40 @@ def _train_stage1_runs(
     """
     from indivaid_core.train.stage1 import train_stage1, warm_feature_cache
 
-    n = min(cfg.stage1.processes, len(jobs))
-    serial = n <= 1 or resolve_device(cfg.device).type != "cpu" or dist_info().world_size > 1
-    if serial:
-        return {
-            (text, seed): train_stage1(c, *args, paths.stage1(text, seed), cache, **kw)
-            for (text, seed), c in jobs.items()
-        }
-    for c in jobs.values():  # computes each distinct feature file once, skips the rest
-        warm_feature_cache(c, args[0], args[1], cache)
+    if _workers(cfg, cfg.stage1.processes, len(jobs)) > 1:
+        for c in jobs.values():  # computes each distinct feature file once, skips the rest
+            warm_feature_cache(c, args[0], args[1], cache)
+    calls = {key: (c, *args, paths.stage1(*key), cache) for key, c in jobs.items()}
+    return _side_by_side(train_stage1, calls, cfg.stage1.processes, cfg, kw)
+
+
+def _workers(cfg: Config, processes: int, n_jobs: int) -> int:
+    """How many processes to train in: side by side only on the CPU, outside DDP."""
+    if resolve_device(cfg.device).type != "cpu" or dist_info().world_size > 1:
+        return 1
+    return max(1, min(processes, n_jobs))
+
+
+def _side_by_side(
+    fn: Callable[..., dict[str, Any]],
+    jobs: dict[Any, tuple],
+    processes: int,
+    cfg: Config,
+    kw: dict[str, Any],
+) -> dict[Any, dict[str, Any]]:
+    """`fn(*job, **kw)` for each job: in this process, or `processes` spawned ones on the CPU.
+
+    Each result is on disk when its job ends, so an error in one job keeps the others' work.
+    """
+    n = _workers(cfg, processes, len(jobs))
+    if n == 1:
+        return {key: fn(*job, **kw) for key, job in jobs.items()}
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
     with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-        futures = {
-            pool.submit(train_stage1, c, *args, paths.stage1(*key), cache, **kw): key
-            for key, c in jobs.items()
-        }
+        futures = {pool.submit(fn, *job, **kw): key for key, job in jobs.items()}
         done = {}
-        for f in tqdm(as_completed(futures), total=len(futures), desc="stage1 runs", unit="run"):
-            done[futures[f]] = f.result()  # re-raises a run's error; finished runs are on disk
+        for f in tqdm(as_completed(futures), total=len(futures), desc=fn.__name__, unit="run"):
+            done[futures[f]] = f.result()  # re-raises a run's error
     return {key: done[key] for key in jobs}
 
 
@@ -120,8 +137,9 @@ def publish_curves(src: Path, dst: Path) -> None:
             shutil.copyfile(f, tmp)
 
 
-def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, Any]:
-    """Train one variant once per seed in `pipeline.seeds`, seed s on stage-1 seed s."""
+def run_stage2(cfg: Config, dataset: str, variant: str, **extra: Any) -> dict[str, Any]:
+    """Train one variant once per seed in `pipeline.seeds`, seed s on stage-1 seed s; on the
+    CPU `stage2.processes` seeds side by side (on `stage2.num_threads` threads each)."""
     from indivaid_core.train.stage2 import train_stage2
 
     v = cfg.variants[variant]
@@ -130,19 +148,18 @@ def run_stage2(cfg: Config, dataset: str, variant: str, **kw: Any) -> dict[str, 
     variant_cfg = cfg.variant(variant, dataset)
     camera_map = _camera_map(variant_cfg, table, paths)
     train, root = train_split(table), Paths.image_root(table)  # the same for every seed
-    per_seed = {}
-    for seed in cfg.pipeline.seeds:
-        per_seed[seed] = train_stage2(
+    jobs = {
+        seed: (
             dataclasses.replace(variant_cfg, seed=seed),
             train,
             root,
             paths.stage2(variant, seed),
             paths.stage1(v.text, seed) if v.text != "none" else None,
-            train=v.train,
-            camera_map=camera_map,
-            cache_dir=Path(cfg.data.work) / "cache",
-            **kw,
         )
+        for seed in cfg.pipeline.seeds
+    }
+    kw = {"train": v.train, "camera_map": camera_map, "cache_dir": Path(cfg.data.work) / "cache"}
+    per_seed = _side_by_side(train_stage2, jobs, cfg.stage2.processes, cfg, {**kw, **extra})
     if not dist_info().is_main:  # DDP: only rank 0 writes
         return {"dataset": dataset, "variant": variant, "per_seed": per_seed}
     publish_curves(paths.stage2(variant, cfg.pipeline.seeds[0]), paths.curves(variant))

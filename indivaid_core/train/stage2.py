@@ -26,6 +26,7 @@ from indivaid_core.safe_io import load_safetensors, read_json, save_torch, write
 from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.engine import (
     count_params,
+    cpu_threads,
     exclusive_run,
     flops_per_image,
     gather_cat,
@@ -123,7 +124,7 @@ def run_settings(
 
 
 @exclusive_run
-def train_stage2(
+def _train_stage2(
     cfg: Config,
     train_table: pd.DataFrame,
     image_root: Path,
@@ -286,6 +287,14 @@ def train_stage2(
             save_attention(net, text, out_dir)
         write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
     return result
+
+
+def train_stage2(cfg: Config, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`_train_stage2` (the arguments, and what it writes) on `stage2.num_threads` CPU threads,
+    then restored: on one thread a run gives the same bytes in any process, so the seeds of a
+    cell can train side by side (repro.training)."""
+    with cpu_threads(cfg.stage2.num_threads):
+        return _train_stage2(cfg, *args, **kwargs)
 
 
 @torch.no_grad()
