@@ -1,15 +1,15 @@
 """Keep a longer profile's report beside the default one, and check a rerun against it.
 
-DVC tracks one set of outputs per stage, so the report of a slower profile (`full`: 3 seeds per
+DVC tracks one set of outputs per stage, so the report of a slower profile (`full`: 5 seeds per
 cell) cannot sit in `reports/` next to the default run. After `dvc repro` under that profile,
 `snapshot` copies the report and every file it was computed from into `reports/<profile>/`,
 with a PROVENANCE.md that says which commit, settings and wall time produced it. `compare`
 then checks a fresh rerun against that copy, number by number.
 
-  python -m indivaid_core.snapshot --wall-s 4080             # after `dvc repro` (profile: full)
-  python -m indivaid_core.snapshot --check reports/full      # after a rerun: does it match?
-  python -m indivaid_core.snapshot --check-rev HEAD          # default report vs the committed one
-  python -m indivaid_core.snapshot --check-rev HEAD --within-noise reports/full  # other machine
+  indivaid snapshot --wall-s 2400                  # after `dvc repro` (profile: full)
+  indivaid snapshot --check reports/full           # after a rerun: does it match?
+  indivaid snapshot --check-rev HEAD               # the same machine: the committed report, exactly
+  indivaid snapshot --check-rev HEAD --within-noise reports   # another machine: within noise
 """
 
 from __future__ import annotations

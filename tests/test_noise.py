@@ -61,7 +61,12 @@ def test_a_measured_numerical_spread_widens_its_cell_only(tmp_path):
     pd.DataFrame(
         [
             {"setting": "avx2", "dataset": "tiger", "variant": "image_only", "delta": 10.2},
-            {"setting": "threads1", "dataset": "tiger", "variant": "image_only", "delta": -6.0},
+            {
+                "setting": "stage2_threads2",
+                "dataset": "tiger",
+                "variant": "image_only",
+                "delta": -6.0,
+            },
             {"setting": "avx2", "dataset": "tiger", "variant": "indivaid", "delta": 0.3},
         ]
     ).to_csv(table, index=False)

@@ -233,6 +233,7 @@ def train_stage1(
             m.n_ctx,
             m.meta_net,
             truncate_text=cfg.stage1.truncate_text,
+            cache_prefix=cfg.stage1.cache_prefix,
         ).to(device)
         trainable = [p for p in gen.parameters() if p.requires_grad]
         s1 = cfg.stage1
