@@ -1,16 +1,24 @@
-"""Stage-1 epoch time: this project's cached + batched loop against a batch-1 loop that
-recomputes E_I every step (the released code's way), on the same synthetic data.
+"""Stage-1 epoch time, side by side in one run: the batch-1 loop that recomputes E_I every
+step (the released code's way), and the cached + batched loop on three text paths: plain
+(`stage1.truncate_text: false`), truncated (`truncate_text: true, cache_prefix: false`: slots
+after end-of-text dropped) and fast (`cache_prefix: true` as well: the shared prompt prefix
+computed once per layer, the last layer at end-of-text only). All three are equal to float
+rounding.
 
-Both runs are judged on one yardstick, the *evaluation objective*: the four stage-1 SupCon
-terms (i2t/t2i on g and h) over the whole training set in fixed batches of
-`stage1.batch_size`, from the cached features, without gradients. The cached run trains for
-E epochs (real `train_stage1`); its evaluation objective is the target loss. The batch-1
-run then trains until it reaches that loss, or for at most `--baseline-epochs` epochs.
+The batched runs train with the real `train_stage1`, same seed and batches; each runs
+`--repeats` times (alternately with the other and with the batch-1 epochs, so all see the same
+machine load) and its seconds per epoch are the median. Every run is judged on one yardstick,
+the *evaluation objective*: the four stage-1 SupCon terms (i2t/t2i on g and h) over the whole
+training set in fixed batches of `stage1.batch_size`, from the cached features, without
+gradients, on the plain text path. The batched runs must agree on it (and on the final
+training loss) to float rounding.
 
 At batch 1 SupCon has no negatives (its softmax has one candidate, so it is identically 0);
 the baseline therefore minimises what is left of it, the matched-pair logit
 -scale * cos(f, g) - scale * cos(f, h), which is the pull term of the released loss with the
-sign it should have had. Usage: python benchmarks/bench_stage1.py [--quick]
+sign it should have had. It trains `--baseline-epochs` epochs (median s/epoch), and the line
+below the table says whether it reached the batched runs' objective.
+Usage: python benchmarks/bench_stage1.py [--quick] [--threads best|N] [--dataset synth-tiger]
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -42,10 +49,17 @@ from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.train.stage1 import cache_key, image_feature_cache, label_map, train_stage1
 from indivaid_core.transforms import eval_transform
 
-DEFAULT_DATASET = "synth-stoat"
+DEFAULT_DATASET = "synth-tiger"  # 410 training images: 6 batches of 64 an epoch
+# text path -> its stage1 settings
+PATHS = {
+    "plain": {"truncate_text": False, "cache_prefix": False},
+    "truncated": {"truncate_text": True, "cache_prefix": False},
+    "fast": {"truncate_text": True, "cache_prefix": True},
+}
 
 
 def load_avg() -> str:
+    """The machine's load, printed before and after: the cores may be shared."""
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
@@ -66,14 +80,15 @@ def setup(
 
 
 def clip_of(cfg: Config) -> torch.nn.Module:
-    m = cfg.model
-    clip = build_clip_for(m)
-    return clip.requires_grad_(False).eval()
+    """The frozen CLIP model stage 1 builds."""
+    return build_clip_for(cfg.model).requires_grad_(False).eval()
 
 
-def new_generator(cfg: Config, clip, n_ids: int, species: str) -> DescriptionGenerator:
+def new_generator(cfg: Config, clip, n_ids: int, species: str, path="plain"):
+    """A generator initialised as `train_stage1` initialises it, on one text path."""
     seed_everything(cfg.seed)
-    return DescriptionGenerator(clip, n_ids, species, cfg.model.n_ctx, cfg.model.meta_net)
+    m = cfg.model
+    return DescriptionGenerator(clip, n_ids, species, m.n_ctx, m.meta_net, **PATHS[path])
 
 
 @torch.no_grad()
@@ -93,83 +108,70 @@ def eval_objective(gen, feats: np.ndarray, labels: torch.Tensor, scale, batch: i
     return total / n
 
 
-def cached_run(cfg, train, root, species, work: Path, epochs: int) -> dict:
-    """One cached + batched stage-1 run: time the feature cache, then `train_stage1`."""
-    cache_dir = work / "cache"
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    run_cfg = _with_epochs(cfg, epochs)
-    clip = clip_of(run_cfg)
-    key = cache_key(to_dict(run_cfg)["model"], train)
-    t0 = time.perf_counter()
-    feats = image_feature_cache(
-        clip,
-        train.reset_index(drop=True),
-        root,
-        tuple(run_cfg.model.image_size),
-        cache_dir,
-        key,
-        run_cfg.stage1.feature_batch_size,
-        torch.device("cpu"),
-    )
-    cache_s = time.perf_counter() - t0
-    out = work / "stage1"
-    result = train_stage1(run_cfg, train, root, species, out, cache_dir, resume=False)
-    gen = new_generator(run_cfg, clip, train["identity"].nunique(), species)
-    gen.load_state_dict(load_file(str(out / "text_learner.safetensors")), strict=False)
-    return {"cache_s": cache_s, "train_s": result["wall_time_s"], "gen": gen, "feats": feats}
+def with_stage1(cfg: Config, **changes) -> Config:
+    """`cfg` with some stage1 settings replaced."""
+    return dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, **changes))
 
 
-def _with_epochs(cfg: Config, epochs: int) -> Config:
-    return dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, epochs=epochs))
+def batched_run(cfg: Config, train, root, species, out: Path, cache_dir: Path) -> dict:
+    """One real `train_stage1` run (fresh, the shared feature cache): its time and results."""
+    result = train_stage1(cfg, train, root, species, out, cache_dir, resume=False)
+    return {
+        "s_epoch": result["wall_time_s"] / result["epochs"],
+        "result": result,
+        "w": load_file(str(out / "text_learner.safetensors")),
+        "desc": load_file(str(out / "descriptions.safetensors")),
+    }
 
 
-def batch1_run(cfg, train, root, species, clip, feats, labels, target, max_epochs, budget_s):
-    """The released way: one image per step, E_I recomputed, an optimiser step per image."""
-    info = preprocess_info(clip)
-    ds = ImageTableDataset(
-        train.reset_index(drop=True),
-        root,
-        eval_transform(tuple(cfg.model.image_size), info.mean, info.std),
-    )
-    gen = new_generator(cfg, clip, int(labels.max()) + 1, species)
-    s1 = cfg.stage1
-    params = [p for p in gen.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=s1.lr, weight_decay=s1.weight_decay)
-    sched = warmup_cosine(opt, s1.warmup_epochs, max_epochs)
-    scale = clip.logit_scale.exp().detach()
-    epoch_s, losses, reached_at = [], [], None
-    elapsed = 0.0
-    for epoch in range(max_epochs):
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(epoch))
+class Batch1:
+    """The released way: one image per step, E_I recomputed, an optimiser step per image.
+    `epoch()` trains one more epoch, so its epochs can alternate with the batched runs."""
+
+    def __init__(self, cfg, train, root, species, clip, feats, labels, epochs: int):
+        info = preprocess_info(clip)
+        tf = eval_transform(tuple(cfg.model.image_size), info.mean, info.std)
+        self.ds = ImageTableDataset(train.reset_index(drop=True), root, tf)
+        self.gen = new_generator(cfg, clip, int(labels.max()) + 1, species)
+        s1 = cfg.stage1
+        params = [p for p in self.gen.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=s1.lr, weight_decay=s1.weight_decay)
+        self.sched = warmup_cosine(self.opt, s1.warmup_epochs, epochs)
+        self.clip, self.feats, self.labels, self.batch = clip, feats, labels, s1.batch_size
+        self.scale = clip.logit_scale.exp().detach()
+        self.epoch_s: list[float] = []
+        self.losses: list[float] = []
+
+    def step(self, i: int) -> None:
+        """One image: E_I, the pull term of the stage-1 loss, an Adam step."""
+        with torch.no_grad():
+            f = self.clip.encode_image(self.ds[i]["image"][None]).float()
+        g, h = self.gen(self.labels[i : i + 1], f)
+        fn = F.normalize(f, dim=1)
+        cos = (fn * F.normalize(g, dim=1)).sum() + (fn * F.normalize(h, dim=1)).sum()
+        loss = -2 * self.scale * cos  # i2t + t2i of a single pair are equal
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def epoch(self) -> None:
+        """One timed epoch in a seeded order, then the evaluation objective (not timed)."""
+        seed = len(self.epoch_s)
+        order = torch.randperm(len(self.ds), generator=torch.Generator().manual_seed(seed))
         t0 = time.perf_counter()
         for i in order.tolist():
-            x = ds[i]["image"][None]
-            with torch.no_grad():
-                f = clip.encode_image(x).float()
-            y = labels[i : i + 1]
-            g, h = gen(y, f)
-            fn = F.normalize(f, dim=1)
-            cos = (fn * F.normalize(g, dim=1)).sum() + (fn * F.normalize(h, dim=1)).sum()
-            loss = -2 * scale * cos  # i2t + t2i of a single pair are equal
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-        epoch_s.append(time.perf_counter() - t0)
-        elapsed += epoch_s[-1]
-        losses.append(eval_objective(gen, feats, labels, scale, s1.batch_size))
-        print(f"  batch-1 epoch {epoch}: {epoch_s[-1]:.1f} s, eval objective {losses[-1]:.4f}")
-        if losses[-1] <= target:
-            reached_at = elapsed
-            break
-        if elapsed > budget_s:
-            break
-    return {"epoch_s": epoch_s, "losses": losses, "reached_s": reached_at, "elapsed": elapsed}
+            self.step(i)
+        self.sched.step()
+        self.epoch_s.append(time.perf_counter() - t0)
+        self.losses.append(
+            eval_objective(self.gen, self.feats, self.labels, self.scale, self.batch)
+        )
+        took, loss = self.epoch_s[-1], self.losses[-1]
+        print(f"  batch-1 epoch {seed}: {took:.1f} s, eval objective {loss:.4f}")
 
 
-def step_time(fn, threads: int, repeats: int = 3) -> float:
-    """Median seconds of `fn()` at a given torch thread count."""
-    torch.set_num_threads(threads)
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of `fn()` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -182,54 +184,151 @@ def step_time(fn, threads: int, repeats: int = 3) -> float:
 def best_threads(name: str, fn, choices: list[int]) -> int:
     """Each method runs at its own fastest thread count: on a shared machine, OpenMP
     barriers can stall small batch-1 ops far more than large batched ones."""
-    times = {n: step_time(fn, n) for n in choices}
+    times = {}
+    for n in choices:
+        torch.set_num_threads(n)
+        times[n] = median_time(fn, 3)
     best = min(times, key=times.get)
     shown = ", ".join(f"{n} thr {1e3 * t:.0f} ms" for n, t in times.items())
     print(f"  {name} step: {shown} -> {best} thread(s)")
-    torch.set_num_threads(best)
     return best
 
 
-def probe_steps(cfg, clip, feats, labels, species, root, train):
-    """One training step of each method, for the thread-count choice (not timed runs)."""
+def step_fns(cfg, clip, feats, labels, species, root, train) -> dict:
+    """One training step of each method (forward + backward), for thread choice and the
+    text-path table; the batched steps use one random batch, as `train_stage1` draws them
+    (the table is sorted by identity: its first rows would hold few individuals, few h rows)."""
     scale = clip.logit_scale.exp().detach()
-    gen = new_generator(cfg, clip, int(labels.max()) + 1, species)
+    n_ids = int(labels.max()) + 1
     bs = min(cfg.stage1.batch_size, len(labels))
-    f64, y64 = torch.from_numpy(np.array(feats[:bs])), labels[:bs]
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:bs].sort()
+    f64, y64 = torch.from_numpy(np.array(feats[idx.values.numpy()])), labels[idx.values]
     info = preprocess_info(clip)
     tf = eval_transform(tuple(cfg.model.image_size), info.mean, info.std)
     ds = ImageTableDataset(train.reset_index(drop=True), root, tf)
 
-    def batched():
-        g, h = gen(y64, f64)
-        sum(
-            supcon_loss(a, b, y64, y64, scale) for a, b in [(f64, g), (g, f64), (f64, h), (h, f64)]
-        ).backward()
+    def batched(gen):
+        def step():
+            g, h = gen(y64, f64)
+            pairs = [(f64, g), (g, f64), (f64, h), (h, f64)]
+            sum(supcon_loss(a, b, y64, y64, scale) for a, b in pairs).backward()
 
-    def single():
-        with torch.no_grad():
-            f = clip.encode_image(ds[0]["image"][None]).float()
-        g, h = gen(labels[:1], f)
-        (g.sum() + h.sum()).backward()
+        return step
 
-    return batched, single
+    def single(gen):
+        def step():
+            with torch.no_grad():
+                f = clip.encode_image(ds[0]["image"][None]).float()
+            g, h = gen(labels[:1], f)
+            (g.sum() + h.sum()).backward()
+
+        return step
+
+    gens = {name: new_generator(cfg, clip, n_ids, species, name) for name in PATHS}
+    steps = {name: batched(gen) for name, gen in gens.items()}
+    return {"batch-1": single(gens["plain"]), **steps}
+
+
+def text_path_table(steps: dict, threads: int, repeats: int = 5) -> None:
+    """Median batched step per text path at one thread count, alternating the paths."""
+    torch.set_num_threads(threads)
+    names = list(PATHS)
+    times = {n: [] for n in names}
+    for name in names:
+        steps[name]()  # warm-up
+    for _ in range(repeats):
+        for name in names:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    print(f"\none batched training step (fwd + bwd), {threads} thread(s), median of {repeats}:")
+    for name in names:
+        print(f"  {name:14s} {1e3 * med[name]:7.1f} ms  {med['plain'] / med[name]:5.2f}x")
+
+
+def features(cfg: Config, clip, train, root, cache_dir: Path, threads: int) -> tuple:
+    """The training features as `train_stage1` caches them (same key, same thread count)."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    feats = image_feature_cache(
+        clip,
+        train.reset_index(drop=True),
+        root,
+        tuple(cfg.model.image_size),
+        cache_dir,
+        cache_key(to_dict(cfg)["model"], train),
+        cfg.stage1.feature_batch_size,
+        torch.device("cpu"),
+    )
+    return feats, time.perf_counter() - t0
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options; --quick for a smoke run."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer epochs and repeats (~1 min)")
+    ap.add_argument("--epochs", type=int, default=None, help="batched-run epochs (params)")
+    ap.add_argument("--repeats", type=int, default=None, help="batched-run repeats (median)")
+    ap.add_argument("--baseline-epochs", type=int, default=None, help="batch-1 epochs")
+    ap.add_argument("--data", default="data", help="suite root; generated if it lacks the preset")
+    ap.add_argument("--dataset", default=DEFAULT_DATASET, help="a synthetic preset in params")
+    ap.add_argument(
+        "--threads",
+        default="best",
+        help="torch threads for every method, or 'best': each at its fastest of 1 and all "
+        "cores (the default, as the 11.1x measurement)",
+    )
+    return ap.parse_args()
+
+
+def agreement(a: dict, b: dict, objective: dict, name: str) -> None:
+    """How far a run on another text path ended from the plain path's run."""
+    w = max((a["w"][k] - b["w"][k]).abs().max().item() for k in a["w"])
+    d = max((a["desc"][k].float() - b["desc"][k].float()).abs().max().item() for k in a["desc"])
+    dl = abs(a["result"]["final_loss"] - b["result"]["final_loss"])
+    print(
+        f"plain vs {name} after training: eval objective |diff| "
+        f"{abs(objective['plain'] - objective[name]):.2e}, final loss |diff| {dl:.2e}, "
+        f"weights max |diff| {w:.2e}, descriptions g/h max |diff| {d:.2e}"
+    )
+
+
+def report(runs: dict, base: Batch1, threads: dict, objective: dict, cache_s: float) -> None:
+    """The side-by-side table and how far the batched runs ended from one another."""
+    b_epoch = statistics.median(base.epoch_s)
+    heads = f"{'s/epoch':>8s} {'vs batch-1':>10s} {'eval obj':>9s} {'train loss':>10s}"
+    print(f"\n{'method (batched: cached features)':58s} {heads}")
+    label = f"batch 1, E_I every step ({threads['batch-1']} thr)"
+    print(f"{label:58s} {b_epoch:8.3f} {1.0:9.1f}x {base.losses[-1]:9.4f} {'-':>10s}")
+    for name in PATHS:
+        label = ", ".join(f"{k} {str(v).lower()}" for k, v in PATHS[name].items())
+        s_epoch = statistics.median(r["s_epoch"] for r in runs[name])
+        loss, bs = (runs[name][-1]["result"][k] for k in ("final_loss", "batch_size"))
+        print(
+            f"{f'batch {bs}, {label} ({threads[name]} thr)':58s} {s_epoch:8.3f} "
+            f"{b_epoch / s_epoch:9.1f}x {objective[name]:9.4f} {loss:10.6f}"
+        )
+    print()
+    for name in ("truncated", "fast"):
+        agreement(runs["plain"][-1], runs[name][-1], objective, name)
+    reached = min(base.losses) <= objective["fast"]
+    print(
+        f"batch-1 after {len(base.losses)} epochs: best eval objective "
+        f"{min(base.losses):.4f} ({'reached' if reached else 'did not reach'} the batched "
+        f"runs' {objective['fast']:.4f}); one-off feature cache {cache_s:.2f} s"
+    )
+    print(
+        f"batched: s/epoch median of {len(runs['plain'])} runs each (alternating); "
+        f"batch-1: median of {len(base.epoch_s)} epochs"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer epochs and repeats (~1 min)")
-    ap.add_argument("--epochs", type=int, default=None, help="cached-run epochs (params: 10)")
-    ap.add_argument("--repeats", type=int, default=None, help="cached-run repeats (median)")
-    ap.add_argument("--baseline-epochs", type=int, default=None)
-    ap.add_argument("--baseline-budget-s", type=float, default=None)
-    ap.add_argument("--data", default="data", help="suite root; generated if it lacks the preset")
-    ap.add_argument("--dataset", default=DEFAULT_DATASET, help="a synthetic preset in params")
-    args = ap.parse_args()
-    epochs = args.epochs or (3 if args.quick else None)
+    """Measure the batch-1 loop and the three text paths on one dataset, side by side."""
+    args = parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    b_epochs = args.baseline_epochs or (5 if args.quick else 30)
-    budget = args.baseline_budget_s or (20.0 if args.quick else 90.0)
-
+    b_epochs = args.baseline_epochs or (1 if args.quick else 3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average before: {load_avg()}")
     data_root = Path(args.data).resolve()
@@ -238,77 +337,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cfg, train, root, species = setup(work, data_root, args.dataset)
-        epochs = epochs or cfg.stage1.epochs
+        epochs = args.epochs or (3 if args.quick else cfg.stage1.epochs)
+        cfg = with_stage1(cfg, epochs=epochs)
         m = cfg.model
         print(
             f"{args.dataset}: {len(train)} training images,"
-            f" {train['identity'].nunique()} individuals;"
-            f" {m.backbone} {m.image_size[0]}x{m.image_size[1]}, stage-1 batch"
+            f" {train['identity'].nunique()} individuals; {m.backbone} {m.image_size[0]}x"
+            f"{m.image_size[1]}, meta_net {m.meta_net}, n_ctx {m.n_ctx}, stage-1 batch"
             f" {cfg.stage1.batch_size}, {epochs} epochs\n"
         )
-        threads = sorted({1, torch.get_num_threads()})
+        all_cores = sorted({1, torch.get_num_threads()})
+        choices = all_cores if args.threads == "best" else [int(args.threads)]
         clip = clip_of(cfg)
         labels_of = label_map(train["identity"])
         labels = torch.tensor(train["identity"].astype(str).map(labels_of).to_numpy())
-        feats = image_feature_cache(
-            clip,
-            train.reset_index(drop=True),
-            root,
-            tuple(cfg.model.image_size),
-            work / "probe_cache",
-            "probe",
-            cfg.stage1.feature_batch_size,
-            torch.device("cpu"),
-        )
-        batched, single = probe_steps(cfg, clip, feats, labels, species, root, train)
+        cache_dir = work / "cache"
+        feats, cache_s = features(cfg, clip, train, root, cache_dir, cfg.stage1.num_threads)
+        steps = step_fns(cfg, clip, feats, labels, species, root, train)
         print("thread choice (median of 3 steps each):")
-        single_threads = best_threads("batch-1", single, threads)
-        cached_threads = best_threads(f"batch-{cfg.stage1.batch_size}", batched, threads)
-        runs = [cached_run(cfg, train, root, species, work, epochs) for _ in range(repeats)]
-        cache_s = statistics.median(r["cache_s"] for r in runs)
-        train_s = statistics.median(r["train_s"] for r in runs)
-        last = runs[-1]
+        threads = {name: best_threads(name, steps[name], choices) for name in ("batch-1", *PATHS)}
+        base = Batch1(cfg, train, root, species, clip, feats, labels, b_epochs)
+        runs: dict[str, list[dict]] = {name: [] for name in PATHS}
+        for r in range(max(repeats, b_epochs)):  # alternate: all see the same machine load
+            for name, settings in PATHS.items():
+                if r >= repeats:
+                    continue
+                run_cfg = with_stage1(cfg, **settings, num_threads=threads[name])
+                runs[name].append(
+                    batched_run(run_cfg, train, root, species, work / f"{name}{r}", cache_dir)
+                )
+                print(f"  {name} run {r}: {runs[name][-1]['s_epoch']:.3f} s/epoch")
+            if r < b_epochs:
+                torch.set_num_threads(threads["batch-1"])
+                base.epoch()
+        text_path_table(steps, threads["fast"])
         scale = clip.logit_scale.exp().detach()
-        feats = last["feats"]
-        start = eval_objective(
-            new_generator(cfg, clip, len(labels_of), species),
-            feats,
-            labels,
-            scale,
-            cfg.stage1.batch_size,
-        )
-        target = eval_objective(last["gen"], feats, labels, scale, cfg.stage1.batch_size)
+        bs = cfg.stage1.batch_size
+        objective = {}
+        for name in PATHS:
+            gen = new_generator(cfg, clip, len(labels_of), species)
+            gen.load_state_dict(runs[name][-1]["w"], strict=False)
+            objective[name] = eval_objective(gen, feats, labels, scale, bs)
+        untrained = new_generator(cfg, clip, len(labels_of), species)
         print(
-            f"eval objective: untrained {start:.4f}, cached run after {epochs} epochs {target:.4f}"
+            f"\neval objective: untrained {eval_objective(untrained, feats, labels, scale, bs):.4f}"
         )
-        torch.set_num_threads(single_threads)
-        base = batch1_run(cfg, train, root, species, clip, feats, labels, target, b_epochs, budget)
-    print(f"load average after: {load_avg()}\n")
-
-    cached_epoch = train_s / epochs
-    cached_total = cache_s + train_s
-    b_epoch = statistics.median(base["epoch_s"])
-    print(f"{'method':34s} {'s/epoch':>8s} {'one-off s':>9s} {'epochs':>6s} {'to loss s':>10s}")
-    print(
-        f"{f'cached + batch {cfg.stage1.batch_size} ({cached_threads} thr)':34s} "
-        f"{cached_epoch:8.2f} {cache_s:9.2f} {epochs:6d} {cached_total:10.2f}"
-    )
-    reached = base["reached_s"]
-    to_loss = f"{reached:10.2f}" if reached else f"{'>' + format(base['elapsed'], '.1f'):>10s}"
-    print(
-        f"{f'batch 1, E_I every step ({single_threads} thr)':34s} {b_epoch:8.2f} {0.0:9.2f} "
-        f"{len(base['epoch_s']):6d} {to_loss}"
-    )
-    print(f"\nper-epoch ratio (batch-1 / cached, cache excluded): {b_epoch / cached_epoch:.1f}x")
-    if reached:
-        print(f"time-to-loss ratio (cache included): {reached / cached_total:.1f}x")
-    else:
-        lower = base["elapsed"] / cached_total
-        print(
-            f"batch-1 did not reach {target:.4f} (best {min(base['losses']):.4f}); "
-            f"time-to-loss ratio (cache included) > {lower:.1f}x"
-        )
-    print(f"cached timings: median of {repeats}; batch-1: median of {len(base['epoch_s'])} epochs")
+    print(f"load average after: {load_avg()}")
+    report(runs, base, threads, objective, cache_s)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from indivaid_core.config import load as load_params
 from indivaid_core.safe_io import atomic_write
 
 SETTINGS = {
@@ -92,6 +93,7 @@ def main() -> int:
         cmd += ["--datasets", *args.datasets, "--variants", *args.variants]
         subprocess.run(cmd, env=env, check=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    profile = load_params("params.yaml").profile  # the report the deltas are against
     table = []
     for r in rows:  # the committed run's own seed 0: the same seed, the default kernel path
         m = json.loads(Path(f"metrics/eval/{r['dataset']}/{r['variant']}.json").read_text())
@@ -99,6 +101,7 @@ def main() -> int:
         table.append(
             {
                 **r,
+                "profile": profile,
                 "seed": 0,
                 "committed": round(committed, 2),
                 "rerun": round(r["mAP"], 2),
@@ -106,7 +109,8 @@ def main() -> int:
             }
         )
     frame = pd.DataFrame(table)[
-        ["setting", "dataset", "variant", "seed", "committed", "rerun", "delta", "seconds"]
+        ["profile", "setting", "dataset", "variant", "seed", "committed", "rerun", "delta"]
+        + ["seconds"]
     ]
     print(frame.to_string(index=False))
     deltas = frame["delta"].abs()

@@ -210,12 +210,14 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
-def spread_table(metrics: pd.DataFrame, numerical_csv: str | Path) -> pd.DataFrame:
+def spread_table(
+    metrics: pd.DataFrame, numerical_csv: str | Path, profile: str = "default"
+) -> pd.DataFrame:
     """Per trained cell: the seed spread (sd of mAP over seeds) beside the numerical spread
     (the same seed retrained on another kernel path or thread count), in points.
 
-    The numerical columns are read from `numerical_spread.csv` (benchmarks/numerical_spread.py);
-    cells it did not measure stay empty.
+    The numerical columns are read from `numerical_spread.csv` (benchmarks/numerical_spread.py),
+    its rows of this `profile`; cells it did not measure stay empty.
     """
     trained = metrics[metrics["variant"] != "zero_shot"]
     out = pd.DataFrame(
@@ -230,9 +232,11 @@ def spread_table(metrics: pd.DataFrame, numerical_csv: str | Path) -> pd.DataFra
     )
     if Path(numerical_csv).exists():
         num = pd.read_csv(numerical_csv)
+        num = num[num["profile"] == profile]
         wide = num.pivot_table(index=["dataset", "variant"], columns="setting", values="delta")
         wide.columns = [f"Δ {c}" for c in wide.columns]
-        out = out.merge(wide.reset_index(), on=["dataset", "variant"], how="left")
+        if len(wide):
+            out = out.merge(wide.reset_index(), on=["dataset", "variant"], how="left")
     return out.sort_values(["dataset", "variant"]).round(2).reset_index(drop=True)
 
 
