@@ -47,6 +47,20 @@ PAPER_QUOTE = {
     }
 }
 COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only"), ("indivaid", "image_only")]
+SIGNIFICANCE_COLUMNS = [
+    "dataset",
+    "comparison",
+    "ΔmAP",
+    "CI low",
+    "CI high",
+    "query-only CI low",
+    "query-only CI high",
+    "queries",
+    "verdict",
+    "per-seed ΔmAP",
+    "seeds with that sign",
+    "seeds",
+]
 
 
 def collect_metrics(metrics_dir: str | Path) -> pd.DataFrame:
@@ -165,7 +179,7 @@ def significance_table(
                     "seeds": len(by_seed),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)  # a header even with no pair
 
 
 def significance_sentences(sig: pd.DataFrame) -> list[str]:
