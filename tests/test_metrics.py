@@ -274,7 +274,6 @@ def _has_tied_match(dist, qid, gid) -> bool:
 @pytest.mark.parametrize("cams", [False, True])
 @pytest.mark.parametrize("loo", [False, True])
 def test_counting_equals_sort_path(seed: int, levels: int | None, cams: bool, loo: bool) -> None:
-    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
 
     dist, qid, gid, qc, gc = _tied_case(seed, q=37, g=90, n_ids=14, levels=levels, loo=loo)
     cam_args = (qc, gc) if cams else (None, None)
@@ -282,7 +281,7 @@ def test_counting_equals_sort_path(seed: int, levels: int | None, cams: bool, lo
         assert _has_tied_match(dist, qid, gid)  # the tie-break path is exercised
     for chunk, threads, max_rank in ((None, 1, 10), (5, 2, 20), (1, 3, 3)):
         kw = dict(leave_one_out=loo, max_rank=max_rank, chunk_size=chunk, n_threads=threads)
-        want = _rank_metrics_sorted(dist, qid, gid, *cam_args, **kw)
+        want = rank_metrics(dist, qid, gid, *cam_args, **kw, ranking="sort")
         assert want["n_skipped_queries"] > 0  # queries with no true match left are covered
         _assert_identical(rank_metrics(dist, qid, gid, *cam_args, **kw), want)
     if cams:
@@ -294,7 +293,6 @@ def test_counting_equals_sort_path(seed: int, levels: int | None, cams: bool, lo
 def test_counting_both_count_methods(monkeypatch, force: str) -> None:
     """The two ways of counting candidates (compare passes, sort + binary search) agree."""
     from indivaid_core.evaluate import metrics
-    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
 
     if force == "compare":
         monkeypatch.setattr(metrics, "_SORT_BELOW_PER_MATCH", 0)
@@ -304,7 +302,7 @@ def test_counting_both_count_methods(monkeypatch, force: str) -> None:
     for levels, cams, loo in ((None, False, False), (4, True, False), (3, True, True)):
         dist, qid, gid, qc, gc = _tied_case(9, q=25, g=120, n_ids=6, levels=levels, loo=loo)
         cam_args = (qc, gc) if cams else (None, None)
-        want = _rank_metrics_sorted(dist, qid, gid, *cam_args, leave_one_out=loo)
+        want = rank_metrics(dist, qid, gid, *cam_args, leave_one_out=loo, ranking="sort")
         _assert_identical(rank_metrics(dist, qid, gid, *cam_args, leave_one_out=loo), want)
 
 
@@ -329,11 +327,10 @@ def test_counting_tie_break_with_excluded_items() -> None:
 
 
 def test_counting_float64_and_gallery_smaller_than_max_rank() -> None:
-    from indivaid_core.evaluate.metrics import _rank_metrics_sorted
 
     dist, qid, gid, qc, gc = _tied_case(4, q=20, g=8, n_ids=4, levels=3, loo=False)
     for d in (dist, dist.astype(np.float64), torch.from_numpy(dist).half()):
-        want = _rank_metrics_sorted(d, qid, gid, qc, gc, max_rank=12)
+        want = rank_metrics(d, qid, gid, qc, gc, max_rank=12, ranking="sort")
         got = rank_metrics(d, qid, gid, qc, gc, max_rank=12)
         _assert_identical(got, want)
         assert got["cmc"].shape == (12,) and got["cmc"][-1] == 1.0
@@ -360,7 +357,6 @@ def test_distance_rows_equal_pairwise_distance(metric: str) -> None:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_from_features_counting_equals_sort_path(metric: str) -> None:
-    from indivaid_core.evaluate.metrics import _rank_metrics_from_features_sorted
 
     g = torch.Generator().manual_seed(2)
     qf, gf = torch.randn(45, 8, generator=g), torch.randn(160, 8, generator=g)
@@ -373,8 +369,8 @@ def test_from_features_counting_equals_sort_path(metric: str) -> None:
     for chunk in (None, 1, 16):
         for cams in ((None, None), (qc, gc)):
             kw = dict(metric=metric, chunk_size=chunk, progress=False)
-            want = _rank_metrics_from_features_sorted(qf, gf, qid, gid, *cams, **kw)
+            want = rank_metrics_from_features(qf, gf, qid, gid, *cams, **kw, ranking="sort")
             _assert_identical(rank_metrics_from_features(qf, gf, qid, gid, *cams, **kw), want)
     kw = dict(leave_one_out=True, metric=metric, chunk_size=32, progress=False)
-    want = _rank_metrics_from_features_sorted(gf, gf, gid, gid, gc, gc, **kw)
+    want = rank_metrics_from_features(gf, gf, gid, gid, gc, gc, **kw, ranking="sort")
     _assert_identical(rank_metrics_from_features(gf, gf, gid, gid, gc, gc, **kw), want)

@@ -16,7 +16,7 @@ its farthest true match (usually a handful), and the counts are taken on those. 
 items (self-match, same id and camera) are all gallery items of known columns, so they are
 subtracted from the counts instead of being masked out of the row. A true match tied with
 another kept item gets the exact index tie-break from one more pass over that row.
-On CUDA, and as the reference (:func:`_rank_metrics_sorted`), each chunk of query rows becomes
+On CUDA, and as the reference (``ranking="sort"``), each chunk of query rows becomes
 one int64 key per gallery item, ``[order-preserving float32 bits | gallery index | is-match
 bit]``; one plain sort of those unique keys gives the stable ranking and carries the match bit
 along. Excluded items get a key above every real distance, so they fall behind all kept items.
@@ -431,6 +431,8 @@ def rank_metrics(
     device: str | torch.device | None = None,
     progress: bool = False,
     n_threads: int | None = None,
+    *,
+    ranking: str = "count",
 ) -> dict:
     """mAP, CMC, mINP of a (Q, G) distance matrix (smaller = more similar).
 
@@ -448,45 +450,9 @@ def rank_metrics(
     Returns ``mAP``, ``cmc`` (length ``max_rank``, index 0 = rank 1), ``mINP`` (fractions),
     ``n_valid_queries``, ``n_skipped_queries`` and per-query arrays ``ap``, ``inp``
     (NaN when skipped), ``first_match_rank`` (-1 when skipped), ``n_true_matches``.
+    ``ranking="sort"`` ranks by the previous full sort of each row, the tests' and
+    ``benchmarks/bench_metrics.py``'s reference (same outputs); CUDA always sorts.
     """
-    return _rank_metrics(
-        dist,
-        query_ids,
-        gallery_ids,
-        query_cams,
-        gallery_cams,
-        leave_one_out,
-        max_rank,
-        chunk_size,
-        max_chunk_elements,
-        device,
-        progress,
-        n_threads,
-        "count",
-    )
-
-
-def _rank_metrics_sorted(dist, query_ids, gallery_ids, *args, **kwargs) -> dict:
-    """:func:`rank_metrics` on the previous full-sort CPU path: the reference for the tests
-    and ``benchmarks/bench_metrics.py``. Same arguments and outputs."""
-    return _rank_metrics(dist, query_ids, gallery_ids, *args, **kwargs, method="sort")
-
-
-def _rank_metrics(
-    dist: np.ndarray | torch.Tensor,
-    query_ids: Sequence,
-    gallery_ids: Sequence,
-    query_cams: Sequence | None = None,
-    gallery_cams: Sequence | None = None,
-    leave_one_out: bool = False,
-    max_rank: int = 10,
-    chunk_size: int | None = None,
-    max_chunk_elements: int = 2**22,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    n_threads: int | None = None,
-    method: str = "count",
-) -> dict:
     dist_t = _as_tensor(dist)
     if dist_t.ndim != 2:
         raise ValueError(f"dist must be 2-D (queries x gallery), got shape {tuple(dist_t.shape)}")
@@ -506,7 +472,7 @@ def _rank_metrics(
         dev,
         progress,
         n_threads,
-        method,
+        ranking,
     )
 
 
@@ -578,60 +544,22 @@ def rank_metrics_from_features(
     device: str | torch.device | None = None,
     progress: bool = True,
     n_threads: int | None = None,
+    *,
+    ranking: str = "count",
 ) -> dict:
     """:func:`rank_metrics` computing distances chunk by chunk, never the full (Q, G) matrix.
 
     For galleries whose distance matrix does not fit in memory (20,000 x 100,000 float32 is
     8 GB). Same outputs and tie rule as ``rank_metrics(pairwise_distance(qf, gf, metric))``.
+    ``ranking="sort"``: the previous path, ``pairwise_distance`` per chunk and the full sort
+    (the reference; same outputs).
     """
-    return _rank_from_features(
-        query_feats,
-        gallery_feats,
-        query_ids,
-        gallery_ids,
-        query_cams,
-        gallery_cams,
-        leave_one_out,
-        max_rank,
-        metric,
-        chunk_size,
-        max_chunk_elements,
-        device,
-        progress,
-        n_threads,
-        "count",
-    )
-
-
-def _rank_metrics_from_features_sorted(query_feats, gallery_feats, *args, **kwargs) -> dict:
-    """:func:`rank_metrics_from_features` as before: ``pairwise_distance`` per chunk and the
-    full-sort CPU ranking (the benchmark's reference). Same arguments and outputs."""
-    return _rank_from_features(query_feats, gallery_feats, *args, **kwargs, method="sort")
-
-
-def _rank_from_features(
-    query_feats: np.ndarray | torch.Tensor,
-    gallery_feats: np.ndarray | torch.Tensor,
-    query_ids: Sequence,
-    gallery_ids: Sequence,
-    query_cams: Sequence | None = None,
-    gallery_cams: Sequence | None = None,
-    leave_one_out: bool = False,
-    max_rank: int = 10,
-    metric: str = "euclidean",
-    chunk_size: int | None = None,
-    max_chunk_elements: int = 2**22,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    n_threads: int | None = None,
-    method: str = "count",
-) -> dict:
     qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"feature shapes {tuple(qf.shape)} and {tuple(gf.shape)} do not match")
     dev = _resolve_device(device, qf)
     qf, gf = qf.to(dev), gf.to(dev)
-    if method == "sort":
+    if ranking == "sort":
         dist_rows = lambda s, e: pairwise_distance(qf[s:e], gf, metric)  # noqa: E731
     else:
         dist_rows = _distance_rows(qf, gf, metric)
@@ -650,5 +578,5 @@ def _rank_from_features(
         dev,
         progress,
         n_threads,
-        method,
+        ranking,
     )
