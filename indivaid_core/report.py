@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from indivaid_core.evaluate import statistics as stats
+from indivaid_core.repro import noise
 from indivaid_core.safe_io import write_text
 
 MAIN_VARIANTS = ["zero_shot", "image_only", "clipreid", "indivaid"]
@@ -245,8 +246,7 @@ def spread_table(
         }
     )
     if Path(numerical_csv).exists():
-        num = pd.read_csv(numerical_csv)
-        num = num[num["profile"] == profile]
+        num = noise.read_numerical_spread(numerical_csv, profile)
         wide = num.pivot_table(index=["dataset", "variant"], columns="setting", values="delta")
         wide.columns = [f"Δ {c}" for c in wide.columns]
         if len(wide):

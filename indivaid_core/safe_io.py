@@ -29,11 +29,12 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
@@ -86,6 +87,23 @@ def read_json(
     if missing:
         raise unreadable(path, what, f"it lacks {', '.join(map(repr, missing))}", fix)
     return data
+
+
+def read_npy_cache(
+    path: str | Path, fits: Callable[[np.ndarray], bool], expected: str, what: str, redo: str
+) -> np.ndarray | None:
+    """A cached `.npy` as a read-only memmap, or None (with a warning naming the file) when it
+    is unreadable or does not fit: a cache is recomputed, never trusted, and never unpickled."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        why = f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    else:
+        if fits(arr):
+            return arr
+        why = f"holds {arr.dtype} {arr.shape}, not {expected}"
+    warnings.warn(f"{path}: {what} {why}; {redo}", stacklevel=3)
+    return None
 
 
 def load_safetensors(

@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.within_noise:
                 spread = noise.pooled_spread(args.within_noise)
                 table = Path(args.within_noise) / "numerical_spread.csv"
-                numerical = noise.numerical_spread(table) if table.exists() else None
+                numerical = noise.numerical_spread(table, cfg.profile) if table.exists() else None
                 n = len(cfg.pipeline.seeds)
                 bad = noise.within_noise(
                     reference, cfg.data.reports, spread, n, args.z, numerical=numerical

@@ -58,19 +58,19 @@ def test_a_verdict_that_flips_fails(tmp_path):
 
 def test_a_measured_numerical_spread_widens_its_cell_only(tmp_path):
     table = tmp_path / "numerical_spread.csv"
+    rows = [
+        ("default", "avx2", "image_only", 10.2),
+        ("default", "stage2_threads2", "image_only", -6.0),
+        ("default", "avx2", "indivaid", 0.3),
+        ("smoke", "avx2", "indivaid", 40.0),  # another profile's report: not this one's spread
+    ]
     pd.DataFrame(
         [
-            {"setting": "avx2", "dataset": "tiger", "variant": "image_only", "delta": 10.2},
-            {
-                "setting": "stage2_threads2",
-                "dataset": "tiger",
-                "variant": "image_only",
-                "delta": -6.0,
-            },
-            {"setting": "avx2", "dataset": "tiger", "variant": "indivaid", "delta": 0.3},
+            {"profile": p, "setting": s, "dataset": "tiger", "variant": v, "delta": d}
+            for p, s, v, d in rows
         ]
     ).to_csv(table, index=False)
-    numerical = noise.numerical_spread(table)
+    numerical = noise.numerical_spread(table, "default")
     assert numerical[("tiger", "image_only")] == pytest.approx(((10.2**2 + 36) / 2) ** 0.5 / 2**0.5)
     ref = _report(tmp_path / "ref", {"image_only": "41.9", "indivaid": "44.0"}, "not decidable")
     new = _report(tmp_path / "new", {"image_only": "31.7", "indivaid": "38.0"}, "not decidable")

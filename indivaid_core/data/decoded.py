@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.images import draft_for
-from indivaid_core.safe_io import atomic_path
+from indivaid_core.safe_io import atomic_path, read_npy_cache
 from indivaid_core.transforms import train_resize
 
 FORMAT = 1  # bump when what is stored changes
@@ -70,14 +69,12 @@ def decoded_images(
         return out
     path = Path(cache_dir) / "decoded" / f"{decoded_key(table, Path(root), size, backend)}.npy"
     if path.exists():
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.shape == shape and arr.dtype == np.uint8:
-                return arr
-            why = f"holds {arr.dtype} {arr.shape}, not {shape} uint8"
-        except (OSError, ValueError, EOFError) as err:
-            why = f"unreadable ({err})"
-        warnings.warn(f"{path}: decoded-image cache {why}; decoding again", stacklevel=2)
+        fits = lambda a: a.shape == shape and a.dtype == np.uint8  # noqa: E731
+        cached = read_npy_cache(
+            path, fits, f"{shape} uint8", "decoded-image cache", "decoding again"
+        )
+        if cached is not None:
+            return cached
     with atomic_path(path) as tmp:  # a unique temporary: a killed run leaves no half file
         out = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
         _decode_into(out, ds, 64, num_workers)

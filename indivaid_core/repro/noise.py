@@ -37,13 +37,20 @@ def pooled_spread(spread_reports: str | Path) -> dict[str, float]:
     return {ds: math.sqrt(sum(v) / len(v)) for ds, v in out.items()}
 
 
-def numerical_spread(path: str | Path) -> dict[tuple[str, str], float]:
-    """Per (dataset, variant): RMS over the measured settings of the same-seed mAP change, in
-    points, over sqrt(2) (the change of two runs is sqrt(2) times one run's spread)."""
+def read_numerical_spread(path: str | Path, profile: str) -> pd.DataFrame:
+    """The rows of `numerical_spread.csv` (benchmarks/numerical_spread.py) measured against
+    `profile`'s report: each setting's same-seed mAP change per cell, in points."""
     frame = pd.read_csv(path)
-    missing = {"dataset", "variant", "delta"} - set(frame)
+    missing = {"profile", "setting", "dataset", "variant", "delta"} - set(frame)
     if missing:
         raise ValueError(f"{path}: numerical spread table lacks columns {sorted(missing)}")
+    return frame[frame["profile"] == profile]
+
+
+def numerical_spread(path: str | Path, profile: str) -> dict[tuple[str, str], float]:
+    """Per (dataset, variant): RMS over the measured settings of the same-seed mAP change, in
+    points, over sqrt(2) (the change of two runs is sqrt(2) times one run's spread)."""
+    frame = read_numerical_spread(path, profile)
     rms = frame.groupby(["dataset", "variant"])["delta"].apply(lambda d: (d**2).mean() ** 0.5)
     return {key: float(v) / math.sqrt(2) for key, v in rms.items()}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from indivaid_core.data.images import draft_for
 from indivaid_core.device import resolve_device
 from indivaid_core.losses import supcon_loss
 from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
-from indivaid_core.safe_io import atomic_path, save_safetensors, write_json
+from indivaid_core.safe_io import atomic_path, read_npy_cache, save_safetensors, write_json
 from indivaid_core.train.engine import (
     count_params,
     cpu_threads,
@@ -118,18 +117,14 @@ def image_feature_cache(
 
 
 def _read_cache(path: Path, n_rows: int) -> np.ndarray | None:
-    """The cached features, or None (with a warning) when the file is unreadable or does not
-    fit the table: a cache is recomputed, never trusted, and never unpickled."""
-    try:
-        feats = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        why = f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    else:
-        if feats.ndim == 2 and feats.shape[0] == n_rows and feats.dtype == np.float32:
-            return feats
-        why = f"holds {feats.dtype} {feats.shape}, not ({n_rows}, D) float32"
-    warnings.warn(f"{path}: feature cache {why}; computing it again", stacklevel=3)
-    return None
+    """The cached features, or None (with a warning) when unreadable or not (n_rows, D) float32."""
+    return read_npy_cache(
+        path,
+        lambda a: a.ndim == 2 and a.shape[0] == n_rows and a.dtype == np.float32,
+        f"({n_rows}, D) float32",
+        "feature cache",
+        "computing it again",
+    )
 
 
 def frozen_features(

@@ -197,7 +197,7 @@ def _train_stage2(
     labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
     cameras = torch.tensor(camera_ids(train_table["camera"], camera_map)) if camera_map else None
     sampler = PKSampler(
-        train_table["identity"].astype(str).map(labels_of).tolist(),
+        labels.tolist(),
         s2.p,
         s2.k,
         cfg.seed,
