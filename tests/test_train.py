@@ -353,17 +353,23 @@ def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo)
         pipeline.run_stage2(two, "toy", "indivaid", resume=False)
 
 
-def test_stage2_seeds_side_by_side_give_the_bytes_of_seeds_one_after_another(in_repo, monkeypatch):
-    """stage2.processes only changes the wall time: on stage2.num_threads = 1 each seed's run
-    in a spawned process writes the model it writes in this process."""
-    submitted = []
+def _counting_pool(monkeypatch) -> list[str]:
+    """Training's process pool, still the real one, recording the name of each job it runs."""
+    submitted: list[str] = []
 
-    class Counting(ProcessPoolExecutor):  # the real pool; counts what it is given
+    class Counting(ProcessPoolExecutor):
         def submit(self, fn, *args, **kwargs):
             submitted.append(fn.__name__)
             return super().submit(fn, *args, **kwargs)
 
     monkeypatch.setattr(training, "ProcessPoolExecutor", Counting)
+    return submitted
+
+
+def test_stage2_seeds_side_by_side_give_the_bytes_of_seeds_one_after_another(in_repo, monkeypatch):
+    """stage2.processes only changes the wall time: on stage2.num_threads = 1 each seed's run
+    in a spawned process writes the model it writes in this process."""
+    submitted = _counting_pool(monkeypatch)
     seeds = {"pipeline.seeds": [0, 1], "stage2.num_threads": 1}
     pipeline.run_stage1(_cfg(**seeds), "toy", "meta-ctx4")
     submitted.clear()  # stage 1's own runs
@@ -384,14 +390,7 @@ def test_text_runs_side_by_side_give_the_bytes_of_runs_one_after_another(in_repo
     """stage1.processes only changes the wall time: 1-thread runs in spawned processes write
     the same files as in this process, and the text runs share one feature file (their
     text-side settings do not change E_I's features)."""
-    submitted = []
-
-    class Counting(ProcessPoolExecutor):  # the real pool; counts what it is given
-        def submit(self, fn, *args, **kwargs):
-            submitted.append(fn.__name__)
-            return super().submit(fn, *args, **kwargs)
-
-    monkeypatch.setattr(training, "ProcessPoolExecutor", Counting)
+    submitted = _counting_pool(monkeypatch)
     cache = Path(_cfg().data.work) / "cache"
     texts = ["meta-ctx4", "nometa-ctx4", "ctx2"]
     outs = {}
