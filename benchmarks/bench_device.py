@@ -1,6 +1,6 @@
 """The default pipeline's train and evaluation path on a GPU, side by side with the committed CPU
 metrics: stage 1, stage 2 (bf16 AMP as params.yaml sets it, and once with AMP off) and
-evaluation, per dataset and variant, through the same `indivaid_core.pipeline` calls the
+evaluation, per dataset and variant, through the same `indivaid_core.repro` stage calls the
 notebooks make.
 
 It writes under --out only (never the pipeline's work/, metrics/ or reports/), prints one row per
@@ -23,8 +23,10 @@ import torch
 import yaml
 
 from indivaid_core import config as config_mod
-from indivaid_core import pipeline
 from indivaid_core.device import resolve_device
+from indivaid_core.repro.evaluation import evaluate
+from indivaid_core.repro.prepare import prepare
+from indivaid_core.repro.training import run_stage1, run_stage2
 
 MAIN_VARIANTS = ("zero_shot", "image_only", "clipreid", "indivaid")
 
@@ -85,12 +87,12 @@ def main() -> None:
     )
     print(header)
     for dataset in args.datasets or cfg.pipeline.datasets:
-        pipeline.prepare(cfg, dataset)
+        prepare(cfg, dataset)
         texts = {cfg.variants[v].text for v in args.variants}
         s1_time = {}
         for text in sorted(texts):
             t0 = time.perf_counter()
-            pipeline.run_stage1(cfg, dataset, text, resume=False)
+            run_stage1(cfg, dataset, text, resume=False)
             s1_time[text] = (time.perf_counter() - t0) / len(args.seeds)  # per seed, as stage2_s
         jobs = [(v, True) for v in args.variants]
         if args.no_amp_variant in args.variants:
@@ -107,18 +109,18 @@ def main() -> None:
                 run_cfg = config_mod.load("params.yaml", overrides)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            train = pipeline.run_stage2(run_cfg, dataset, variant, resume=False)
-            ev = pipeline.evaluate(run_cfg, dataset, variant)
+            train = run_stage2(run_cfg, dataset, variant, resume=False)
+            ev = evaluate(run_cfg, dataset, variant)
             cpu = cpu_metrics(dataset, variant)
             row = {
                 "dataset": dataset,
                 "variant": variant,
                 "amp": amp,
                 "seeds": args.seeds,
-                "mAP": ev["mAP"],
-                "mAP_std": ev["std"]["mAP"],
-                "R1": ev["R1"],
-                "train_mAP": ev["train_mAP"],
+                "mAP": ev.summary["mAP"],
+                "mAP_std": ev.summary["std"]["mAP"],
+                "R1": ev.summary["R1"],
+                "train_mAP": ev.summary["train_mAP"],
                 "cpu_mAP": cpu["eval"].get("mAP"),
                 "cpu_train_mAP": cpu["eval"].get("train_mAP"),
                 "stage1_s": s1_time[cfg.variants[variant].text],
@@ -126,9 +128,9 @@ def main() -> None:
                 "cpu_stage2_s": cpu["train"].get("wall_time_s"),
                 "train_images_per_s": train.get("images_per_s"),
                 "cpu_train_images_per_s": cpu["train"].get("images_per_s"),
-                "eval_images_per_s": ev["inference_images_per_s"],
+                "eval_images_per_s": ev.summary["inference_images_per_s"],
                 "peak_memory_mb": train.get("peak_memory_mb"),
-                "device": ev["device"],
+                "device": ev.summary["device"],
             }
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import torch
 
-from indivaid_core import config, pipeline
+from indivaid_core import config
 from indivaid_core.device import autocast, resolve_device
 from indivaid_core.losses import id_loss, supcon_loss, triplet_loss
 from indivaid_core.model import DescriptionGenerator, ReIDEncoder, build_clip
+from indivaid_core.repro.evaluation import evaluate
 from indivaid_core.repro.fake_release import write_fake_openai_vit_b16, write_fake_release_trees
+from indivaid_core.repro.prepare import prepare
+from indivaid_core.repro.training import run_stage2, run_text_runs
 from indivaid_core.train.stage2 import param_groups
 
 
@@ -106,18 +109,18 @@ def end_to_end(ckpt: Path, root: Path, device: str, epochs: int, workers: int) -
     cfg = config.load("params.yaml", over, check_cells=False)
     times = {}
     t0 = time.perf_counter()
-    pipeline.prepare(cfg, "Stoat")
-    pipeline.run_text_runs(cfg, "Stoat", ["meta-ctx4"])
+    prepare(cfg, "Stoat")
+    run_text_runs(cfg, "Stoat", ["meta-ctx4"])
     times["prepare_stage1_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s2 = pipeline.run_stage2(cfg, "Stoat", "indivaid")
+    s2 = run_stage2(cfg, "Stoat", "indivaid")
     times["stage2_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m = pipeline.evaluate(cfg, "Stoat", "indivaid")
+    m = evaluate(cfg, "Stoat", "indivaid")
     times["evaluate_s"] = time.perf_counter() - t0
     images = s2.get("n_images", 0) * epochs
     rate = images / s2["wall_time_s"] if s2.get("wall_time_s") else None
-    return {**times, "stage2_pipeline_images_per_s": rate, "mAP_random_weights": m["mAP"]}
+    return {**times, "stage2_pipeline_images_per_s": rate, "mAP_random_weights": m.summary["mAP"]}
 
 
 def main() -> None:

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from indivaid_core import config as config_mod
-from indivaid_core import pipeline
 from indivaid_core.config import Config, to_dict
 from indivaid_core.data.dataset import ImageTableDataset
-from indivaid_core.data.synthetic import generate_suite
 from indivaid_core.losses import supcon_loss
 from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
+from indivaid_core.repro.prepare import prepare, read_table, train_split
+from indivaid_core.repro.synthetic import generate_suite
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.train.stage1 import cache_key, image_feature_cache, label_map, train_stage1
@@ -73,9 +73,9 @@ def setup(
         generate_suite(data_root, [dataset])
     overrides["data.root"] = str(data_root)
     cfg = config_mod.load("params.yaml", overrides)
-    pipeline.prepare(cfg, dataset)
-    table = pipeline.read_table(cfg, dataset)
-    train = pipeline.train_split(table)
+    prepare(cfg, dataset)
+    table = read_table(cfg, dataset)
+    train = train_split(table)
     return cfg, train, Path(table["image_root"].iloc[0]), cfg.dataset(dataset).species
 
 

@@ -1,6 +1,6 @@
 """Stage-1 peak memory (RSS) on the default-size suite against an 8x larger one.
 
-Each run is `pipeline.run_stage1` in a fresh child process, which reports its own
+Each run is `repro.training.run_stage1` in a fresh child process, which reports its own
 `ru_maxrss` (before training, i.e. after imports, and at the end) and the feature-cache size.
 The claim under test: peak memory does not grow with the dataset beyond the cache itself
 (the cache is a memmap, so the pages it touches count in RSS).
@@ -35,7 +35,8 @@ def maxrss_mb() -> float:
 def child(data_root: str, work: str, epochs: int) -> None:
     """Runs in the subprocess: prepare + stage 1, then print one JSON line."""
     from indivaid_core import config as config_mod
-    from indivaid_core import pipeline
+    from indivaid_core.repro.prepare import prepare
+    from indivaid_core.repro.training import run_stage1
 
     overrides = {
         "data.root": data_root,
@@ -45,9 +46,9 @@ def child(data_root: str, work: str, epochs: int) -> None:
         "stage1.epochs": epochs,
     }
     cfg = config_mod.load("params.yaml", overrides)
-    pipeline.prepare(cfg, DATASET)
+    prepare(cfg, DATASET)
     before = maxrss_mb()
-    result = pipeline.run_stage1(cfg, DATASET, TEXT_RUN)
+    result = run_stage1(cfg, DATASET, TEXT_RUN)
     caches = list((Path(work) / "cache").glob("*.npy"))
     out = {
         "rss_before_mb": before,
@@ -80,7 +81,7 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
-    from indivaid_core.data.synthetic import generate_suite
+    from indivaid_core.repro.synthetic import generate_suite
 
     scale = args.scale or (4.0 if args.quick else 8.0)
     print(f"load average before: {load_avg()}")

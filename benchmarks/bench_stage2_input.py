@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indivaid_core import pipeline
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.decoded import decoded_images
 from indivaid_core.data.images import draft_for
 from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import id_loss, triplet_loss
 from indivaid_core.model import ReIDEncoder, build_clip_for, preprocess_info
+from indivaid_core.repro.paths import Paths, load_config
+from indivaid_core.repro.prepare import read_table, train_split
 from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.sampler import PKSampler
@@ -65,11 +66,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="steps per path per round")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    cfg = pipeline.load_config("params.yaml")
+    cfg = load_config("params.yaml")
     m, s2 = cfg.model, cfg.stage2
     device = resolve_device(args.device)
-    table = pipeline.read_table(cfg, args.dataset)
-    train, root = pipeline.train_split(table), pipeline.Paths.image_root(table)
+    table = read_table(cfg, args.dataset)
+    train, root = train_split(table), Paths.image_root(table)
     labels_of = {y: i for i, y in enumerate(sorted(train.identity.astype(str).unique()))}
     y_all = torch.tensor(train.identity.astype(str).map(labels_of).to_numpy())
     seed_everything(0)

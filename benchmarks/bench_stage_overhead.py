@@ -2,8 +2,8 @@
 preamble and nothing else, with the old settings (BEFORE) against the new (AFTER).
 
 The notebook is made at run time in a temp dir from the first code cell of
-notebooks/02_stage1_text.ipynb, cut after its `pipeline.load_config` line (`%matplotlib inline`,
-chdir to the repo, pandas, IPython.display, `from indivaid_core import pipeline, viz`, the
+notebooks/02_stage1_text.ipynb, cut after its `load_config` line (`%matplotlib inline`,
+chdir to the repo, pandas, IPython.display, the stage's `from indivaid_core...` imports, the
 config with `tiny`), with timestamps written between the steps. The `+model` variant also
 builds the tiny profile's model (`model.build_clip_for`), as the training and evaluation stages
 do. Papermill runs from the repo root through bash, as DVC runs a stage's `cmd`.
@@ -22,7 +22,7 @@ medians (and min) of the wall time per mode, the ratios, and a breakdown from th
                    (up to the kernel process's start time, read from /proc)
   kernel start     ipykernel's start and handshake, up to the first cell running
   imports          the preamble's imports, `%matplotlib inline` included
-  config           pipeline.load_config("params.yaml", True)
+  config           load_config("params.yaml", True)
   model            (+model only) build_clip_for(cfg.model)
   shutdown, write  kernel shutdown, the output notebook written, papermill's exit
 Usage: python benchmarks/bench_stage_overhead.py [--repeats 5] [--no-model] [--levers] [--out F]
@@ -47,7 +47,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 OLD_NB = "papermill -k python3 --log-level WARNING"  # dvc.yaml's `nb` var before issue 20
-# What `from indivaid_core import pipeline, viz` imported before the imports were made lazy.
+# What `from indivaid_core import pipeline, viz` imported before the imports were made lazy
+# (the notebooks now import the stage modules themselves).
 OLD_EAGER = (
     "import seaborn, indivaid_core.evaluate.figures, indivaid_core.evaluate.results, "
     "indivaid_core.repro.evaluation, indivaid_core.repro.prepare, "
@@ -70,7 +71,7 @@ def stage_preamble() -> list[str]:
     nb = nbformat.read(REPO / "notebooks" / "02_stage1_text.ipynb", as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code"]
     lines = cells[1].source.splitlines()  # cells[0] holds the parameters
-    end = next(i for i, line in enumerate(lines) if "pipeline.load_config(" in line)
+    end = next(i for i, line in enumerate(lines) if "load_config(" in line and "import" not in line)
     return lines[: end + 1]
 
 
@@ -83,7 +84,7 @@ def make_notebook(path: Path, eager: bool, model: bool) -> None:
         out.append(line)
         if line.startswith("from pathlib import Path"):
             out.append(f"os.chdir({str(REPO)!r})  # the stage's chdir to the repo")
-        if eager and line.startswith("from indivaid_core import pipeline"):
+        if eager and line.startswith("from indivaid_core") and OLD_EAGER not in out:
             out.append(OLD_EAGER)
     out.append('_marks["config"] = _time.time()')
     if model:

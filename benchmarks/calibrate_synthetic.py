@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from indivaid_core.data import ImageTableDataset, load_dataset, prepare_table
-from indivaid_core.data.synthetic import DEFAULT_PRESETS, PRESETS
 from indivaid_core.evaluate.features import extract_features
 from indivaid_core.evaluate.metrics import pairwise_distance, rank_metrics
 from indivaid_core.model.backbones import build_clip, preprocess_info
 from indivaid_core.model.encoder import ReIDEncoder
+from indivaid_core.repro.synthetic import DEFAULT_PRESETS, PRESETS
 from indivaid_core.transforms import eval_transform
 
 

@@ -40,7 +40,10 @@ TRAINED = ["image_only", "clipreid", "indivaid"]
 
 def worker(setting: str, datasets: list[str], variants: list[str], out: Path) -> None:
 
-    from indivaid_core import config, pipeline
+    from indivaid_core import config
+    from indivaid_core.repro.evaluation import evaluate
+    from indivaid_core.repro.prepare import prepare
+    from indivaid_core.repro.training import run_stage2, run_text_runs
 
     _, overrides = SETTINGS[setting]  # the environment was set by the parent
     work = Path("work/spread") / setting
@@ -55,14 +58,14 @@ def worker(setting: str, datasets: list[str], variants: list[str], out: Path) ->
         },
     )
     for ds in datasets:
-        pipeline.prepare(cfg, ds)
+        prepare(cfg, ds)
         texts = sorted({cfg.variants[v].text for v in variants} - {"none"})
-        pipeline.run_text_runs(cfg, ds, texts)
+        run_text_runs(cfg, ds, texts)
         for v in variants:
             t0 = time.perf_counter()
-            pipeline.run_stage2(cfg, ds, v)
-            m = pipeline.evaluate(cfg, ds, v)
-            row = {"setting": setting, "dataset": ds, "variant": v, "mAP": 100 * m["mAP"]}
+            run_stage2(cfg, ds, v)
+            m = evaluate(cfg, ds, v)
+            row = {"setting": setting, "dataset": ds, "variant": v, "mAP": 100 * m.summary["mAP"]}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")

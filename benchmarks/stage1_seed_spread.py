@@ -20,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from indivaid_core import config as config_mod
-from indivaid_core import pipeline
+from indivaid_core.repro.evaluation import evaluate
+from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.training import run_stage1, run_stage2
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "stage1_seed_spread.jsonl"
     committed = config_mod.load("params.yaml")
-    table = pipeline.Paths(committed, args.dataset).table
+    table = Paths(committed, args.dataset).table
     rows = []
     for s in args.stage1_seeds:
         run = out / f"stage1_seed{s}"
@@ -46,16 +48,21 @@ def main() -> None:
         }
         s1_cfg = config_mod.load("params.yaml", {**where, "pipeline.seeds": [s]})
         cfg = config_mod.load("params.yaml", {**where, "pipeline.seeds": [0]})
-        paths = pipeline.Paths(cfg, args.dataset)
+        paths = Paths(cfg, args.dataset)
         for text in sorted({cfg.variants[v].text for v in args.variants} - {"none"}):
-            pipeline.run_stage1(s1_cfg, args.dataset, text, resume=False)
+            run_stage1(s1_cfg, args.dataset, text, resume=False)
             if s != 0:  # stage-2 seed 0 reads stage-1 seed 0's folder
                 shutil.rmtree(paths.stage1(text, 0), ignore_errors=True)
                 paths.stage1(text, s).rename(paths.stage1(text, 0))
         for variant in args.variants:
-            pipeline.run_stage2(cfg, args.dataset, variant, resume=False)
-            ev = pipeline.evaluate(cfg, args.dataset, variant)
-            row = {"stage1_seed": s, "variant": variant, "mAP": ev["mAP"], "R1": ev["R1"]}
+            run_stage2(cfg, args.dataset, variant, resume=False)
+            ev = evaluate(cfg, args.dataset, variant)
+            row = {
+                "stage1_seed": s,
+                "variant": variant,
+                "mAP": ev.summary["mAP"],
+                "R1": ev.summary["R1"],
+            }
             rows.append(row)
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")

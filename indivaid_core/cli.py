@@ -5,7 +5,7 @@
   indivaid index add INDEX --images DIR_OR_CSV
   indivaid identify --index INDEX PHOTO_OR_FOLDER... --top-k 5 --out results.csv
   indivaid profile paper            # select a params.yaml profile (writes cells.yaml for DVC)
-  indivaid snapshot ...             # keep or check a report (python -m indivaid_core.snapshot)
+  indivaid snapshot ...             # keep or check a report (indivaid_core/repro/snapshot.py)
   indivaid synth ...                # regenerate the synthetic suite
 
 Errors a user can fix (bad paths, bad settings, mismatched model, empty gallery, a corrupt or
@@ -67,10 +67,10 @@ DELEGATED = {
 
 def _delegate(command: str, argv: list[str]) -> int:
     if command == "snapshot":
-        from indivaid_core import snapshot
+        from indivaid_core.repro import snapshot
 
         return snapshot.main(argv)
-    from indivaid_core.data import synthetic
+    from indivaid_core.repro import synthetic
 
     synthetic.main(argv)
     return 0

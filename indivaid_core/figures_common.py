@@ -1,4 +1,4 @@
-"""Drawing helpers shared by the evaluation and identification figures."""
+"""Drawing helpers shared by the evaluation and identification figures, and a safe saver."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from PIL import Image
+
+from indivaid_core.safe_io import atomic_path
 
 
 def framed_image(
@@ -39,3 +42,9 @@ def framed_image(
         if colour is not None:
             spine.set_edgecolor(colour)
             spine.set_linewidth(border)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> None:
+    """A figure as PNG, written whole or not at all (a killed kernel leaves no half image)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

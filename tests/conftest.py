@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indivaid_core.data.synthetic import generate_preset, tiny_preset
+from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 TINY_IDENTITIES = 5
 TINY_IMAGES = 3

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from indivaid_core import cli, config
-from indivaid_core.data.synthetic import generate_preset, tiny_preset
 from indivaid_core.identify.demo import random_export
+from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 Recomputed here with numpy and pandas only, following the recipe results.md states, so a
 report/table bug cannot hide behind the same code path. Covers `reports/` and any profile
-snapshot under it (`reports/<profile>/`, see indivaid_core.snapshot)."""
+snapshot under it (`reports/<profile>/`, see indivaid_core.repro.snapshot)."""
 
 from __future__ import annotations
 

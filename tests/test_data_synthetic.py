@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from indivaid_core.data import load_dataset, load_rgb, prepare_table, validate_table
-from indivaid_core.data.bodies import Pose, render_body
-from indivaid_core.data.patterns import PATTERN_KINDS, sample_pattern
-from indivaid_core.data.synthetic import PRESETS, generate_suite, main, tiny_preset
+from indivaid_core.repro.bodies import Pose, render_body
+from indivaid_core.repro.patterns import PATTERN_KINDS, sample_pattern
+from indivaid_core.repro.synthetic import PRESETS, generate_suite, main, tiny_preset
 
 SMALL = dict(image_size=40, jpeg_quality=85)
 
@@ -130,7 +130,7 @@ def test_presets_and_protocols_are_consistent(tiny_table):
 
 
 def test_cli(tmp_path, capsys, monkeypatch):
-    import indivaid_core.data.synthetic as synth
+    import indivaid_core.repro.synthetic as synth
 
     monkeypatch.setitem(synth.PRESETS, "synth-stoat", tiny_preset("synth-stoat", 2, 2))
     main(["--out", str(tmp_path), "--presets", "synth-stoat", "--image-size", "32"])

@@ -25,12 +25,15 @@ import test_train
 import torch
 from safetensors.torch import load_file
 
-from indivaid_core import cli, config, pipeline, safe_io, viz
+from indivaid_core import cli, config, safe_io
 from indivaid_core.evaluate.features import load_features, save_features
 from indivaid_core.identify import api
 from indivaid_core.identify import index as index_mod
 from indivaid_core.identify.demo import random_export
 from indivaid_core.identify.index import GalleryIndex
+from indivaid_core.repro.figures.attention import attention_ranking
+from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.training import run_stage1, run_stage2
 from indivaid_core.safe_io import LockedError, UnreadableFileError, exclusive
 from indivaid_core.train import stage1 as stage1_mod
 from indivaid_core.train.__main__ import main as train_main
@@ -184,7 +187,10 @@ def test_evaluation_features_attention_and_stage1_outputs_are_never_unpickled(tm
     assert load_features(tmp_path / "f.npz", table)[0].shape == (2, 4)
     for name, load in [
         ("f.npz", lambda p: load_features(p)),
-        ("attention.pt", lambda p: viz.attention_ranking(p, tmp_path / "labels.json", table)),
+        (
+            "attention.pt",
+            lambda p: attention_ranking(p, tmp_path / "labels.json", table),
+        ),
     ]:
         plant(tmp_path / name, marker)
         with pytest.raises(UnreadableFileError, match=re.escape(str(tmp_path / name))):
@@ -207,33 +213,33 @@ def test_evaluation_features_attention_and_stage1_outputs_are_never_unpickled(tm
 
 def test_planted_and_truncated_checkpoints_stop_the_run_with_the_way_out(in_repo, capsys):
     cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4", 0)
+    run_stage1(cfg, "toy", "meta-ctx4")
+    out = Paths(cfg, "toy").stage1("meta-ctx4", 0)
     ckpt, marker = out / "checkpoint.pt", in_repo / "pwned"
     good = ckpt.read_bytes()
     for how in ("pickle", "torch.save", "truncated"):
         ckpt.write_bytes(good)
         corrupt(ckpt, how, marker)
         with pytest.raises(UnreadableFileError, match="delete it to train afresh"):
-            pipeline.run_stage1(cfg, "toy", "meta-ctx4")
+            run_stage1(cfg, "toy", "meta-ctx4")
         with pytest.raises(SystemExit) as stop:  # the training CLI: one line, exit status 2
             train_main(["stage1", "--dataset", "toy", "--text", "meta-ctx4"])
         line = one_line_error(capsys.readouterr().err, ckpt, only=False)
         assert stop.value.code == 2 and "--no-resume" in line and not marker.exists()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # the way out works
+    run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # the way out works
     assert load_checkpoint(ckpt)["epoch"] == cfg.stage1.epochs
 
 
 def test_a_planted_feature_cache_is_recomputed_not_loaded(in_repo):
     cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)
+    run_stage1(cfg, "toy", "meta-ctx4", resume=False)
     caches = list((Path(cfg.data.work) / "cache").glob("*.npy"))
     assert len(caches) == 1
     good = np.load(caches[0], allow_pickle=False).copy()
     marker = in_repo / "pwned"
     plant(caches[0], marker)
     with pytest.warns(UserWarning, match=rf"{caches[0].stem}\.npy: feature cache unreadable"):
-        pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)
+        run_stage1(cfg, "toy", "meta-ctx4", resume=False)
     assert not marker.exists()
     np.testing.assert_array_equal(good, np.load(caches[0], allow_pickle=False))
     assert stage1_mod._read_cache(caches[0], len(good) + 1) is None  # another table: not used
@@ -247,15 +253,15 @@ def test_a_rerun_with_other_settings_trains_afresh_and_says_why(in_repo):
     """Issue 18 case 2: after a finished stage 2, a rerun with epochs and lr changed exited 0
     with the old model, byte for byte (the finished checkpoint was 'resumed': no epoch left)."""
     cfg = _cfg()
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
-    out = pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
+    run_stage1(cfg, "toy", "meta-ctx4")
+    run_stage2(cfg, "toy", "indivaid", resume=False)
+    out = Paths(cfg, "toy").stage2("indivaid", 0)
     old_model = (out / "model.safetensors").read_bytes()
     assert len(_history(out)) == cfg.stage2.epochs == 3
 
     other = _cfg(**{"stage2.epochs": 2, "stage2.lr": 0.1})
     with pytest.warns(StaleCheckpointWarning) as caught:
-        result = pipeline.run_stage2(other, "toy", "indivaid")  # resume=True, the default
+        result = run_stage2(other, "toy", "indivaid")  # resume=True, the default
     msg = str(caught[0].message)
     assert "stage2.epochs: 3 -> 2" in msg and f"stage2.lr: {cfg.stage2.lr!r} -> 0.1" in msg
     assert "training afresh" in msg and str(out / "checkpoint.pt") in msg
@@ -266,15 +272,15 @@ def test_a_rerun_with_other_settings_trains_afresh_and_says_why(in_repo):
     new_model = (out / "model.safetensors").read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleCheckpointWarning)  # the same run: resumed, no warning
-        pipeline.run_stage2(other, "toy", "indivaid")
+        run_stage2(other, "toy", "indivaid")
     assert (out / "model.safetensors").read_bytes() == new_model
 
     # what stage 2 learned from counts too: a rerun of stage 1 with other settings
     s1 = _cfg(**{"stage1.lr": 1e-3})
     with pytest.warns(StaleCheckpointWarning, match="stage1.lr"):
-        pipeline.run_stage1(s1, "toy", "meta-ctx4")
+        run_stage1(s1, "toy", "meta-ctx4")
     with pytest.warns(StaleCheckpointWarning, match="stage1_descriptions"):
-        pipeline.run_stage2(_cfg(**{"stage2.epochs": 2, "stage2.lr": 0.1}), "toy", "indivaid")
+        run_stage2(_cfg(**{"stage2.epochs": 2, "stage2.lr": 0.1}), "toy", "indivaid")
 
 
 # --- atomic writes ------------------------------------------------------------------------------
@@ -418,10 +424,10 @@ def test_a_second_index_writer_is_refused_naming_the_holder(tmp_path, world, hol
 
 def test_a_second_training_run_in_one_folder_is_refused(in_repo, holder):
     cfg = _cfg()
-    out = pipeline.Paths(cfg, "toy").stage2("image_only", 0)
+    out = Paths(cfg, "toy").stage2("image_only", 0)
     proc = holder(out.resolve() / safe_io.LOCK_NAME)
     with pytest.raises(LockedError, match=f"training run folder .*process {proc.pid}"):
-        pipeline.run_stage2(cfg, "toy", "image_only", resume=False)
+        run_stage2(cfg, "toy", "image_only", resume=False)
     assert not (out / "checkpoint.pt").exists()
 
 

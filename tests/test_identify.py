@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from indivaid_core import config
-from indivaid_core.data.synthetic import generate_preset, tiny_preset
 from indivaid_core.identify import (
     BACKENDS,
     BadInputWarning,
@@ -36,6 +35,7 @@ from indivaid_core.identify import (
 )
 from indivaid_core.identify.demo import gallery_and_new_photos, random_export
 from indivaid_core.identify.index import check_identity
+from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {

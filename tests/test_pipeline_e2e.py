@@ -101,7 +101,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "up to date" in _run([*DVC, "status"], repo).lower()
 
     # the report and its inputs are kept as reports/<profile>/ and a rerun is checked against it
-    snap = [sys.executable, "-m", "indivaid_core.snapshot"]
+    snap = [sys.executable, "-m", "indivaid_core.repro.snapshot"]
     _run([*snap, "--wall-s", "60"], repo)
     kept = repo / "reports/smoke"
     assert "profile `smoke`" in (kept / "PROVENANCE.md").read_text()

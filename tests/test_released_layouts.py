@@ -195,7 +195,7 @@ def test_stoat_leave_one_out_counts_each_test_image_once_and_drops_self_matches(
     """The released Stoat: train identities as given, query == gallery == the test images
     once; evaluation removes each image's own match (the release moved it to the end)."""
     from indivaid_core.evaluate import rank_metrics
-    from indivaid_core.pipeline import eval_rows
+    from indivaid_core.repro.evaluation import eval_rows
 
     layout = LAYOUTS["Stoat"]
     _build(layout, tmp_path)

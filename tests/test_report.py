@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from indivaid_core import report
 from indivaid_core.model import ReIDEncoder, build_clip
+from indivaid_core.repro import significance, tables
+from indivaid_core.repro.results_md import to_markdown
 from indivaid_core.repro.robustness import corruption
 from indivaid_core.repro.saliency import gradcam
+
+VARIANTS = ["zero_shot", "image_only", "clipreid", "indivaid"]
 
 
 def _write_run(root, ds, variant, mAP, aps):
@@ -44,8 +47,8 @@ def _write_run(root, ds, variant, mAP, aps):
 
 def test_main_table_says_not_run_for_absent_cells(tmp_path):
     _write_run(tmp_path, "a", "indivaid", 0.5, [0.5, 0.5])
-    df = report.collect_metrics(tmp_path / "metrics")
-    t = report.main_table(df, ["a", "Stoat"])
+    df = tables.collect_metrics(tmp_path / "metrics")
+    t = tables.main_table(df, ["a", "Stoat"], ("mAP", "R1"), VARIANTS)
     assert t.loc["indivaid", ("a", "mAP")] == "50.0"
     assert t.loc["indivaid", ("Stoat", "mAP")] == "not run"
     assert t.loc["clipreid", ("a", "mAP")] == "not run"
@@ -53,13 +56,13 @@ def test_main_table_says_not_run_for_absent_cells(tmp_path):
 
 def test_fit_table_pairs_training_and_test_map_and_tolerates_old_metrics(tmp_path):
     _write_run(tmp_path, "a", "indivaid", 0.5, [0.5, 0.5])
-    old = report.fit_table(report.collect_metrics(tmp_path / "metrics"), ["a"])
+    old = tables.fit_table(tables.collect_metrics(tmp_path / "metrics"), ["a"], VARIANTS)
     assert old.loc["indivaid", ("a", "train_mAP")] == "not run"  # JSON from before train_mAP
     path = tmp_path / "metrics" / "eval" / "a" / "indivaid.json"
     m = json.loads(path.read_text())
     m["train_mAP"], m["std"]["train_mAP"] = 0.75, 0.0
     path.write_text(json.dumps(m))
-    t = report.fit_table(report.collect_metrics(tmp_path / "metrics"), ["a"])
+    t = tables.fit_table(tables.collect_metrics(tmp_path / "metrics"), ["a"], VARIANTS)
     assert t.loc["indivaid", ("a", "train_mAP")] == "75.0"
     assert t.loc["indivaid", ("a", "mAP")] == "50.0"
     assert t.loc["clipreid", ("a", "mAP")] == "not run"
@@ -71,7 +74,7 @@ def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
     b = np.clip(a - 0.1 + rng.normal(0, 0.05, 200), 0, 1)
     _write_run(tmp_path, "a", "indivaid", a.mean(), a)
     _write_run(tmp_path, "a", "clipreid", b.mean(), b)
-    sig = report.significance_table(
+    sig = significance.significance_table(
         tmp_path / "pq", ["a"], n_resamples=2000, seed=3, comparisons=[("indivaid", "clipreid")]
     )
     row = sig.iloc[0]
@@ -84,7 +87,7 @@ def test_paired_bootstrap_matches_an_independent_recomputation(tmp_path):
     assert row["CI high"] == pytest.approx(100 * np.quantile(boot, 0.975))
     assert row["CI low"] > 0  # a clear gain over queries, but one seed cannot decide it
     assert row["verdict"] == "not decidable (1 seed)"
-    assert "not decidable" in report.significance_sentences(sig)[0]
+    assert "not decidable" in significance.significance_sentences(sig)[0]
 
 
 def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path):
@@ -95,7 +98,7 @@ def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path
         pd.DataFrame(
             {"image_id": ids * 2, "ap": [ap0] * 4 + [ap1] * 4, "seed": [0] * 4 + [1] * 4}
         ).to_csv(tmp_path / "pq" / "a" / f"{variant}.csv", index=False)
-    sig = report.significance_table(
+    sig = significance.significance_table(
         tmp_path / "pq", ["a"], 500, 0, comparisons=[("indivaid", "clipreid")]
     )
     row = sig.iloc[0]
@@ -104,20 +107,16 @@ def test_significance_lists_each_seeds_difference_and_flags_a_sign_flip(tmp_path
     assert row["verdict"] == "not decidable (2 seeds)"
     assert row["per-seed ΔmAP"] == "s0 +30.0 / s1 -10.0"
     assert (row["seeds with that sign"], row["seeds"]) == (1, 2)
-    assert "that sign in 1 of 2" in report.significance_sentences(sig)[0]
-    diffs = report.per_seed_map_diff(
-        tmp_path / "pq" / "a" / "indivaid.csv", tmp_path / "pq" / "a" / "clipreid.csv"
-    )
-    assert diffs.to_dict() == pytest.approx({0: 0.3, 1: -0.1})
+    assert "that sign in 1 of 2" in significance.significance_sentences(sig)[0]
     one_seed = pd.read_csv(tmp_path / "pq" / "a" / "clipreid.csv").query("seed == 0")
     one_seed.to_csv(tmp_path / "pq" / "a" / "clipreid.csv", index=False)
     with pytest.raises(ValueError, match=r"seeds \[1\] are in only one"):
-        report.significance_table(tmp_path / "pq", ["a"], 500, 0, [("indivaid", "clipreid")])
+        significance.significance_table(tmp_path / "pq", ["a"], 500, 0, [("indivaid", "clipreid")])
 
 
 def test_condition_table_splits_per_query_ap(tmp_path):
     _write_run(tmp_path, "a", "indivaid", 0.5, [1.0, 0.0, 1.0, 0.0])
-    cond = report.condition_table(tmp_path / "pq", ["a"], ["indivaid"], ["daynight"])
+    cond = tables.condition_table(tmp_path / "pq", ["a"], ["indivaid"], ["daynight"])
     by = cond.set_index("value")["mAP"]
     assert by["day"] == 100.0 and by["night"] == 0.0
 
@@ -149,5 +148,5 @@ def test_gradcam_returns_a_normalised_map_that_depends_on_the_target(backbone):
 
 def test_markdown_shows_missing_numbers_as_a_dash_not_nan():
     frame = pd.DataFrame({"variant": ["zero_shot", "indivaid"], "img/s": [np.nan, 36.5]})
-    md = report.to_markdown(frame)
+    md = to_markdown(frame)
     assert md.splitlines()[2:] == ["| zero_shot | — |", "| indivaid | 36.50 |"]

@@ -1,6 +1,6 @@
-"""The stage launcher (`python -m indivaid_core.repro.run_notebook`, dvc.yaml's `nb` var) and the
-lazy imports of `pipeline` and `viz`: the fixed cost of a stage (benchmarks/bench_stage_overhead.py)
-without a change to what a stage writes."""
+"""The stage launcher (`python -m indivaid_core.repro.run_notebook`, dvc.yaml's `nb` var), and
+each stage notebook importing only what its stage needs: the fixed cost of a stage
+(benchmarks/bench_stage_overhead.py) without a change to what a stage writes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,37 +99,30 @@ def test_launcher_leaves_out_the_iri_grammar():
     assert "rfc3987_syntax.syntax_helpers" not in imported  # ...but not the grammar
 
 
-def test_pipeline_and_viz_import_only_what_a_stage_needs():
-    """`from indivaid_core import pipeline, viz` (every notebook's import) leaves out the modules
-    that only some stages use; each name still resolves, to the function it always was."""
-    code = """
-import json, sys
-from indivaid_core import pipeline, viz
-before = set(sys.modules)
-import indivaid_core.repro.training as training, indivaid_core.evaluate.results as results
-values = {n: getattr(pipeline, n) for n in pipeline.__all__}
-names = {n: v.__module__ for n, v in values.items() if callable(v)}
-same = pipeline.run_stage2 is training.run_stage2 and pipeline.mean_std is results.mean_std
-dir_ok = set(pipeline.__all__) <= set(dir(pipeline))
-print(json.dumps({"before": sorted(before), "names": names, "same": same, "dir": dir_ok}))
-"""
+# What each stage's notebook must not import with its imports: the model stack (open_clip,
+# timm) where the stage needs no model, the evaluation where it only trains, seaborn anywhere
+# (the one function that draws with it imports it).
+NOT_IMPORTED = {
+    "01_prepare_data": ["open_clip", "timm", "indivaid_core.model", "indivaid_core.repro.training"],
+    "02_stage1_text": ["open_clip", "timm", "indivaid_core.repro.evaluation"],
+    "03_stage2_finetune": ["open_clip", "timm", "indivaid_core.repro.evaluation"],
+    "07_report": ["open_clip", "timm", "indivaid_core.model", "indivaid_core.repro.training"],
+}
+
+
+@pytest.mark.parametrize("notebook", sorted(NOT_IMPORTED))
+def test_a_stage_notebook_imports_only_what_its_stage_needs(notebook):
+    """The notebook's own `from indivaid_core...` lines, run in a fresh interpreter."""
+    nb = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"][1]  # [0] is the parameters
+    lines = [x for x in "".join(code["source"]).splitlines() if x.startswith("from indivaid_core")]
+    assert lines, f"{notebook}: no indivaid_core import in its first code cell"
+    probe = "\n".join([*lines, "import json, sys", "print(json.dumps(sorted(sys.modules)))"])
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.splitlines()[-1])
-    loaded = set(got["before"])
-    for lazy in (
-        "seaborn",
-        "open_clip",
-        "timm",
-        "indivaid_core.model",
-        "indivaid_core.repro.evaluation",
-        "indivaid_core.repro.training",
-        "indivaid_core.evaluate",
-    ):
-        assert lazy not in loaded, f"{lazy} imported by every stage"
-    assert "indivaid_core.repro.paths" in loaded  # load_config and Paths stay eager
-    assert got["same"] and got["dir"]
-    assert got["names"]["run_stage2"] == "indivaid_core.repro.training"
-    assert got["names"]["saliency_pairs"] == "indivaid_core.repro.saliency"
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "indivaid_core.repro.paths" in loaded  # every stage reads its settings through it
+    for heavy in [*NOT_IMPORTED[notebook], "seaborn"]:
+        assert heavy not in loaded, f"{notebook} imports {heavy} at start-up"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indivaid_core import report, snapshot
 from indivaid_core.config import load
+from indivaid_core.repro import snapshot, tables
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -30,7 +30,9 @@ def _report_tree(root, mAP: float) -> None:
     metrics = pd.DataFrame(
         [{"dataset": "a", "variant": "indivaid", "mAP": mAP, "R1": 0.6, "n_seeds": 1, "std": None}]
     )
-    report.main_table(metrics, ["a", "Stoat"]).to_csv(reports / "tables" / "main.csv")
+    tables.main_table(
+        metrics, ["a", "Stoat"], ("mAP", "R1"), ["zero_shot", "image_only", "clipreid", "indivaid"]
+    ).to_csv(reports / "tables" / "main.csv")
     (root / "metrics" / "eval" / "a" / "indivaid.json").write_text(json.dumps({"mAP": mAP}))
 
 

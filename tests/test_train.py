@@ -18,10 +18,14 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from indivaid_core import config, pipeline
+from indivaid_core import config
 from indivaid_core.data import DataError
 from indivaid_core.identify import load_model
 from indivaid_core.repro import training
+from indivaid_core.repro.evaluation import evaluate, features_for
+from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.prepare import prepare, read_table, train_split
+from indivaid_core.repro.training import run_stage1, run_stage2, run_text_runs
 from indivaid_core.safe_io import save_torch
 from indivaid_core.train.engine import TrainingDiverged, cpu_threads, load_checkpoint
 from indivaid_core.train.export import load_export
@@ -99,7 +103,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        pipeline.prepare(config.load("params.yaml"), "toy")
+        prepare(config.load("params.yaml"), "toy")
     finally:
         os.chdir(cwd)
     return root
@@ -122,9 +126,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def _fresh_indivaid(**over) -> tuple[config.Config, Path]:
     """Stage 1, then the toy indivaid cell's stage 2 from scratch: (its config, its output)."""
     cfg = _cfg(**over)
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4")
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
-    return cfg, pipeline.Paths(cfg, "toy").stage2("indivaid", 0)
+    run_stage1(cfg, "toy", "meta-ctx4")
+    run_stage2(cfg, "toy", "indivaid", resume=False)
+    return cfg, Paths(cfg, "toy").stage2("indivaid", 0)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -133,8 +137,8 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_stage1_loss_falls_and_cache_is_reused(in_repo):
     cfg = _cfg()
-    r = pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)
-    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4", 0)
+    r = run_stage1(cfg, "toy", "meta-ctx4", resume=False)
+    out = Paths(cfg, "toy").stage1("meta-ctx4", 0)
     hist = pd.read_json(out / "plots" / "history.json")
     assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
     desc = load_file(str(out / "descriptions.safetensors"))
@@ -142,7 +146,7 @@ def test_stage1_loss_falls_and_cache_is_reused(in_repo):
     caches = list((Path(cfg.data.work) / "cache").glob("*.npy"))
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)
+    run_stage1(cfg, "toy", "meta-ctx4", resume=False)
     assert caches[0].stat().st_mtime_ns == stamp  # reused, not recomputed
     for key in ("wall_time_s", "images_per_s", "peak_memory_mb", "params_trainable"):
         assert r[key] > 0
@@ -151,15 +155,15 @@ def test_stage1_loss_falls_and_cache_is_reused(in_repo):
 def test_two_seeds_twice_each_are_identical_and_differ_from_each_other(in_repo):
     cfg, out = _fresh_indivaid()
     first = _weights(out)
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+    run_stage2(cfg, "toy", "indivaid", resume=False)
     assert _same(first, _weights(out))
     other = _cfg(**{"pipeline.seeds": [1]})
-    other_out = pipeline.Paths(other, "toy").stage2("indivaid", 1)
-    pipeline.run_stage1(other, "toy", "meta-ctx4")
-    pipeline.run_stage2(other, "toy", "indivaid", resume=False)
+    other_out = Paths(other, "toy").stage2("indivaid", 1)
+    run_stage1(other, "toy", "meta-ctx4")
+    run_stage2(other, "toy", "indivaid", resume=False)
     second = _weights(other_out)
     assert not _same(first, second)
-    pipeline.run_stage2(other, "toy", "indivaid", resume=False)  # the other seed twice, too
+    run_stage2(other, "toy", "indivaid", resume=False)  # the other seed twice, too
     assert _same(second, _weights(other_out))
     hist = pd.read_json(out / "plots" / "history.json")
     assert {"id", "triplet", "i2t"} <= set(hist.columns)
@@ -167,8 +171,8 @@ def test_two_seeds_twice_each_are_identical_and_differ_from_each_other(in_repo):
 
 def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_repo):
     cfg = _cfg(**{"model.sie_coef": 1.0})
-    pipeline.run_stage2(cfg, "toy", "image_only", resume=False)
-    out = pipeline.Paths(cfg, "toy").stage2("image_only", 0)
+    run_stage2(cfg, "toy", "image_only", resume=False)
+    out = Paths(cfg, "toy").stage2("image_only", 0)
     encoder, spec = load_export(out)
     assert spec["camera_map"] == {"cam0": 0, "cam1": 1, "cam2": 2}  # every split's cameras
     assert encoder.sie.shape[0] == 3
@@ -176,20 +180,20 @@ def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_re
     with torch.no_grad():
         a, b = (encoder.encode(image, torch.tensor([c]))["global"] for c in (0, 1))
     assert not torch.allclose(a, b)  # the camera id reaches the features
-    result = pipeline.evaluate(cfg, "toy", "image_only")
-    assert 0 < result["mAP"] <= 1
-    table = pipeline.read_table(cfg, "toy")
+    result = evaluate(cfg, "toy", "image_only")
+    assert 0 < result.summary["mAP"] <= 1
+    table = read_table(cfg, "toy")
     with pytest.raises(DataError, match="camera 'camZ' is not in the camera map"):
-        pipeline.features_for(cfg, encoder, spec, table.assign(camera="camZ"), Path("data/toy"))
+        features_for(cfg, encoder, spec, table.assign(camera="camZ"), Path("data/toy"))
     with pytest.raises(ValueError, match="SIE camera embeddings"):
         load_model(out)
-    no_cams = pipeline.read_table(cfg, "toy").drop(columns="camera")
-    no_cams.to_csv(pipeline.Paths(cfg, "toy").table, index=False)
+    no_cams = read_table(cfg, "toy").drop(columns="camera")
+    no_cams.to_csv(Paths(cfg, "toy").table, index=False)
     try:
         with pytest.raises(ValueError, match="needs a 'camera' column"):
-            pipeline.run_stage2(cfg, "toy", "image_only", resume=False)
+            run_stage2(cfg, "toy", "image_only", resume=False)
     finally:
-        pipeline.prepare(cfg, "toy")
+        prepare(cfg, "toy")
 
 
 def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
@@ -197,13 +201,11 @@ def test_kill_mid_epoch_then_resume_gives_the_same_final_weights(in_repo):
     reference = _weights(out)
     ref_metrics = pd.read_json(out / "plots" / "history.json")
     # 4 steps per epoch on this data: step 6 is the middle of epoch 2
-    steps_per_epoch = math.ceil(len(pipeline.train_split(pipeline.read_table(cfg, "toy"))) / 4)
+    steps_per_epoch = math.ceil(len(train_split(read_table(cfg, "toy"))) / 4)
     with pytest.raises(Interrupted):
-        pipeline.run_stage2(
-            cfg, "toy", "indivaid", resume=False, interrupt_after_steps=steps_per_epoch + 1
-        )
+        run_stage2(cfg, "toy", "indivaid", resume=False, interrupt_after_steps=steps_per_epoch + 1)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=True)
+    run_stage2(cfg, "toy", "indivaid", resume=True)
     assert _same(reference, _weights(out))
     pd.testing.assert_frame_equal(ref_metrics, pd.read_json(out / "plots" / "history.json"))
 
@@ -217,7 +219,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(in_re
         pytest.warns(StaleCheckpointWarning, match="loss_weights.id"),
         pytest.raises(TrainingDiverged, match="checkpoint"),
     ):
-        pipeline.run_stage2(bad, "toy", "indivaid", resume=True)
+        run_stage2(bad, "toy", "indivaid", resume=True)
     kept = load_checkpoint(out / "checkpoint.pt")
     assert kept["epoch"] == good["epoch"] == 1
     assert _same(kept["modules"]["net"], good["modules"]["net"])
@@ -226,7 +228,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(in_re
     kept["modules"]["net"].pop(next(iter(kept["modules"]["net"])))
     save_torch(kept, out / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: cannot resume.*delete it"):
-        pipeline.run_stage2(_cfg(**{"stage2.epochs": 1}), "toy", "indivaid", resume=True)
+        run_stage2(_cfg(**{"stage2.epochs": 1}), "toy", "indivaid", resume=True)
 
 
 def _torchrun(repo: Path, nproc: int, *args: str) -> None:
@@ -290,15 +292,15 @@ def test_cuda_amp_training_and_evaluation_agree_with_the_cpu_path(in_repo):
     cfg, out = _fresh_indivaid(device="cuda", **{"stage2.amp": True})
     hist = pd.read_json(out / "plots" / "history.json")
     assert np.isfinite(hist["loss"]).all()
-    result = pipeline.evaluate(cfg, "toy", "indivaid")
-    assert 0 < result["mAP"] <= 1
-    assert result["device"] == torch.cuda.get_device_name(0)
-    table = pipeline.read_table(cfg, "toy")
+    result = evaluate(cfg, "toy", "indivaid")
+    assert 0 < result.summary["mAP"] <= 1
+    assert result.summary["device"] == torch.cuda.get_device_name(0)
+    table = read_table(cfg, "toy")
     root = Path(table["image_root"].iloc[0])
     feats = {}
     for dev in ("cuda", "cpu"):
         encoder, spec = load_export(out, torch.device(dev))
-        feats[dev] = pipeline.features_for(_cfg(device=dev), encoder, spec, table, root)
+        feats[dev] = features_for(_cfg(device=dev), encoder, spec, table, root)
     cos = (feats["cuda"] * feats["cpu"]).sum(1)  # both L2-normalised
     assert cos.min() > 0.99, float(cos.min())
 
@@ -310,8 +312,8 @@ def test_cuda_kill_mid_epoch_then_resume_ends_close_to_the_uninterrupted_run(in_
     cfg, out = _fresh_indivaid(device="cuda")
     reference = _weights(out)
     with pytest.raises(Interrupted):
-        pipeline.run_stage2(cfg, "toy", "indivaid", resume=False, interrupt_after_steps=5)
-    pipeline.run_stage2(cfg, "toy", "indivaid", resume=True)
+        run_stage2(cfg, "toy", "indivaid", resume=False, interrupt_after_steps=5)
+    run_stage2(cfg, "toy", "indivaid", resume=True)
     resumed = _weights(out)
     keys = [k for k in reference if reference[k].is_floating_point()]
     diff = torch.sqrt(sum(((reference[k] - resumed[k]) ** 2).sum() for k in keys))
@@ -323,10 +325,10 @@ def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
     """features_for puts the weights in NHWC outside inference mode: a backward pass (Grad-CAM
     in 06_attention) still works on the same encoder afterwards."""
     cfg = _cfg(**{"model.channels_last": True})
-    pipeline.run_stage2(cfg, "toy", "zero_shot", resume=False)
-    encoder, spec = load_export(pipeline.Paths(cfg, "toy").stage2("zero_shot", 0))
-    table = pipeline.read_table(cfg, "toy")
-    pipeline.features_for(cfg, encoder, spec, table, Path(table["image_root"].iloc[0]))
+    run_stage2(cfg, "toy", "zero_shot", resume=False)
+    encoder, spec = load_export(Paths(cfg, "toy").stage2("zero_shot", 0))
+    table = read_table(cfg, "toy")
+    features_for(cfg, encoder, spec, table, Path(table["image_root"].iloc[0]))
     conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
@@ -338,19 +340,19 @@ def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo)
     """Seed s of a cell is stage 1 and stage 2 both at seed s: sharing one stage 1 across the
     stage-2 seeds hid stage 1's spread (a 4e-6 feature change moved a mAP by 4 points)."""
     two = _cfg(**{"pipeline.seeds": [0, 1]})
-    r = pipeline.run_stage1(two, "toy", "meta-ctx4", resume=False)
+    r = run_stage1(two, "toy", "meta-ctx4", resume=False)
     assert r["seeds"] == [0, 1]
-    paths = pipeline.Paths(two, "toy")
+    paths = Paths(two, "toy")
     learned = [
         load_file(str(paths.stage1("meta-ctx4", s) / "text_learner.safetensors")) for s in (0, 1)
     ]
     assert not _same(*learned)  # another seed, other weights
-    pipeline.run_stage1(_cfg(), "toy", "meta-ctx4", resume=False)  # seeds [0] alone
+    run_stage1(_cfg(), "toy", "meta-ctx4", resume=False)  # seeds [0] alone
     alone = load_file(str(paths.stage1("meta-ctx4", 0) / "text_learner.safetensors"))
     assert _same(alone, learned[0])  # seed 0 does not depend on which other seeds run
     (paths.stage1("meta-ctx4", 1) / "descriptions.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="meta-ctx4/seed1/descriptions"):
-        pipeline.run_stage2(two, "toy", "indivaid", resume=False)
+        run_stage2(two, "toy", "indivaid", resume=False)
 
 
 def _counting_pool(monkeypatch) -> list[str]:
@@ -371,14 +373,14 @@ def test_stage2_seeds_side_by_side_give_the_bytes_of_seeds_one_after_another(in_
     in a spawned process writes the model it writes in this process."""
     submitted = _counting_pool(monkeypatch)
     seeds = {"pipeline.seeds": [0, 1], "stage2.num_threads": 1}
-    pipeline.run_stage1(_cfg(**seeds), "toy", "meta-ctx4")
+    run_stage1(_cfg(**seeds), "toy", "meta-ctx4")
     submitted.clear()  # stage 1's own runs
     models = {}
     for processes in (1, 2):
         cfg = _cfg(**seeds, **{"stage2.processes": processes})
-        r = pipeline.run_stage2(cfg, "toy", "indivaid", resume=False)
+        r = run_stage2(cfg, "toy", "indivaid", resume=False)
         assert r["seeds"] == [0, 1]
-        paths = pipeline.Paths(cfg, "toy")
+        paths = Paths(cfg, "toy")
         models[processes] = [
             (paths.stage2("indivaid", s) / "model.safetensors").read_bytes() for s in (0, 1)
         ]
@@ -397,10 +399,10 @@ def test_text_runs_side_by_side_give_the_bytes_of_runs_one_after_another(in_repo
     for processes in (1, 2):
         shutil.rmtree(cache, ignore_errors=True)
         cfg = _cfg(**{"stage1.processes": processes})
-        r = pipeline.run_text_runs(cfg, "toy", texts, resume=False)
+        r = run_text_runs(cfg, "toy", texts, resume=False)
         assert list(r) == texts and all(r[t]["seeds"] == [0] for t in texts)
         assert len(list(cache.glob("*.npy"))) == 1
-        paths = pipeline.Paths(cfg, "toy")
+        paths = Paths(cfg, "toy")
         outs[processes] = {
             (t, f): load_file(str(paths.stage1(t, 0) / f))
             for t in texts
@@ -418,11 +420,11 @@ def test_stage1_result_does_not_depend_on_whether_the_feature_cache_existed(in_r
     """Building the cache iterates a DataLoader; that must not move the global RNG that then
     initialises the prompt learner (it once did: a fresh clone got other numbers)."""
     cfg = _cfg()
-    out = pipeline.Paths(cfg, "toy").stage1("meta-ctx4", 0)
+    out = Paths(cfg, "toy").stage1("meta-ctx4", 0)
     shutil.rmtree(Path(cfg.data.work) / "cache", ignore_errors=True)
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache miss: computed here
+    run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache miss: computed here
     fresh = load_file(str(out / "text_learner.safetensors"))
-    pipeline.run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache hit
+    run_stage1(cfg, "toy", "meta-ctx4", resume=False)  # cache hit
     assert _same(fresh, load_file(str(out / "text_learner.safetensors")))
 
 
@@ -445,9 +447,7 @@ def test_stage1_does_not_reuse_a_feature_cache_made_on_another_thread_count(in_r
     cache = Path(_cfg().data.work) / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     for threads in (1, 2, 1):
-        pipeline.run_stage1(
-            _cfg(**{"stage1.num_threads": threads}), "toy", "meta-ctx4", resume=False
-        )
+        run_stage1(_cfg(**{"stage1.num_threads": threads}), "toy", "meta-ctx4", resume=False)
     assert len(list(cache.glob("*.npy"))) == 2  # one per thread count, the third run reused
 
 

@@ -1,7 +1,7 @@
-"""Data: the table contract, robust loading, adapters, splits and the synthetic suite.
+"""Data: the table contract, robust loading, adapters and splits.
 
-The synthetic generator (`indivaid_core.data.synthetic`) is not imported here: it pulls in
-scipy and scikit-image, which loading a real dataset does not need.
+The embedded synthetic suite's generator is reproduction machinery:
+`indivaid_core.repro.synthetic`.
 """
 
 from indivaid_core.data.adapters import (

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from indivaid_core.config import Config
-from indivaid_core.data.synthetic import generate_preset, tiny_preset
 from indivaid_core.identify.demo import gallery_and_new_photos, random_export, score_results
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import read_table
+from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 __all__ = ["gallery_and_new_photos", "prepare_demo", "random_export", "score_results"]
 

@@ -167,10 +167,7 @@ class SeedEvaluation:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What `evaluate` found: `summary` is the metrics JSON; the rest is the first seed's.
-
-    Indexing by the old dict keys (`ev["mAP"]`, `ev["dist"]`, `ev["metrics"]`, ...) still works.
-    """
+    """What `evaluate` found: `summary` is the metrics JSON; the rest is the first seed's."""
 
     summary: dict[str, Any]
     split: EvalSplit
@@ -198,20 +195,6 @@ class Evaluation:
     @property
     def image_root(self) -> Path:
         return self.split.root
-
-    _FIELDS = ("dist", "features", "query", "gallery", "loo", "rows", "image_root", "per_query")
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self.summary:
-            return self.summary[key]
-        if key == "metrics":
-            return self.rank_metrics
-        if key in self._FIELDS:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.summary or key == "metrics" or key in self._FIELDS
 
 
 def evaluate(cfg: Config, dataset: str, variant: str) -> Evaluation:

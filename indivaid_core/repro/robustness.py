@@ -17,6 +17,7 @@ from indivaid_core.config import Config
 from indivaid_core.device import resolve_device
 from indivaid_core.repro.evaluation import eval_split, features_for, headline, score
 from indivaid_core.repro.paths import Paths
+from indivaid_core.safe_io import write_csv
 from indivaid_core.train.export import load_export
 
 # Full-strength parameters (strength 1.0); each scales linearly with the strength.
@@ -102,3 +103,19 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
                     {"variant": variant, "corruption": name, "strength": level, **headline(m)}
                 )
     return sweep_frame(rows)
+
+
+def run_robustness(cfg: Config, dataset: str, variants: list[str]) -> pd.DataFrame:
+    """The stage: the sweep, written whole to reports/robustness/<dataset>.csv and .png."""
+    import matplotlib.pyplot as plt
+
+    from indivaid_core.figures_common import save_figure
+    from indivaid_core.repro.figures.evaluation import corruption_curves
+
+    sweep = robustness_sweep(cfg, dataset, variants)
+    out = Paths(cfg, dataset).reports / "robustness"
+    write_csv(sweep, out / f"{dataset}.csv", index=False)
+    fig = corruption_curves(sweep)
+    save_figure(fig, out / f"{dataset}.png")
+    plt.close(fig)
+    return sweep

@@ -130,7 +130,7 @@ def snapshot(
         *([f"- Note: {note}"] if note else []),
         "",
         "To regenerate: set `profile:` to this profile in params.yaml, `dvc repro`, then",
-        f"`python -m indivaid_core.snapshot --check {os.path.relpath(dest, repo)}` compares every "
+        f"`indivaid snapshot --check {os.path.relpath(dest, repo)}` compares every "
         "table number"
         " with this copy (wall time, speed, memory and device columns aside).",
         "",
@@ -205,7 +205,7 @@ def tables_at_revision(rev: str, reports: str | Path, out: Path, repo: str | Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m indivaid_core.snapshot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="indivaid snapshot", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dest", help="snapshot folder (default: <data.reports>/<profile>)")
     parser.add_argument("--wall-s", type=float, help="measured `dvc repro` wall time, seconds")

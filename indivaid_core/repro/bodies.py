@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indivaid_core.data.patterns import Pattern
+from indivaid_core.repro.patterns import Pattern
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ night infrared, vegetation occlusion, blur, noise and capture date. Everything i
 (seed, preset, individual, photo), so the same seed gives byte-identical JPEGs and metadata,
 and a larger `scale` adds individuals without changing the existing ones.
 
-CLI: ``python -m indivaid_core.data.synthetic --out data --seed 0 [--scale 1] [--presets ...]``
+CLI: ``python -m indivaid_core.repro.synthetic --out data --seed 0 [--scale 1] [--presets ...]``
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
-from indivaid_core.data.bodies import BodyShape, Palette, render_body, sample_pose
-from indivaid_core.data.patterns import Pattern, sample_pattern
+from indivaid_core.repro.bodies import BodyShape, Palette, render_body, sample_pose
+from indivaid_core.repro.patterns import Pattern, sample_pattern
 
 SUPERSAMPLE = 2  # render at 2x and box-downsample: cheap anti-aliasing
 

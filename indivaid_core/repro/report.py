@@ -1,0 +1,87 @@
+"""The report stage: every table, the two figures and reports/results.md, written whole.
+
+`build_report` only reads what the other stages wrote; `write_report` writes each table as a
+CSV under reports/tables/, the figures under reports/figures/report/, then results.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from indivaid_core.config import Config
+from indivaid_core.data.table import CONDITIONS
+from indivaid_core.figures_common import save_figure
+from indivaid_core.repro import significance, tables
+from indivaid_core.repro.figures import report as figures
+from indivaid_core.repro.results_md import write_results_md
+from indivaid_core.safe_io import write_csv
+
+# A committed input, not an output: benchmarks/numerical_spread.py writes it.
+NUMERICAL_SPREAD_CSV = Path("reports/numerical_spread.csv")
+WIDE_METRICS = ("mAP", "R1", "R5", "R10", "mINP")
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report's tables; each field but `metrics` and `fit` is written as tables/<name>.csv."""
+
+    metrics: pd.DataFrame  # one row per evaluated cell (collect_metrics)
+    main: pd.DataFrame
+    main_wide: pd.DataFrame
+    fit: pd.DataFrame
+    ablation: pd.DataFrame
+    significance: pd.DataFrame
+    intervals: pd.DataFrame
+    cost: pd.DataFrame
+    conditions: pd.DataFrame
+    spread: pd.DataFrame
+
+
+# Tables with row labels keep their index in the CSV; the long tables do not.
+INDEXED = {"main", "main_wide", "ablation"}
+NOT_WRITTEN = {"metrics", "fit"}
+
+
+def build_report(cfg: Config, numerical_csv: Path = NUMERICAL_SPREAD_CSV) -> Report:
+    """Every table of the report from metrics/ and reports/per_query/."""
+    metrics = tables.collect_metrics(cfg.data.metrics)
+    datasets, variants = list(cfg.pipeline.datasets), list(cfg.pipeline.variants)
+    per_query = Path(cfg.data.reports) / "per_query"
+    n, seed = cfg.eval.bootstrap, cfg.seed
+    return Report(
+        metrics=metrics,
+        main=tables.main_table(metrics, datasets, ("mAP", "R1"), variants),
+        main_wide=tables.main_table(metrics, datasets, WIDE_METRICS, variants),
+        fit=tables.fit_table(metrics, datasets, variants),
+        ablation=tables.ablation_table(
+            metrics, sorted(cfg.pipeline.ablation_datasets) or datasets[:1], cfg.pipeline.ablations
+        ),
+        significance=significance.significance_table(per_query, datasets, n, seed),
+        intervals=tables.map_intervals(per_query, datasets, variants, n, seed),
+        cost=tables.cost_table(metrics),
+        conditions=tables.condition_table(per_query, datasets, variants, list(CONDITIONS)),
+        spread=tables.spread_table(metrics, numerical_csv, cfg.profile),
+    )
+
+
+def write_report(cfg: Config, rep: Report) -> Path:
+    """tables/*.csv, figures/report/*.png and results.md; returns the results.md path."""
+    reports = Path(cfg.data.reports)
+    for f in fields(rep):
+        if f.name not in NOT_WRITTEN:
+            table = getattr(rep, f.name)
+            write_csv(table, reports / "tables" / f"{f.name}.csv", index=f.name in INDEXED)
+    fig_dir = reports / "figures" / "report"
+    drawn = {"headline.png": (figures.headline_figure(rep.intervals), 110)}
+    cond = rep.conditions
+    for ds in cfg.pipeline.datasets:
+        if len(cond) and (cond["dataset"] == ds).any():
+            drawn[f"conditions_{ds}.png"] = (figures.condition_figure(cond, ds), 100)
+    for name, (fig, dpi) in drawn.items():
+        save_figure(fig, fig_dir / name, dpi=dpi)
+        plt.close(fig)
+    return write_results_md(cfg, rep)
