@@ -6,6 +6,8 @@ wildlife-format table read from `<root>/metadata.csv` (image_id, identity, path,
 camera, viewpoint, daynight, occlusion, bbox), `path` relative to `root`. Read-only: tests that
 modify the table or files should use `tiny_table` (a fresh copy of the table) or copy the files.
 `tiny_table` (function scope): `(df.copy(), root)` of the same suite.
+`smoke_cfg` (session scope): the repository's params.yaml under its `smoke` profile (a tiny
+random ViT), the one tiny config the tests build models from.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from indivaid_core import config
+from indivaid_core.config import Config
 from indivaid_core.repro.synthetic import generate_preset, tiny_preset
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_IDENTITIES = 5
 TINY_IMAGES = 3
@@ -36,3 +42,8 @@ def tiny_suite(tmp_path_factory) -> tuple[pd.DataFrame, Path]:
 def tiny_table(tiny_suite) -> tuple[pd.DataFrame, Path]:
     df, root = tiny_suite
     return df.copy(), root
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg() -> Config:
+    return config.load(REPO / "params.yaml", {"profile": "smoke"})

@@ -13,9 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indivaid_core import cli, config
+from indivaid_core import cli
 from indivaid_core.identify.demo import random_export
-from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,15 +37,15 @@ def index_build(
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, tiny_suite, smoke_cfg):
     """A user's folder: identity folders of tiger photos, a folder of new photos, two models."""
     root = tmp_path_factory.mktemp("cli")
-    table = generate_preset(root / "tiger", tiny_preset("synth-tiger", 5, 3), image_size=40)
+    table, images = tiny_suite
     gallery = root / "gallery"
     photos = root / "new_photos"
     photos.mkdir()
     for i, row in table.iterrows():
-        src = root / "tiger" / row["path"]
+        src = images / row["path"]
         if i % 3 == 0:  # one photo per individual is "new", the rest is the labelled gallery
             shutil.copy(src, photos / f"{row['image_id']}.jpg")
         else:
@@ -54,10 +53,9 @@ def work(tmp_path_factory):
             shutil.copy(src, gallery / row["identity"] / src.name)
     (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (photos / "notes.txt").write_text("field notes")
-    cfg = config.load(REPO / "params.yaml", {"profile": "smoke"})
     labels = sorted(table["identity"].unique())
-    random_export(root / "model_a", cfg, labels, seed=0)
-    random_export(root / "model_b", cfg, labels, seed=1)
+    random_export(root / "model_a", smoke_cfg, labels, seed=0)
+    random_export(root / "model_b", smoke_cfg, labels, seed=1)
     return root
 
 

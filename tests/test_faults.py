@@ -25,7 +25,7 @@ import test_train
 import torch
 from safetensors.torch import load_file
 
-from indivaid_core import cli, config, safe_io
+from indivaid_core import cli, safe_io
 from indivaid_core.evaluate.features import load_features, save_features
 from indivaid_core.identify import api
 from indivaid_core.identify import index as index_mod
@@ -102,11 +102,11 @@ def test_the_payload_is_live(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_suite):
+def world(tmp_path_factory, tiny_suite, smoke_cfg):
     """A random export and an HNSW gallery index built from the tiny suite with the real API."""
     _, images = tiny_suite
     root = tmp_path_factory.mktemp("faults")
-    cfg = config.load(REPO / "params.yaml", {"profile": "smoke"})
+    cfg = smoke_cfg
     table = pd.read_csv(images / "metadata.csv", dtype={"identity": str})
     random_export(root / "model", cfg, sorted(table["identity"].unique()), seed=0)
     model = api.load_model(root / "model", "cpu")

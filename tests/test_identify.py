@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from indivaid_core import config
 from indivaid_core.identify import (
     BACKENDS,
     BadInputWarning,
@@ -238,11 +237,11 @@ def test_rank_identities_lists_distinct_identities_nearest_first():
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
+def suite(tmp_path_factory, smoke_cfg):
     """A 6-individual synthetic tiger set, two random exports (A, B) and one bad-file folder."""
     root = tmp_path_factory.mktemp("identify")
     table = generate_preset(root / "tiger", tiny_preset("synth-tiger", 6, 3), image_size=40)
-    cfg = config.load(REPO / "params.yaml", {"profile": "smoke"})
+    cfg = smoke_cfg
     labels = sorted(table["identity"].unique())
     a = random_export(root / "model_a", cfg, labels, seed=0)
     b = random_export(root / "model_b", cfg, labels, seed=1)

@@ -96,18 +96,10 @@ def _spread_md(spread: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_results_md(cfg: Config, rep: Report) -> Path:
-    """reports/results.md: every table of the report, from the files the pipeline wrote."""
-    reports = Path(cfg.data.reports)
-    metrics, cond = rep.metrics, rep.conditions
+def _header_md(cfg: Config, rep: Report) -> list[str]:
     seeds = ", ".join(str(s) for s in cfg.pipeline.seeds)
-    devices = ", ".join(sorted(set(metrics["device"]))) if len(metrics) else "—"
-    quote = pd.DataFrame(PAPER_QUOTE).T
-    first_seed_only = (
-        f"One trained model per variant: seed {cfg.pipeline.seeds[0]}, the first of "
-        "`pipeline.seeds` (the tables above average every seed)."
-    )
-    lines = [
+    devices = ", ".join(sorted(set(rep.metrics["device"]))) if len(rep.metrics) else "—"
+    return [
         "# IndivAID — results",
         "",
         f"Profile `{cfg.profile}` · backbone `{cfg.model.backbone}` ({cfg.model.pretrained}) · "
@@ -119,13 +111,19 @@ def write_results_md(cfg: Config, rep: Report) -> Path:
         "",
         "![mAP with 95 % CI per variant and dataset](figures/report/headline.png)",
         "",
+    ]
+
+
+def _tables_md(rep: Report) -> list[str]:
+    """Main, wide, fit and ablation tables."""
+    return [
         "## Main table (mAP / R1, %)",
         "",
         to_markdown(rep.main),
         "",
         "Quoted from the paper (not computed here):",
         "",
-        to_markdown(quote),
+        to_markdown(pd.DataFrame(PAPER_QUOTE).T),
         "",
         "### Wide (mAP, R1, R5, R10, mINP, %)",
         "",
@@ -142,6 +140,11 @@ def write_results_md(cfg: Config, rep: Report) -> Path:
         "",
         to_markdown(rep.ablation),
         "",
+    ]
+
+
+def _significance_md(cfg: Config, rep: Report) -> list[str]:
+    return [
         "## Significance: two-level bootstrap over seeds and queries",
         "",
         f"{cfg.eval.bootstrap} resamples; 95 % percentile CI of the mAP difference in points. "
@@ -157,35 +160,59 @@ def write_results_md(cfg: Config, rep: Report) -> Path:
         "",
         *significance_sentences(rep.significance),
         "",
-        *_spread_md(rep.spread),
+    ]
+
+
+def _cost_md(cfg: Config, rep: Report) -> list[str]:
+    side_by_side = (
+        f" Stage-1 wall is one text run's training; up to {cfg.stage1.processes} runs train "
+        "side by side (`stage1.processes`), so it overstates a run alone on the machine."
+        if cfg.stage1.processes > 1
+        else ""
+    )
+    return [
         "## Computational cost",
         "",
         to_markdown(rep.cost) if len(rep.cost) else "No runs.",
         "",
-        "FLOPs are the forward pass of the image encoder per image (training ≈ 3×)."
-        + (
-            f" Stage-1 wall is one text run's training; up to {cfg.stage1.processes} runs train "
-            "side by side (`stage1.processes`), so it overstates a run alone on the machine."
-            if cfg.stage1.processes > 1
-            else ""
-        ),
+        "FLOPs are the forward pass of the image encoder per image (training ≈ 3×)." + side_by_side,
         "",
+    ]
+
+
+def _conditions_md(cfg: Config, cond: pd.DataFrame) -> list[str]:
+    if not len(cond):
+        return [
+            "## Robustness by condition (mean per-query AP, %)",
+            "",
+            "No condition columns.",
+            "",
+            "",
+        ]
+    pivot = cond.pivot_table(
+        index=["dataset", "column", "value"], columns="variant", values="mAP"
+    ).round(1)
+    return [
         "## Robustness by condition (mean per-query AP, %)",
         "",
-        to_markdown(
-            cond.pivot_table(index=["dataset", "column", "value"], columns="variant", values="mAP")
-            .round(1)
-            .reset_index()
-        )
-        if len(cond)
-        else "No condition columns.",
+        to_markdown(pivot.reset_index()),
         "",
         *[
             f"![conditions {ds}](figures/report/conditions_{ds}.png)"
             for ds in cfg.pipeline.datasets
-            if len(cond) and (cond["dataset"] == ds).any()
+            if (cond["dataset"] == ds).any()
         ],
         "",
+    ]
+
+
+def _figures_md(cfg: Config, reports: Path) -> list[str]:
+    """The corruption sweep and the attention figures, which show the first seed only."""
+    first_seed_only = (
+        f"One trained model per variant: seed {cfg.pipeline.seeds[0]}, the first of "
+        "`pipeline.seeds` (the tables above average every seed)."
+    )
+    return [
         "## Robustness to test-time corruption (mAP, %)",
         "",
         first_seed_only,
@@ -202,7 +229,21 @@ def write_results_md(cfg: Config, rep: Report) -> Path:
         ],
         "",
     ]
-    lines += _index_md(reports)
+
+
+def write_results_md(cfg: Config, rep: Report) -> Path:
+    """reports/results.md: every table of the report, from the files the pipeline wrote."""
+    reports = Path(cfg.data.reports)
+    lines = [
+        *_header_md(cfg, rep),
+        *_tables_md(rep),
+        *_significance_md(cfg, rep),
+        *_spread_md(rep.spread),
+        *_cost_md(cfg, rep),
+        *_conditions_md(cfg, rep.conditions),
+        *_figures_md(cfg, reports),
+        *_index_md(reports),
+    ]
     path = reports / "results.md"
     write_text(path, "\n".join(lines))
     return path
