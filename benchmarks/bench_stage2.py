@@ -8,8 +8,10 @@ Adam step with the stage-2 parameter groups. FLOPs: the forward is counted by
 the counter overcounts depthwise-conv backward about 10x (DESIGN.md). The mm peak is measured
 next to every step, so both see the same load. On CUDA both fp32 and bf16 autocast (the
 pipeline's AMP) are timed, each against the mm peak of its own dtype, at the params batch and
-at --batch-mult times it. Each row is timed in NCHW and in channels_last (NHWC), one after the
-other, so the layout ratio is read off neighbouring rows.
+at --batch-mult times it. On the CPU, --cpu-bf16 also times torch's CPU bf16 autocast (not a
+pipeline setting: it asks whether bf16 would buy the CPU default any speed). Each row is timed
+in NCHW and in channels_last (NHWC), one after the other, so the layout ratio is read off
+neighbouring rows.
 Usage: python benchmarks/bench_stage2.py [--device cuda]
 """
 
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--batch-mult", type=int, default=8, help="CUDA: also time P x K x this")
+    ap.add_argument("--cpu-bf16", action="store_true", help="CPU: also time bf16 autocast")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread can beat 2
@@ -98,7 +101,9 @@ def main() -> None:
         b = torch.randn(mm_size, mm_size, device=device, dtype=dtype)
 
         def step() -> None:
-            with autocast(device, amp):
+            cpu_amp = amp and not cuda
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_amp else autocast(device, amp)
+            with ctx:
                 out = net(images)
                 loss = id_loss(out["logits"], labels, s2.label_smoothing) * w.id
                 trip = sum(triplet_loss(f, labels, s2.margin) for f in out["triplet"])
@@ -124,6 +129,8 @@ def main() -> None:
     if cuda:
         cases += [(base, True, torch.bfloat16)]
         cases += [(base * args.batch_mult, amp, dt) for _, amp, dt in cases]
+    elif args.cpu_bf16:
+        cases += [(base, True, torch.bfloat16)]
     cases = [(*c, nhwc) for c in cases for nhwc in (False, True)]  # NCHW, then channels_last
     print(
         f"{'batch':>6s} {'precision':>10s} {'layout':>6s} {'step s':>8s} {'images/s':>9s} "
