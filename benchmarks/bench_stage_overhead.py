@@ -209,7 +209,7 @@ def main() -> None:
     for step, lever in (
         ("papermill start", "launcher: no RFC 3987 grammar in papermill's process"),
         ("kernel start", "(unchanged)"),
-        ("imports", "lazy imports in pipeline and viz"),
+        ("imports", "a stage imports its own modules only"),
         ("config", "(unchanged)"),
         ("shutdown, write", "launcher: the kernel skips the interpreter teardown"),
     ):
