@@ -211,7 +211,7 @@ def test_equals_torchreid_evaluate_rank_python_path() -> None:
 
 def test_negative_distances_and_torch_key_path() -> None:
     """Negative values (e.g. -cosine) and -0.0 on the numpy path; the torch (GPU) path on CPU."""
-    from indivaid_core.evaluate.metrics import _chunk_ranks
+    from indivaid_core.evaluate.ranking import chunk_ranks
 
     dist, qid, gid, qc, gc = _case(9, levels=4)
     dist = dist - 0.5
@@ -221,7 +221,7 @@ def test_negative_distances_and_torch_key_path() -> None:
     d = torch.from_numpy(dist)
     match = torch.from_numpy(qid[:, None] == gid[None, :])
     exclude = match & torch.from_numpy(qc[:, None] == gc[None, :])
-    rows, ranks = _chunk_ranks(d, match & ~exclude, exclude, "test")
+    rows, ranks = chunk_ranks(d, match & ~exclude, exclude, "test")
     first = np.full(len(qid), -1)
     for r, k in zip(rows.tolist()[::-1], ranks.tolist()[::-1], strict=True):
         first[r] = k
@@ -292,13 +292,13 @@ def test_counting_equals_sort_path(seed: int, levels: int | None, cams: bool, lo
 @pytest.mark.parametrize("force", ["compare", "sort"])
 def test_counting_both_count_methods(monkeypatch, force: str) -> None:
     """The two ways of counting candidates (compare passes, sort + binary search) agree."""
-    from indivaid_core.evaluate import metrics
+    from indivaid_core.evaluate import ranking
 
     if force == "compare":
-        monkeypatch.setattr(metrics, "_SORT_BELOW_PER_MATCH", 0)
-        monkeypatch.setattr(metrics, "_SORT_FROM_MATCHES", 10**9)
+        monkeypatch.setattr(ranking, "_SORT_BELOW_PER_MATCH", 0)
+        monkeypatch.setattr(ranking, "_SORT_FROM_MATCHES", 10**9)
     else:
-        monkeypatch.setattr(metrics, "_SORT_BELOW_PER_MATCH", 10**9)
+        monkeypatch.setattr(ranking, "_SORT_BELOW_PER_MATCH", 10**9)
     for levels, cams, loo in ((None, False, False), (4, True, False), (3, True, True)):
         dist, qid, gid, qc, gc = _tied_case(9, q=25, g=120, n_ids=6, levels=levels, loo=loo)
         cam_args = (qc, gc) if cams else (None, None)
