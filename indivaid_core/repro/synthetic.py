@@ -8,7 +8,7 @@ night infrared, vegetation occlusion, blur, noise and capture date. Everything i
 (seed, preset, individual, photo), so the same seed gives byte-identical JPEGs and metadata,
 and a larger `scale` adds individuals without changing the existing ones.
 
-CLI: ``python -m indivaid_core.repro.synthetic --out data --seed 0 [--scale 1] [--presets ...]``
+CLI: ``indivaid synth --out data --seed 0 [--scale 1] [--presets ...]``
 """
 
 from __future__ import annotations
@@ -475,7 +475,7 @@ def tiny_preset(base: str = "synth-tiger", n_identities: int = 4, images: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="indivaid synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data", help="output folder (one sub-folder per preset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the individuals")
