@@ -34,7 +34,6 @@ from indivaid_core.identify import (
 )
 from indivaid_core.identify.demo import gallery_and_new_photos, random_export
 from indivaid_core.identify.index import check_identity
-from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {
@@ -237,15 +236,21 @@ def test_rank_identities_lists_distinct_identities_nearest_first():
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory, smoke_cfg):
-    """A 6-individual synthetic tiger set, two random exports (A, B) and one bad-file folder."""
+def suite(tmp_path_factory, tiny_suite, smoke_cfg):
+    """The shared tiny tiger set (read-only) and two random exports (A, B) of its labels."""
     root = tmp_path_factory.mktemp("identify")
-    table = generate_preset(root / "tiger", tiny_preset("synth-tiger", 6, 3), image_size=40)
-    cfg = smoke_cfg
+    table, images = tiny_suite
     labels = sorted(table["identity"].unique())
-    a = random_export(root / "model_a", cfg, labels, seed=0)
-    b = random_export(root / "model_b", cfg, labels, seed=1)
-    return {"root": root, "table": table, "csv": root / "tiger" / "metadata.csv", "a": a, "b": b}
+    a = random_export(root / "model_a", smoke_cfg, labels, seed=0)
+    b = random_export(root / "model_b", smoke_cfg, labels, seed=1)
+    return {
+        "root": root,
+        "table": table,
+        "images": images,
+        "csv": images / "metadata.csv",
+        "a": a,
+        "b": b,
+    }
 
 
 def bad_files(folder: Path, good: Path) -> dict[str, Path]:
@@ -335,7 +340,7 @@ def test_tampered_export_is_refused(suite, tmp_path):
 
 def test_gallery_and_new_photos_split(suite):
     table = suite["table"]
-    gallery, photos = gallery_and_new_photos(table, suite["root"] / "tiger", 0.34, seed=0)
+    gallery, photos = gallery_and_new_photos(table, suite["images"], 0.34, seed=0)
     new_ids = set(photos.loc[photos["is_new"], "identity"])
     assert len(new_ids) == 2 and not new_ids & set(gallery["identity"])
     assert len(gallery) + len(photos) == len(table)
