@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from indivaid_core import config as config_mod
-from indivaid_core.config import Config, to_dict
+from indivaid_core.config import Config
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.losses import supcon_loss
 from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
@@ -46,7 +46,7 @@ from indivaid_core.repro.prepare import prepare, read_table, train_split
 from indivaid_core.repro.synthetic import generate_suite
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.schedule import warmup_cosine
-from indivaid_core.train.stage1 import cache_key, image_feature_cache, label_map, train_stage1
+from indivaid_core.train.stage1 import frozen_features, label_map, train_stage1
 from indivaid_core.transforms import eval_transform
 
 DEFAULT_DATASET = "synth-tiger"  # 410 training images: 6 batches of 64 an epoch
@@ -251,16 +251,7 @@ def features(cfg: Config, clip, train, root, cache_dir: Path, threads: int) -> t
     """The training features as `train_stage1` caches them (same key, same thread count)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    feats = image_feature_cache(
-        clip,
-        train.reset_index(drop=True),
-        root,
-        tuple(cfg.model.image_size),
-        cache_dir,
-        cache_key(to_dict(cfg)["model"], train),
-        cfg.stage1.feature_batch_size,
-        torch.device("cpu"),
-    )
+    feats = frozen_features(cfg, clip, train, root, cache_dir, torch.device("cpu"))
     return feats, time.perf_counter() - t0
 
 
