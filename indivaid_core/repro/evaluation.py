@@ -192,10 +192,6 @@ class Evaluation:
     def rows(self) -> pd.DataFrame:
         return self.split.test
 
-    @property
-    def image_root(self) -> Path:
-        return self.split.root
-
 
 def evaluate(cfg: Config, dataset: str, variant: str) -> Evaluation:
     """Per seed: features -> distances -> metrics; writes mean/std JSON, per-query CSV, CMC."""
