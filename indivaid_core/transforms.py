@@ -28,6 +28,20 @@ def train_resize(image_size: Sequence[int], backend: str = "tensor") -> list:
     return _resize(image_size, backend, train=True)
 
 
+def eval_resize(image_size: Sequence[int], backend: str = "tensor") -> list:
+    """The first steps of `eval_transform`, decoded image -> uint8 tensor at the model size
+    (what `data.decoded` caches for evaluation; the same as `train_resize` for `tensor`)."""
+    return _resize(image_size, backend, train=False)
+
+
+def eval_normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """The last steps of `eval_transform`, on uint8 tensors: one image or a batch of them,
+    with the same arithmetic per pixel."""
+    return v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    )
+
+
 def eval_transform(
     image_size: Sequence[int],
     mean: Sequence[float],
@@ -36,11 +50,7 @@ def eval_transform(
 ) -> v2.Compose:
     """Deterministic resize + normalise: the only preprocessing features are computed with."""
     return v2.Compose(
-        [
-            *_resize(image_size, resize_backend, train=False),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
+        [*eval_resize(image_size, resize_backend), *eval_normalize(mean, std).transforms]
     )
 
 

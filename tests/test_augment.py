@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as F
 
 from indivaid_core.config import AugmentCfg
 from indivaid_core.data.dataset import ImageTableDataset
-from indivaid_core.data.decoded import decoded_images
+from indivaid_core.data.decoded import decoded_images, decoded_key
 from indivaid_core.train import augment as A
 from indivaid_core.transforms import train_resize
 
@@ -119,6 +119,15 @@ def test_decoded_cache_equals_per_image_resize_and_is_reused(tiny_table, tmp_pat
     stamp = file.stat().st_mtime_ns
     decoded_images(df, root, size, "tensor", tmp_path)
     assert file.stat().st_mtime_ns == stamp  # reused, not rewritten
+
+
+def test_decoded_key_shares_the_tensor_resize_and_splits_pil_by_use(tiny_table) -> None:
+    """The `tensor` resize is the same op for training and evaluation (one file serves both);
+    PIL resizes bicubic for training and bilinear for evaluation (two files)."""
+    df, root = tiny_table
+    key = lambda backend, train: decoded_key(df, root, (16, 16), backend, train)  # noqa: E731
+    assert key("tensor", True) == key("tensor", False)
+    assert key("pil", True) != key("pil", False)
 
 
 def test_decoded_cache_follows_edited_images_and_rejects_bad_files(tiny_table, tmp_path) -> None:

@@ -17,19 +17,24 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
+from torchvision.transforms import v2
 
 from indivaid_core import config
 from indivaid_core.data import DataError
+from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.images import draft_for
 from indivaid_core.identify import load_model
 from indivaid_core.repro import training
-from indivaid_core.repro.evaluation import evaluate, features_for
+from indivaid_core.repro.evaluation import decoded_batches, evaluate, features_for
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import prepare, read_table, train_split
+from indivaid_core.repro.robustness import corruption
 from indivaid_core.repro.training import run_stage1, run_stage2, run_text_runs
 from indivaid_core.safe_io import save_torch
 from indivaid_core.train.engine import TrainingDiverged, cpu_threads, load_checkpoint
 from indivaid_core.train.export import load_export
 from indivaid_core.train.loop import Interrupted, StaleCheckpointWarning
+from indivaid_core.transforms import eval_transform
 
 REPO = Path(__file__).resolve().parents[1]
 N_IDS, PER_ID = 6, 4
@@ -322,18 +327,45 @@ def test_cuda_kill_mid_epoch_then_resume_ends_close_to_the_uninterrupted_run(in_
 
 
 def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
-    """features_for puts the weights in NHWC outside inference mode: a backward pass (Grad-CAM
-    in 06_attention) still works on the same encoder afterwards."""
+    """features_for works on a folded NHWC copy, converted outside inference mode: the encoder
+    it was given keeps its weights, and a backward pass (Grad-CAM in 06_attention) still
+    works on it afterwards."""
     cfg = _cfg(**{"model.channels_last": True})
     run_stage2(cfg, "toy", "zero_shot", resume=False)
     encoder, spec = load_export(Paths(cfg, "toy").stage2("zero_shot", 0))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
     table = read_table(cfg, "toy")
     features_for(cfg, encoder, spec, table, Path(table["image_root"].iloc[0]))
+    assert _same(encoder.state_dict(), before)
     conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
     encoder.encode(image)["global"].sum().backward()
     assert image.grad is not None and conv.weight.grad is not None
+
+
+def test_evaluation_images_from_the_decoded_cache_equal_the_image_files_path(in_repo):
+    """decoded_batches (decoded once, normalised by the batch) gives exactly the tensors that
+    eval_transform gives per image file."""
+    cfg = _cfg()
+    run_stage2(cfg, "toy", "zero_shot", resume=False)
+    encoder, spec = load_export(Paths(cfg, "toy").stage2("zero_shot", 0))
+    table = read_table(cfg, "toy")
+    root = Path(table["image_root"].iloc[0])
+    size, backend = spec["image_size"], spec.get("resize_backend", "tensor")
+    tf = eval_transform(size, spec["mean"], spec["std"], backend)
+    files = ImageTableDataset(table, root, tf, draft=draft_for(size))
+    expected = torch.stack([files[i]["image"] for i in range(len(files))])
+    got = torch.cat([b["image"] for b in decoded_batches(cfg, spec, table, root)])
+    assert torch.equal(got, expected)
+    # A corruption (robustness) applies between scaling and normalising, image by image in
+    # row order: the noise draws from one generator, as the per-file transform did.
+    noisy = v2.Compose(
+        [*tf.transforms[:-1], v2.Lambda(corruption("noise", 0.5, 7)), tf.transforms[-1]]
+    )
+    files = ImageTableDataset(table, root, noisy, draft=draft_for(size))
+    expected = torch.stack([files[i]["image"] for i in range(len(files))])
+    batches = decoded_batches(cfg, spec, table, root, corruption("noise", 0.5, 7))
+    assert torch.equal(torch.cat([b["image"] for b in batches]), expected)
 
 
 def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo):

@@ -1,10 +1,11 @@
-"""Training images decoded once, resized to the model's input size, kept as a uint8 memmap.
+"""Images decoded once, resized to the model's input size, kept as a uint8 memmap.
 
 Stage 2 decoded and resized every JPEG again on every epoch, in the training process; the
 resize is deterministic, so its output is cached: (N, 3, H, W) uint8 in a `.npy` under
 `work/cache/decoded/`, keyed by the rows, the image files' sizes and times, the size and the
 resize backend. Every stage-2 cell and seed of a dataset shares one file. Augmentation then
-runs on batches of it (`train.augment`).
+runs on batches of it (`train.augment`). The evaluation reads its test images the same way,
+once for all the models it scores.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from tqdm.auto import tqdm
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.images import draft_for
 from indivaid_core.safe_io import atomic_path, read_npy_cache
-from indivaid_core.transforms import train_resize
+from indivaid_core.transforms import eval_resize, train_resize
 
 FORMAT = 1  # bump when what is stored changes
 
 
-def decoded_key(table: pd.DataFrame, root: Path, image_size: tuple[int, int], backend: str) -> str:
-    """What the decoded pixels depend on; an edited or replaced image file changes it."""
-    h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend]).encode())
+def decoded_key(
+    table: pd.DataFrame, root: Path, image_size: tuple[int, int], backend: str, train: bool = True
+) -> str:
+    """What the decoded pixels depend on; an edited or replaced image file changes it. The
+    `tensor` resize is the same in training and evaluation, so both share one file."""
+    resize = [] if train or backend == "tensor" else ["eval"]
+    h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend, *resize]).encode())
     h.update(table[["image_id", "path"]].to_csv(index=False).encode())
     for rel in table["path"].astype(str):
         file = root / rel
@@ -41,7 +46,7 @@ def decoded_key(table: pd.DataFrame, root: Path, image_size: tuple[int, int], ba
 
 def _decode_into(out: np.ndarray, ds: ImageTableDataset, batch_size: int, workers: int) -> None:
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator())
-    for batch in tqdm(loader, desc="decode training images", unit="batch"):
+    for batch in tqdm(loader, desc="decode images", unit="batch"):
         out[batch["index"].numpy()] = batch["image"].numpy()
 
 
@@ -52,22 +57,25 @@ def decoded_images(
     backend: str,
     cache_dir: Path | None,
     num_workers: int = 0,
+    train: bool = True,
 ) -> np.ndarray:
-    """(N, 3, H, W) uint8 of `table`'s rows in order, resized as training resizes them.
+    """(N, 3, H, W) uint8 of `table`'s rows in order, resized as training (or, with
+    train=False, evaluation) resizes them.
 
     With `cache_dir` the array is a read-only memmap of a file written whole (a rerun reuses
     it); without, it is decoded into memory.
     """
     table = table.reset_index(drop=True)
     size = tuple(int(s) for s in image_size)
-    tf = v2.Compose(train_resize(size, backend))
+    tf = v2.Compose(train_resize(size, backend) if train else eval_resize(size, backend))
     ds = ImageTableDataset(table, root, tf, draft=draft_for(size))
     shape = (len(table), 3, *size)
     if cache_dir is None:
         out = np.empty(shape, np.uint8)
         _decode_into(out, ds, 64, num_workers)
         return out
-    path = Path(cache_dir) / "decoded" / f"{decoded_key(table, Path(root), size, backend)}.npy"
+    key = decoded_key(table, Path(root), size, backend, train)
+    path = Path(cache_dir) / "decoded" / f"{key}.npy"
     if path.exists():
         fits = lambda a: a.shape == shape and a.dtype == np.uint8  # noqa: E731
         cached = read_npy_cache(

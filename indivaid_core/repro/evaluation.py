@@ -7,6 +7,7 @@ image root, the query/gallery rows); `evaluate` returns an `Evaluation`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from indivaid_core.config import Config
-from indivaid_core.data.dataset import ImageTableDataset
-from indivaid_core.data.images import draft_for
+from indivaid_core.data.dataset import camera_ids
+from indivaid_core.data.decoded import decoded_images
 from indivaid_core.device import device_name, peak_memory_mb, resolve_device
 from indivaid_core.evaluate import (
     cmc_curve_frame,
@@ -32,11 +33,12 @@ from indivaid_core.evaluate import (
     write_metrics_json,
 )
 from indivaid_core.evaluate.results import mean_std
+from indivaid_core.model.fold import fold_batchnorm
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import read_table, train_split
 from indivaid_core.safe_io import write_csv
 from indivaid_core.train.export import load_export
-from indivaid_core.transforms import eval_transform
+from indivaid_core.transforms import eval_normalize
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
 
@@ -82,33 +84,78 @@ def features_for(
     spec: dict,
     rows: pd.DataFrame,
     root: Path,
-    transform=None,
+    corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Evaluation features of `rows` with the exported model's own preprocessing."""
-    tf = transform or eval_transform(
-        spec["image_size"], spec["mean"], spec["std"], spec.get("resize_backend", "tensor")
-    )
-    camera_map = spec.get("camera_map")
-    loader = DataLoader(
-        ImageTableDataset(
-            rows, root, tf, camera_map=camera_map, draft=draft_for(spec["image_size"])
-        ),
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
-    )
+    """Evaluation features of `rows` with the exported model's own preprocessing, through a
+    copy of `encoder` with its BatchNorm folded into the convolutions (`model.fold`).
+
+    The images come from the decoded cache (`data.decoded`: decoded once for every model
+    that is scored) and are normalised as `eval_transform` would per image file. `corrupt`
+    (robustness) maps each image in [0, 1] before normalisation, in row order.
+    """
+    batches = decoded_batches(cfg, spec, rows, root, corrupt)
     device = resolve_device(cfg.device)
+    probe = torch.rand(2, 3, *spec["image_size"], generator=torch.Generator().manual_seed(0))
+    encoder = fold_batchnorm(encoder, (probe.to(device),))
     if cfg.model.channels_last:  # here, not under extract_features' inference mode
         encoder.to(memory_format=torch.channels_last)
     return extract_features(
         encoder.encode,
-        loader,
+        batches,
         device=device,
+        n_rows=len(rows),
         amp=cfg.stage2.amp,
         flip=cfg.model.flip_tta,
         feature=cfg.model.eval_feature,
-        cameras=bool(camera_map),
+        cameras=batches.cams is not None,
         channels_last=cfg.model.channels_last,
     )
+
+
+@dataclass(frozen=True)
+class DecodedBatches:
+    """Decoded uint8 images as normalised batches, with a length for the progress bar."""
+
+    pixels: np.ndarray  # (N, 3, H, W) uint8
+    normalize: v2.Compose  # eval_normalize: ToDtype(scale) then Normalize
+    batch_size: int
+    cams: torch.Tensor | None
+    corrupt: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def __len__(self) -> int:
+        return -(-len(self.pixels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        to_float, standardise = self.normalize.transforms
+        for start in range(0, len(self.pixels), self.batch_size):
+            index = torch.arange(start, min(start + self.batch_size, len(self.pixels)))
+            x = torch.from_numpy(np.array(self.pixels[start : start + self.batch_size]))
+            if self.corrupt is None:
+                image = self.normalize(x)
+            else:  # per image, as a transform would: a corruption may use the image's mean
+                image = torch.stack([standardise(self.corrupt(to_float(im))) for im in x])
+            batch = {"image": image, "index": index}
+            if self.cams is not None:
+                batch["camera"] = self.cams[index]
+            yield batch
+
+
+def decoded_batches(
+    cfg: Config,
+    spec: dict,
+    rows: pd.DataFrame,
+    root: Path,
+    corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> DecodedBatches:
+    """`rows`' images as normalised batches of `eval.batch_size`, from the decoded cache."""
+    size = tuple(spec["image_size"])
+    backend = spec.get("resize_backend", "tensor")
+    cache = Path(cfg.data.work) / "cache"
+    pixels = decoded_images(rows, root, size, backend, cache, cfg.data.num_workers, train=False)
+    camera_map = spec.get("camera_map")
+    cams = torch.tensor(camera_ids(rows["camera"], camera_map)) if camera_map else None
+    normalize = eval_normalize(spec["mean"], spec["std"])
+    return DecodedBatches(pixels, normalize, cfg.eval.batch_size, cams, corrupt)
 
 
 def score(

@@ -6,16 +6,16 @@ would hold); strength 0 is the clean baseline. Corruptions are torchvision ops o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pandas as pd
 import torch
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from indivaid_core.config import Config
 from indivaid_core.device import resolve_device
-from indivaid_core.repro.evaluation import eval_split, features_for, headline, score
+from indivaid_core.evaluate.features import load_features
+from indivaid_core.repro.evaluation import EvalSplit, eval_split, features_for, headline, score
 from indivaid_core.repro.paths import Paths
 from indivaid_core.safe_io import write_csv
 from indivaid_core.train.export import load_export
@@ -49,29 +49,20 @@ def corruption(name: str, strength: float, seed: int = 0) -> Callable[[torch.Ten
     raise ValueError(f"unknown corruption '{name}'; choose from blur, noise, low_light, fog")
 
 
-def corrupted_transform(
-    name: str,
-    strength: float,
-    image_size: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int = 0,
-) -> v2.Compose:
-    """The evaluation transform with a corruption applied before normalisation."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(tuple(image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Lambda(corruption(name, strength, seed)),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
-
-
 def sweep_frame(rows: list[dict]) -> pd.DataFrame:
     """Tidy frame (variant, corruption, strength, mAP, R1) for plotting."""
     return pd.DataFrame(rows).sort_values(["variant", "corruption", "strength"])
+
+
+def evaluation_features(paths: Paths, variant: str, seed: int, split: EvalSplit) -> torch.Tensor:
+    """The test features the evaluation stage saved for this model, in `split.test` order."""
+    path = paths.features(variant, seed)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no evaluation features for {paths.dataset}/{variant} seed {seed}; "
+            "run the evaluation first (dvc repro evaluate)"
+        )
+    return load_features(path, split.test)[0]
 
 
 def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataFrame:
@@ -83,21 +74,16 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
     rows = []
     for variant in variants:
         encoder, spec = load_export(paths.stage2(variant, seed), device)
-        gf = features_for(cfg, encoder, spec, split.gallery, split.root)
-        # Every corruption is the identity at strength 0 (tests check it), so the clean query
-        # features serve all of them; leave-one-out queries are the gallery itself.
-        clean = gf if split.loo else None
+        # The evaluation's own features of this model: the gallery, and the clean queries
+        # (every corruption is the identity at strength 0, which tests check).
+        clean, gf = split.halves(evaluation_features(paths, variant, seed, split))
         for name in cfg.eval.corruptions:
             for level in cfg.eval.corruption_levels:
                 if level == 0:
-                    if clean is None:
-                        clean = features_for(cfg, encoder, spec, split.query, split.root)
                     qf = clean
                 else:
-                    tf = corrupted_transform(
-                        name, level, spec["image_size"], spec["mean"], spec["std"], cfg.seed
-                    )
-                    qf = features_for(cfg, encoder, spec, split.query, split.root, transform=tf)
+                    corrupt = corruption(name, level, cfg.seed)
+                    qf = features_for(cfg, encoder, spec, split.query, split.root, corrupt)
                 _, m = score(cfg, qf, gf, split.query, split.gallery, split.loo)
                 rows.append(
                     {"variant": variant, "corruption": name, "strength": level, **headline(m)}
