@@ -45,7 +45,7 @@ def main() -> None:
     rows, root = split.test, split.root
     with tempfile.TemporaryDirectory() as tmp:
         clip = build_clip_for(cfg.model)
-        meta = {"labels": {}, "image_ids": [], "camera_map": {}}
+        meta = {"labels": {str(i): i for i in range(10)}, "image_ids": [], "camera_map": {}}
         save_export(ReIDEncoder(clip, 10), clip, cfg, Path(tmp), meta)
         encoder, spec = load_export(tmp)
     size = spec["image_size"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indivaid_core.repro import noise
+from indivaid_core.config import load
+from indivaid_core.repro import noise, snapshot
 
 
 def _report(root: Path, maps: dict[str, str], verdict: str) -> Path:
@@ -32,7 +33,18 @@ def _spread_snapshot(root: Path, stds: dict[str, float]) -> Path:
 
 def test_pooled_spread_ignores_untrained_cells(tmp_path):
     snap = _spread_snapshot(tmp_path, {"zero_shot": 0.0, "indivaid": 0.03, "clipreid": 0.04})
-    assert noise.pooled_spread(snap) == {"tiger": pytest.approx((12.5) ** 0.5)}
+    assert noise.pooled_spread(snap / "metrics") == {"tiger": pytest.approx((12.5) ** 0.5)}
+
+
+def test_the_default_reports_seed_spread_comes_from_data_metrics(tmp_path):
+    """`--within-noise reports` names the default report, whose metrics live in `metrics/`,
+    not `reports/metrics/`: the spread is read there, never silently left empty (every band
+    would be the 0.5-point floor)."""
+    over = {"data.reports": str(tmp_path / "r"), "data.metrics": str(tmp_path / "m")}
+    cfg = load("params.yaml", over)
+    assert snapshot.spread_metrics(tmp_path / "r", cfg) == tmp_path / "m"
+    snap = _spread_snapshot(tmp_path / "snap", {"indivaid": 0.03})
+    assert snapshot.spread_metrics(snap, cfg) == snap / "metrics"
 
 
 def test_rerun_inside_the_band_passes_and_outside_fails_with_a_table(tmp_path):

@@ -27,10 +27,11 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 TABLES = ("main.csv", "ablation.csv")
 
 
-def pooled_spread(spread_reports: str | Path) -> dict[str, float]:
-    """Seed spread of mAP in points per dataset: sqrt of the mean variance over trained cells."""
+def pooled_spread(metrics: str | Path) -> dict[str, float]:
+    """Seed spread of mAP in points per dataset, from the `eval/*/*.json` under a metrics
+    folder: sqrt of the mean variance over trained cells."""
     out: dict[str, list[float]] = {}
-    for path in sorted(Path(spread_reports, "metrics", "eval").glob("*/*.json")):
+    for path in sorted(Path(metrics, "eval").glob("*/*.json")):
         m = json.loads(path.read_text())
         if m.get("n_seeds", 1) > 1 and m.get("std", {}).get("mAP", 0) > 0:
             out.setdefault(path.parent.name, []).append((100 * m["std"]["mAP"]) ** 2)

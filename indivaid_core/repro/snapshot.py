@@ -204,6 +204,17 @@ def tables_at_revision(rev: str, reports: str | Path, out: Path, repo: str | Pat
     return out
 
 
+def spread_metrics(folder: str | Path, cfg: Config) -> Path:
+    """Where a `--within-noise` report keeps its metrics: a snapshot holds them in
+    `<snapshot>/metrics`; the default report's are `data.metrics` (`metrics/`)."""
+    folder = Path(folder)
+    if (folder / "metrics" / "eval").exists():
+        return folder / "metrics"
+    if folder.resolve() == Path(cfg.data.reports).resolve():
+        return Path(cfg.data.metrics)
+    return folder / "metrics"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="indivaid snapshot", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -232,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.check_rev, cfg.data.reports, Path(tmp)
             )
             if args.within_noise:
-                spread = noise.pooled_spread(args.within_noise)
+                spread = noise.pooled_spread(spread_metrics(args.within_noise, cfg))
+                if not spread:
+                    raise SnapshotError(
+                        f"--within-noise {args.within_noise}: no several-seed metrics found "
+                        "to take the seed spread from; every band would be the floor"
+                    )
                 table = Path(args.within_noise) / "numerical_spread.csv"
                 numerical = noise.numerical_spread(table, cfg.profile) if table.exists() else None
                 n = len(cfg.pipeline.seeds)

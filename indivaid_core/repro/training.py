@@ -108,7 +108,7 @@ def _side_by_side(
     cfg: Config,
     kw: dict[str, Any],
 ) -> dict[Any, dict[str, Any]]:
-    """`fn(*job, **kw)` for each job: in this process, or `processes` spawned ones on the CPU.
+    """`fn(*job, **kw)` for each job: in this process, or `processes` worker processes on the CPU.
 
     Each result is on disk when its job ends, so an error in one job keeps the others' work.
     """
