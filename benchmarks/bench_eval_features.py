@@ -63,7 +63,9 @@ def main() -> None:
 
     def unfolded() -> torch.Tensor:
         batches = decoded_batches(cfg, spec, rows, root)
-        return extract_features(encoder.encode, batches, "cpu", n_rows=len(rows), channels_last=True)
+        return extract_features(
+            encoder.encode, batches, "cpu", n_rows=len(rows), channels_last=True
+        )
 
     paths = {"files": files, "decoded": decoded, "decoded, unfolded": unfolded}
     decoded()  # writes the decoded cache once, as the first model of a stage does
