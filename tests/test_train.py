@@ -366,6 +366,13 @@ def test_evaluation_images_from_the_decoded_cache_equal_the_image_files_path(in_
     expected = torch.stack([files[i]["image"] for i in range(len(files))])
     batches = decoded_batches(cfg, spec, table, root, corruption("noise", 0.5, 7))
     assert torch.equal(torch.cat([b["image"] for b in batches]), expected)
+    # The paper profile's PIL backend: bilinear at test time, its own cache file.
+    pil = {**spec, "resize_backend": "pil"}
+    pil_tf = eval_transform(size, pil["mean"], pil["std"], "pil")
+    files = ImageTableDataset(table, root, pil_tf, draft=draft_for(size))
+    expected = torch.stack([files[i]["image"] for i in range(len(files))])
+    got = torch.cat([b["image"] for b in decoded_batches(cfg, pil, table, root)])
+    assert torch.equal(got, expected)
 
 
 def test_each_training_seed_trains_its_own_stage_1_and_stage_2_reads_it(in_repo):
