@@ -109,6 +109,19 @@ def test_save_load_features_keeps_rows_paired(tmp_path) -> None:
         save_features(path, feats[:2], table)
 
 
+def test_features_of_other_weights_are_refused(tmp_path) -> None:
+    """Robustness reuses the evaluation's features: a stage 2 retrained since must not pass."""
+    table = pd.DataFrame({"image_id": ["a", "b"]})
+    path = tmp_path / "feats.npz"
+    save_features(path, torch.rand(2, 4), table, model_sha256="a" * 64)
+    assert load_features(path, table, "a" * 64)[0].shape == (2, 4)
+    with pytest.raises(ValueError, match="features of another model"):
+        load_features(path, table, "b" * 64)
+    save_features(path, torch.rand(2, 4), table)  # no model recorded: refused when one is asked
+    with pytest.raises(ValueError, match="not recorded"):
+        load_features(path, table, "a" * 64)
+
+
 def _metrics_and_table():
     dist = np.array([[0.1, 0.5, 0.3], [0.4, 0.2, 0.3], [0.2, 0.3, 0.1]], dtype=np.float32)
     m = rank_metrics(dist, ["a", "b", "zz"], ["a", "b", "a"], max_rank=3)

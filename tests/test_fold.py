@@ -63,3 +63,29 @@ def test_fold_that_changes_outputs_is_refused():
     net = _TwoReaders().eval()
     with pytest.warns(UserWarning, match="unfolded model"):
         assert fold_batchnorm(net, (_images(2, (8, 8), 0),)) is net
+
+
+class _TupleOut(nn.Module):
+    """Returns a tuple and has a BN without running statistics (folding cannot use it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.bn(self.conv(x))
+        return y, self.bn2(self.conv2(y))
+
+
+def test_a_bn_without_statistics_is_left_and_tuple_outputs_are_checked():
+    net = _TupleOut().eval()
+    folded = fold_batchnorm(net, (_images(2, (8, 8), 0),))
+    assert folded is not net
+    assert not isinstance(folded.bn, nn.BatchNorm2d) and isinstance(folded.bn2, nn.BatchNorm2d)
+
+
+def test_a_model_the_probe_cannot_run_stays_unfolded_with_a_warning():
+    net = _TwoReaders().eval()
+    with pytest.warns(UserWarning, match="folding failed"):
+        assert fold_batchnorm(net, (torch.zeros(2, 5, 8, 8),)) is net  # 5 channels, conv has 3

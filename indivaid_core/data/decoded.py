@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 import torch
+import torchvision
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -35,7 +37,8 @@ def decoded_key(
     """What the decoded pixels depend on; an edited or replaced image file changes it. The
     `tensor` resize is the same in training and evaluation, so both share one file."""
     resize = [] if train or backend == "tensor" else ["eval"]
-    h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend, *resize]).encode())
+    libs = [PIL.__version__, torchvision.__version__]  # their resize kernels make the pixels
+    h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend, *resize, *libs]).encode())
     h.update(table[["image_id", "path"]].to_csv(index=False).encode())
     for rel in table["path"].astype(str):
         file = root / rel

@@ -107,8 +107,14 @@ def extract_features(
     return feats
 
 
-def save_features(path: str | Path, feats: torch.Tensor | np.ndarray, table: pd.DataFrame) -> None:
-    """Write features and the table's ``image_id`` column together (.npz), so they stay paired."""
+def save_features(
+    path: str | Path,
+    feats: torch.Tensor | np.ndarray,
+    table: pd.DataFrame,
+    model_sha256: str = "",
+) -> None:
+    """Write features and the table's ``image_id`` column together (.npz), so they stay paired;
+    ``model_sha256`` (the weights file's hash) lets a reader refuse another model's features."""
     if "image_id" not in table:
         raise KeyError("table has no 'image_id' column to store next to the features")
     arr = feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
@@ -119,13 +125,14 @@ def save_features(path: str | Path, feats: torch.Tensor | np.ndarray, table: pd.
         raise ValueError(f"duplicate image_id in table: {dup.head(5).tolist()}")
     with atomic_write(path, "wb") as fh:  # a file object keeps numpy from appending ".npz"
         ids = table["image_id"].astype(str).to_numpy(dtype=str)
-        np.savez(fh, features=arr.astype(np.float32), image_id=ids)
+        np.savez(fh, features=arr.astype(np.float32), image_id=ids, model=np.array(model_sha256))
 
 
 def load_features(
-    path: str | Path, table: pd.DataFrame | None = None
+    path: str | Path, table: pd.DataFrame | None = None, model_sha256: str | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Features and their image ids; with ``table``, reordered to its rows (all must exist).
+    """Features and their image ids; with ``table``, reordered to its rows (all must exist);
+    with ``model_sha256``, refused unless they were saved as that model's.
 
     Arrays only: a file holding pickled objects is refused, never unpickled."""
     fix = "delete it and rerun the evaluation, which writes it again"
@@ -135,11 +142,17 @@ def load_features(
                 if key not in z:
                     raise KeyError(f"{path} has no {key!r} array; was it written by save_features?")
             feats, ids = z["features"], z["image_id"]
+            made_by = str(z["model"]) if "model" in z else ""
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError) as err:  # not an .npz, cut short, or pickled data
         detail = " ".join(str(err).split()) or type(err).__name__
         raise unreadable(path, "feature file", detail, fix) from err
+    if model_sha256 is not None and made_by != model_sha256:
+        raise ValueError(
+            f"{path}: features of another model (weights {made_by[:12] or 'not recorded'}, "
+            f"expected {model_sha256[:12]}); {fix}"
+        )
     if table is not None:
         pos = pd.Series(np.arange(len(ids)), index=ids)
         wanted = table["image_id"].astype(str)

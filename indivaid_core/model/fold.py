@@ -49,11 +49,13 @@ def _pairs(module: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[tuple[nn.
 
 
 def _outputs(module: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    with torch.no_grad():
+    # Full fp32 on CUDA too: TF32 convolutions alone differ by more than TOLERANCE.
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         out = module(*probe)
     if isinstance(out, torch.Tensor):
         return [out]
-    return [v for v in out.values() if isinstance(v, torch.Tensor)]
+    values = out.values() if isinstance(out, dict) else out
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 def fold_batchnorm(module: nn.Module, probe: tuple[torch.Tensor, ...]) -> nn.Module:
@@ -65,8 +67,16 @@ def fold_batchnorm(module: nn.Module, probe: tuple[torch.Tensor, ...]) -> nn.Mod
     """
     if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
         return module
+    try:
+        return _fold(module, probe)
+    except Exception as err:  # an unusual model: unfolded is always correct, only slower
+        warnings.warn(f"BatchNorm folding failed ({err}); using the unfolded model", stacklevel=2)
+        return module
+
+
+def _fold(module: nn.Module, probe: tuple[torch.Tensor, ...]) -> nn.Module:
     folded = copy.deepcopy(module).eval()
-    pairs = _pairs(folded, probe)
+    pairs = [(c, bn) for c, bn in _pairs(folded, probe) if bn.running_mean is not None]
     if not pairs:
         return module
     parent = {id(c): (p, name) for p in folded.modules() for name, c in p.named_children()}

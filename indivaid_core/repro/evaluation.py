@@ -37,7 +37,7 @@ from indivaid_core.model.fold import fold_batchnorm
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import read_table, train_split
 from indivaid_core.safe_io import write_csv
-from indivaid_core.train.export import load_export
+from indivaid_core.train.export import WEIGHTS, file_sha256, load_export
 from indivaid_core.transforms import eval_normalize
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
@@ -86,8 +86,9 @@ def features_for(
     root: Path,
     corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Evaluation features of `rows` with the exported model's own preprocessing, through a
-    copy of `encoder` with its BatchNorm folded into the convolutions (`model.fold`).
+    """Evaluation features of `rows` with the exported model's own preprocessing. A model
+    with BatchNorm2d runs as a copy with it folded into the convolutions (`model.fold`);
+    others (the ViTs) run as given, put in channels_last when `model.channels_last`.
 
     The images come from the decoded cache (`data.decoded`: decoded once for every model
     that is scored) and are normalised as `eval_transform` would per image file. `corrupt`
@@ -151,9 +152,9 @@ def decoded_batches(
     size = tuple(spec["image_size"])
     backend = spec.get("resize_backend", "tensor")
     cache = Path(cfg.data.work) / "cache"
-    pixels = decoded_images(rows, root, size, backend, cache, cfg.data.num_workers, train=False)
-    camera_map = spec.get("camera_map")
+    camera_map = spec.get("camera_map")  # checked before anything is decoded
     cams = torch.tensor(camera_ids(rows["camera"], camera_map)) if camera_map else None
+    pixels = decoded_images(rows, root, size, backend, cache, cfg.data.num_workers, train=False)
     normalize = eval_normalize(spec["mean"], spec["std"])
     return DecodedBatches(pixels, normalize, cfg.eval.batch_size, cams, corrupt)
 
@@ -277,7 +278,8 @@ def evaluate_seed(
     start = time.perf_counter()
     feats = features_for(cfg, encoder, spec, split.test, split.root)
     seconds = time.perf_counter() - start
-    save_features(paths.features(variant, seed), feats, split.test)
+    weights = file_sha256(paths.stage2(variant, seed) / WEIGHTS)
+    save_features(paths.features(variant, seed), feats, split.test, weights)
     dist, m = score(cfg, *split.halves(feats), split.query, split.gallery, split.loo)
     # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
     train_feats = features_for(cfg, encoder, spec, train, split.root)

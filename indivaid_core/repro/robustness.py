@@ -18,7 +18,7 @@ from indivaid_core.evaluate.features import load_features
 from indivaid_core.repro.evaluation import EvalSplit, eval_split, features_for, headline, score
 from indivaid_core.repro.paths import Paths
 from indivaid_core.safe_io import write_csv
-from indivaid_core.train.export import load_export
+from indivaid_core.train.export import WEIGHTS, file_sha256, load_export
 
 # Full-strength parameters (strength 1.0); each scales linearly with the strength.
 MAX_BLUR_SIGMA = 3.0
@@ -55,14 +55,16 @@ def sweep_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def evaluation_features(paths: Paths, variant: str, seed: int, split: EvalSplit) -> torch.Tensor:
-    """The test features the evaluation stage saved for this model, in `split.test` order."""
+    """The test features the evaluation stage saved for this model, in `split.test` order;
+    refused if they were made by other weights (a stage 2 retrained since)."""
     path = paths.features(variant, seed)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no evaluation features for {paths.dataset}/{variant} seed {seed}; "
             "run the evaluation first (dvc repro evaluate)"
         )
-    return load_features(path, split.test)[0]
+    weights = file_sha256(paths.stage2(variant, seed) / WEIGHTS)
+    return load_features(path, split.test, weights)[0]
 
 
 def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataFrame:

@@ -215,6 +215,35 @@ def spread_metrics(folder: str | Path, cfg: Config) -> Path:
     return folder / "metrics"
 
 
+def _check(args: argparse.Namespace, cfg: Config) -> int:
+    """--check / --check-rev: 0 when the report matches (exactly, or within noise), else 1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = args.check or tables_at_revision(args.check_rev, cfg.data.reports, Path(tmp))
+        if args.within_noise:
+            spread = noise.pooled_spread(spread_metrics(args.within_noise, cfg))
+            if not spread:
+                raise SnapshotError(
+                    f"--within-noise {args.within_noise}: no several-seed metrics found "
+                    "to take the seed spread from; every band would be the floor"
+                )
+            table = Path(args.within_noise) / "numerical_spread.csv"
+            numerical = noise.numerical_spread(table, cfg.profile) if table.exists() else None
+            n = len(cfg.pipeline.seeds)
+            bad = noise.within_noise(
+                reference, cfg.data.reports, spread, n, args.z, numerical=numerical
+            )
+            where = args.check or args.check_rev
+            if len(bad):
+                print(bad.to_string(index=False))
+            print(f"outside the noise band of {where} (z={args.z}, {n} seeds): {len(bad)}")
+            return 1 if len(bad) else 0
+        problems = compare(reference, cfg.data.reports, args.tol)
+    for p in problems:
+        print(p)
+    print(f"differences against {args.check or args.check_rev}: {len(problems)}")
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="indivaid snapshot", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -238,33 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load(args.params)
     if args.check or args.check_rev:
-        with tempfile.TemporaryDirectory() as tmp:
-            reference = args.check or tables_at_revision(
-                args.check_rev, cfg.data.reports, Path(tmp)
-            )
-            if args.within_noise:
-                spread = noise.pooled_spread(spread_metrics(args.within_noise, cfg))
-                if not spread:
-                    raise SnapshotError(
-                        f"--within-noise {args.within_noise}: no several-seed metrics found "
-                        "to take the seed spread from; every band would be the floor"
-                    )
-                table = Path(args.within_noise) / "numerical_spread.csv"
-                numerical = noise.numerical_spread(table, cfg.profile) if table.exists() else None
-                n = len(cfg.pipeline.seeds)
-                bad = noise.within_noise(
-                    reference, cfg.data.reports, spread, n, args.z, numerical=numerical
-                )
-                where = args.check or args.check_rev
-                if len(bad):
-                    print(bad.to_string(index=False))
-                print(f"outside the noise band of {where} (z={args.z}, {n} seeds): {len(bad)}")
-                return 1 if len(bad) else 0
-            problems = compare(reference, cfg.data.reports, args.tol)
-        for p in problems:
-            print(p)
-        print(f"differences against {args.check or args.check_rev}: {len(problems)}")
-        return 1 if problems else 0
+        try:
+            return _check(args, cfg)
+        except SnapshotError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if cfg.profile == "default" and not args.dest:
         parser.error("the default report already lives in reports/; pass --dest to copy it")
     dest = args.dest or str(Path(cfg.data.reports) / cfg.profile)
