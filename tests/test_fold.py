@@ -29,6 +29,7 @@ def test_lite0_fold_matches_and_removes_every_batchnorm():
     assert folded is not enc
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in enc.modules())  # the original is kept
+    assert fold_batchnorm(folded, (_images(2, (64, 64), 2),)) is folded  # folding once is enough
     x = _images(4, (64, 64), 3)  # not the probe
     with torch.no_grad():
         ref, new = enc(x), folded(x)

@@ -96,8 +96,7 @@ def features_for(
     """
     batches = decoded_batches(cfg, spec, rows, root, corrupt)
     device = resolve_device(cfg.device)
-    probe = torch.rand(2, 3, *spec["image_size"], generator=torch.Generator().manual_seed(0))
-    encoder = fold_batchnorm(encoder, (probe.to(device),))
+    encoder = folded(cfg, encoder, spec)
     if cfg.model.channels_last:  # here, not under extract_features' inference mode
         encoder.to(memory_format=torch.channels_last)
     return extract_features(
@@ -111,6 +110,14 @@ def features_for(
         cameras=batches.cams is not None,
         channels_last=cfg.model.channels_last,
     )
+
+
+def folded(cfg: Config, encoder: torch.nn.Module, spec: dict) -> torch.nn.Module:
+    """`encoder` with its BatchNorm folded (`model.fold`), probed at the export's image size.
+    On an encoder folded already it returns at once, so a caller that computes features of
+    one model several times folds it once and passes the result."""
+    probe = torch.rand(2, 3, *spec["image_size"], generator=torch.Generator().manual_seed(0))
+    return fold_batchnorm(encoder, (probe.to(resolve_device(cfg.device)),))
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,7 @@ def evaluate_seed(
 ) -> SeedEvaluation:
     """One seed's export: test features (saved), scores, and the training-set fit."""
     encoder, spec = load_export(paths.stage2(variant, seed), device)
+    encoder = folded(cfg, encoder, spec)  # once for the test and the training features
     start = time.perf_counter()
     feats = features_for(cfg, encoder, spec, split.test, split.root)
     seconds = time.perf_counter() - start

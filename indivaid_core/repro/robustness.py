@@ -15,7 +15,14 @@ from torchvision.transforms.v2 import functional as TF
 from indivaid_core.config import Config
 from indivaid_core.device import resolve_device
 from indivaid_core.evaluate.features import load_features
-from indivaid_core.repro.evaluation import EvalSplit, eval_split, features_for, headline, score
+from indivaid_core.repro.evaluation import (
+    EvalSplit,
+    eval_split,
+    features_for,
+    folded,
+    headline,
+    score,
+)
 from indivaid_core.repro.paths import Paths
 from indivaid_core.safe_io import write_csv
 from indivaid_core.train.export import WEIGHTS, file_sha256, load_export
@@ -76,6 +83,7 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
     rows = []
     for variant in variants:
         encoder, spec = load_export(paths.stage2(variant, seed), device)
+        encoder = folded(cfg, encoder, spec)  # once for all its corrupted query sets
         # The evaluation's own features of this model: the gallery, and the clean queries
         # (every corruption is the identity at strength 0, which tests check).
         clean, gf = split.halves(evaluation_features(paths, variant, seed, split))

@@ -208,11 +208,10 @@ def spread_metrics(folder: str | Path, cfg: Config) -> Path:
     """Where a `--within-noise` report keeps its metrics: a snapshot holds them in
     `<snapshot>/metrics`; the default report's are `data.metrics` (`metrics/`)."""
     folder = Path(folder)
-    if (folder / "metrics" / "eval").exists():
-        return folder / "metrics"
-    if folder.resolve() == Path(cfg.data.reports).resolve():
+    own = folder / "metrics"
+    if not (own / "eval").exists() and folder.resolve() == Path(cfg.data.reports).resolve():
         return Path(cfg.data.metrics)
-    return folder / "metrics"
+    return own
 
 
 def _check(args: argparse.Namespace, cfg: Config) -> int:
