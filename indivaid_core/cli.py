@@ -17,37 +17,53 @@ Index writes are whole or not at all, and one writer at a time.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from indivaid_core import config
-from indivaid_core.data.images import DataError
-from indivaid_core.identify import api
-from indivaid_core.identify.calibrate import CalibrationError
-from indivaid_core.identify.index import (
-    BACKENDS,
-    GalleryIndexError,
-    check_index_target,
-    index_lock,
+from indivaid_core import config, door
+from indivaid_core.identify.backends import BACKENDS
+
+# Building the parser imports nothing heavy (torch, pandas, open_clip, faiss, sklearn): each
+# command imports what it uses, so `indivaid --help` answers in well under a second.
+USER_ERROR_CLASSES = (  # (module, class): named, not imported, for the same reason
+    ("indivaid_core.config", "ConfigError"),
+    ("indivaid_core.data.images", "DataError"),
+    ("indivaid_core.identify.index", "GalleryIndexError"),
+    ("indivaid_core.identify.calibrate", "CalibrationError"),
+    ("indivaid_core.safe_io", "UnreadableFileError"),
+    ("indivaid_core.safe_io", "LockedError"),
+    ("indivaid_core.door", "UsageError"),
 )
-from indivaid_core.identify.inputs import BadInputWarning
-from indivaid_core.safe_io import LockedError, UnreadableFileError, write_csv
-
-USER_ERRORS = (
-    config.ConfigError,
-    DataError,
-    GalleryIndexError,
-    CalibrationError,
-    UnreadableFileError,
-    LockedError,
+STANDARD_USER_ERRORS = (  # the standard errors a user's own paths raise
     FileNotFoundError,
     FileExistsError,
-    KeyError,
-    ValueError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
 )
+
+
+def user_errors(loaded_only: bool = True) -> tuple[type[BaseException], ...]:
+    """The errors a user can fix. By default only the classes of modules already imported: one
+    never imported cannot have been raised, so classifying an error imports nothing."""
+    found = []
+    for module, name in USER_ERROR_CLASSES:
+        mod = sys.modules.get(module) if loaded_only else importlib.import_module(module)
+        if getattr(mod, name, None) is not None:
+            found.append(getattr(mod, name))
+    return (*found, *STANDARD_USER_ERRORS)
+
+
+def __getattr__(name: str) -> Any:
+    """``USER_ERRORS``, every class imported, for callers that want the whole tuple."""
+    if name == "USER_ERRORS":
+        return user_errors(loaded_only=False)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _backend_params(args: argparse.Namespace) -> dict:
@@ -92,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train stage 1, stage 2 or both on a folder of your own animals",
         description="Train on every image of a folder with one sub-folder per individual (or "
-        "a CSV with identity and path columns). Settings come from params.yaml (--params), "
+        "a CSV with identity and path columns). Settings: those shipped with indivaid, or "
+        "--params FILE; "
         "changed with --set. Writes RUN_DIR/stage1 (descriptions) and RUN_DIR/model (the "
         "export that `indivaid index build --checkpoint RUN_DIR/model` reads). A rerun with "
         "the same settings resumes; with other settings it trains afresh.",
@@ -102,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--species", default="animal", help="the word after the X tokens in the prompt")
     t.add_argument("--variant", default="indivaid", help="a variant of params.yaml (default)")
     t.add_argument("--stage", choices=["both", "stage1", "stage2"], default="both")
-    config.add_settings_arguments(t)
+    config.add_settings_arguments(t, default=None)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 
     pr = sub.add_parser("profile", help="select a params.yaml profile for dvc repro")
@@ -144,16 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hnsw-m", type=int, help="faiss-hnsw: links per node")
     b.add_argument("--ef-search", type=int, help="faiss-hnsw: search beam width")
     b.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    door.add_outside_root_argument(b)
     _add_common(b)
 
     a = idx.add_parser("add", help="add labelled images to an existing index")
     a.add_argument("index", help="index folder")
-    a.add_argument("--images", required=True, help="identity folders or a metadata CSV")
+    a.add_argument(
+        "--images",
+        required=True,
+        help="identity folders, a metadata CSV, or the review page's exported CSV; photos "
+        "already indexed (same file content) are skipped",
+    )
     a.add_argument("--root", help="image root for a CSV's relative paths")
     a.add_argument("--checkpoint", help="model folder (default: the one the index remembers)")
     a.add_argument(
         "--recalibrate", action="store_true", help="recalibrate the threshold on the grown gallery"
     )
+    door.add_outside_root_argument(a)
     _add_common(a)
 
     q = sub.add_parser("identify", help="identify photos against an index")
@@ -162,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", help="model folder (default: the one the index remembers)")
     q.add_argument("--top-k", type=int, default=5)
     q.add_argument("--out", default="results.csv", help="CSV of results (default results.csv)")
+    q.add_argument(
+        "--threshold",
+        type=float,
+        help="new-individual distance for this run (default: the index's calibrated one)",
+    )
+    q.add_argument("--force", action="store_true", help="replace an existing CSV and page")
+    q.add_argument("--no-page", action="store_true", help="skip the HTML match-review page")
+    q.add_argument(
+        "--sightings",
+        action="store_true",
+        help="also write sightings.csv beside the CSV: identity, photo, date and camera (EXIF, "
+        "else the file's time) per identified photo, a capture history",
+    )
+    q.add_argument("--json", action="store_true", help="print the summary as JSON, no table")
     _add_common(q)
     return parser
 
@@ -171,11 +209,23 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"warning: {w.message}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _show_every_skipped_file(command: str) -> None:
+    """Warn once per skipped photo, not once per place (imported only by commands that read
+    photos, which import torch anyway)."""
+    if command in ("train", "index", "identify"):
+        from indivaid_core.identify.inputs import BadInputWarning
+
+        warnings.simplefilter("always", BadInputWarning)
+
+
+def run(args: argparse.Namespace) -> dict | None:
     if args.command == "train":
         from indivaid_core.train.folder import train_on_folder
 
-        cfg = config.load(args.params, config.parse_overrides(args.set), check_cells=False)
+        overrides = config.parse_overrides(args.set)
+        door.check_overridden_device(overrides)
+        cfg = config.load_settings(args.params, overrides)
+        door.check_device(cfg.device, f"device: {cfg.device} in {args.params or 'params.yaml'}")
         result = train_on_folder(
             cfg, args.images, args.out, args.species, args.variant, args.stage, not args.no_resume
         )
@@ -186,6 +236,9 @@ def run(args: argparse.Namespace) -> dict:
         cells = config.write_cells(args.params, args.name)
         cfg = config.load(args.params)
         return {"profile": cfg.profile, "cells": len(cfg.cells()), "written": str(cells)}
+    from indivaid_core.identify import api
+    from indivaid_core.identify.index import check_index_target, index_lock
+
     if args.command == "index" and args.index_command == "build":
         with index_lock(args.out):  # held from the start: a second build is refused at once
             check_index_target(args.out)
@@ -219,32 +272,79 @@ def run(args: argparse.Namespace) -> dict:
             "index": args.index,
             "n_vectors": len(index.gallery),
             "n_added": report["n_added"],
+            "n_skipped_already_indexed": report["n_skipped"],
             "n_errors": len(report["errors"]),
             "threshold": report["threshold"],
         }
-    index, model = api.open_index(args.index, args.checkpoint, args.device)
-    frame, summary = api.identify(index, model, args.images, args.top_k, args.batch_size)
+    return _identify(args)
+
+
+def _identify(args: argparse.Namespace) -> dict | None:
+    """Identify, write the rounded CSV and the review page beside it (neither replaced without
+    --force), and print one answer per photo (or the JSON summary with --json)."""
+    from indivaid_core.identify import api, present, review_page
+    from indivaid_core.safe_io import write_csv, write_text
+
     out = Path(args.out)
-    write_csv(frame, out, index=False)
-    return {"out": str(out), **summary}
+    page, sightings = out.with_suffix(".html"), out.with_name("sightings.csv")
+    present.refuse_existing(_outputs(args, out, page, sightings), args.force)
+    index, model = api.open_index(args.index, args.checkpoint, args.device)
+    top_k = door.clip_top_k(args.top_k, index.gallery["identity"].nunique())
+    frame, summary = api.identify(
+        index, model, args.images, top_k, args.batch_size, threshold=args.threshold
+    )
+    write_csv(present.people_frame(frame), out, index=False)
+    result = {"out": str(out), **summary}
+    if not args.no_page:
+        html = review_page.render(
+            frame, index.gallery, summary["threshold"], f"Review: {out.name}", args.index
+        )
+        write_text(page, html)
+        result["page"] = str(page)
+    if args.sightings:
+        from indivaid_core.identify.sightings import sightings_frame
+
+        write_csv(sightings_frame(frame), sightings, index=False)
+        result["sightings"] = str(sightings)
+    if args.json:
+        return result
+    print(present.answers_table(frame, csv=str(out)))
+    print(
+        f"\n{summary['n_queries']} photos, {summary['n_new_individual']} flagged new, "
+        f"{summary['n_errors']} errors -> {out}"
+        + (f", review page {page}" if "page" in result else "")
+        + (f", sightings {sightings}" if "sightings" in result else "")
+    )
+    return None
+
+
+def _outputs(args: argparse.Namespace, out: Path, page: Path, sightings: Path) -> list[Path]:
+    """The files this identify run writes, checked before any work so none is half-made."""
+    if args.sightings and out.resolve() == sightings.resolve():
+        raise door.UsageError(f"--out {out}: --sightings writes that file; choose another name")
+    wanted = ((out, True), (page, not args.no_page), (sightings, args.sightings))
+    return [path for path, written in wanted if written]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:  # these keep their own options and --help
-        return _delegate(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", BadInputWarning)
         try:
+            return _delegate(argv[0], argv[1:])
+        except (Exception, KeyboardInterrupt) as err:  # the same contract as every command
+            return door.exit_status(err, user_errors())
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught, door.sigterm_as_interrupt():
+        try:
+            _show_every_skipped_file(args.command)
+            door.check_args(args)
             result = run(args)
-        except USER_ERRORS as err:
+        except (Exception, KeyboardInterrupt) as err:  # door.exit_status: user error or bug
             _show_warnings(caught)
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
+            return door.exit_status(err, user_errors())
     _show_warnings(caught)
-    print(json.dumps(result, indent=1, default=str))
+    if result is not None:
+        print(json.dumps(result, indent=1, default=str))
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,10 @@ import yaml
 
 class ConfigError(ValueError):
     """A settings problem, with the dotted key path that caused it."""
+
+
+MAX_LR = 1.0  # no optimiser here trains at a larger step; a larger one ends in NaN weights
+MAX_BATCH = 1024  # stage2.p x stage2.k images: 16x the released recipe's batch of 64
 
 
 def _at_least(section: str, cfg: Any, **lows: float) -> None:
@@ -36,6 +42,19 @@ def _positive(section: str, cfg: Any, *keys: str) -> None:
     for key in keys:
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"{section}.{key}: expected a value > 0, got {getattr(cfg, key)}")
+
+
+def _unit(section: str, cfg: Any, *keys: str) -> None:
+    """Probabilities and strengths that only make sense in [0, 1]."""
+    for key in keys:
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"{section}.{key}: expected 0 <= value <= 1, got {getattr(cfg, key)}")
+
+
+def _learning_rate(section: str, cfg: Any) -> None:
+    """A learning rate above 1 only makes the weights NaN, several minutes later."""
+    if not 0.0 < cfg.lr <= MAX_LR:
+        raise ConfigError(f"{section}.lr: expected 0 < value <= {MAX_LR}, got {cfg.lr}")
 
 
 @dataclass
@@ -62,6 +81,7 @@ class DataCfg:
     work: str = "work"
     metrics: str = "metrics"
     reports: str = "reports"
+    models: str = "models"  # pretrained weights the pipeline makes (the synthetic CLIP)
     num_workers: int = 0
     max_identities: int = 0
     max_pixels: int = 100_000_000  # larger images are refused, naming the file
@@ -126,8 +146,40 @@ class Stage1Cfg:
             raise ConfigError(f"stage1.processes: expected 1 or more, got {self.processes}")
         _at_least("stage1", self, epochs=1, batch_size=1, feature_batch_size=1, warmup_epochs=0)
         _at_least("stage1", self, released_batch_size=0)
-        _positive("stage1", self, "lr")
+        _learning_rate("stage1", self)
         _at_least("stage1", self, weight_decay=0.0)
+
+
+@dataclass
+class PretrainCfg:
+    """The synthetic CLIP: a captioned corpus drawn at its own seed, and its training run."""
+
+    seed: int = 1000  # corpus seed; the embedded suite's individuals are drawn at seed 0
+    backbone: str = "lite0"
+    init: str = "lite0-imagenet"  # weights the run starts from (the text tower starts random)
+    presets: list[str] = field(default_factory=list)
+    scale: float = 1.0  # multiplies each preset's individuals
+    image_size: int = 96  # rendered size (pixels, square)
+    heldout_fraction: float = 0.1  # individuals kept out of training, for the alignment metrics
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 5e-4  # text tower and projections
+    image_lr_factor: float = 0.2  # the ImageNet image tower trains at lr x this
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    pad: int = 6  # random-translation augmentation (pixels); no flips: they swap the flank
+    num_threads: int = 2
+    processes: int = 2  # corpus rendering, one preset per process
+
+    def __post_init__(self) -> None:
+        _at_least("pretrain", self, epochs=1, batch_size=2, warmup_steps=0, pad=0)
+        _at_least("pretrain", self, num_threads=0, processes=1, image_size=32)
+        _positive("pretrain", self, "lr", "scale", "image_lr_factor")
+        _at_least("pretrain", self, weight_decay=0.0)
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(
+                f"pretrain.heldout_fraction: expected 0 < value < 1, got {self.heldout_fraction}"
+            )
 
 
 @dataclass
@@ -136,6 +188,9 @@ class LossWeights:
     triplet: float = 1.0
     i2t: float = 1.0
 
+    def __post_init__(self) -> None:
+        _at_least("stage2.loss_weights", self, id=0.0, triplet=0.0, i2t=0.0)
+
 
 @dataclass
 class AugmentCfg:
@@ -143,6 +198,10 @@ class AugmentCfg:
     pad: int = 8
     random_erasing: float = 0.5
     color_jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        _at_least("stage2.augment", self, pad=0)
+        _unit("stage2.augment", self, "random_erasing", "color_jitter")
 
 
 @dataclass
@@ -178,7 +237,13 @@ class Stage2Cfg:
         _at_least("stage2", self, num_threads=0, processes=1)
         _at_least("stage2", self, epochs=1, iters_per_epoch=0, min_iters_per_epoch=0, p=2, k=1)
         _at_least("stage2", self, warmup_epochs=0, weight_decay=0.0, margin=0.0)
-        _positive("stage2", self, "lr", "bias_lr_factor", "gamma")
+        _positive("stage2", self, "bias_lr_factor", "gamma")
+        _learning_rate("stage2", self)
+        if self.p * self.k > MAX_BATCH:
+            raise ConfigError(
+                f"stage2.p x stage2.k: a batch of {self.p} x {self.k} images is more than "
+                f"{MAX_BATCH}; lower stage2.p (identities per batch) or stage2.k"
+            )
         _at_least("stage2", self, backbone_lr_factor=0.0)
         for key in ("label_smoothing", "i2t_label_smoothing"):
             if not 0.0 <= getattr(self, key) < 1.0:
@@ -254,6 +319,7 @@ class Config:
     stage1: Stage1Cfg = field(default_factory=Stage1Cfg)
     stage2: Stage2Cfg = field(default_factory=Stage2Cfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     variants: dict[str, VariantCfg] = field(default_factory=dict)
     pipeline: PipelineCfg = field(default_factory=PipelineCfg)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -338,16 +404,22 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return tuple(inner) if origin is tuple else inner
     if tp is Any:
         return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        return _finite(value, path)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _finite(value: int | float | str, path: str) -> float:
+    """A float setting as a finite number: nan or inf would pass every range check after it."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{path}: expected float, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    return number
 
 
 def from_dict(raw: dict[str, Any], path: str = "params", cls: type = Config) -> Any:
@@ -394,6 +466,11 @@ def cells_of(cfg: Config) -> dict[str, Any]:
 def _check_references(cfg: Config) -> Config:
     """Cross-key checks: every name a list or override refers to must exist and be valid."""
     p = cfg.pipeline
+    if cfg.stage2.augment.pad * 2 > min(cfg.model.image_size):
+        raise ConfigError(
+            f"stage2.augment.pad: {cfg.stage2.augment.pad} pixels is more than half of "
+            f"model.image_size {list(cfg.model.image_size)}"
+        )
     for ds in dict.fromkeys([*p.datasets, *p.ablation_datasets, *cfg.data.datasets]):
         try:
             cfg.for_run(ds)  # validates the dataset's overrides, with their ranges
@@ -429,15 +506,29 @@ def _set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for i, p in enumerate(parents):
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(
+                    f"{dotted}: cannot set it, {where} is {node!r}, not a section of settings"
+                )
         node[leaf] = value
     return raw
 
 
 def add_settings_arguments(parser: Any, default: str = "params.yaml") -> None:
-    """`--params FILE` and repeatable `--set KEY=VALUE`, for every command that reads settings."""
-    parser.add_argument("--params", default=default, help=f"settings file (default {default})")
+    """`--params FILE` and repeatable `--set KEY=VALUE`, for every command that reads settings.
+
+    ``default=None``: without --params the settings shipped with the package are used
+    (:func:`load_settings`), so the command works from any folder.
+    """
+    shipped = "the settings shipped with indivaid, profile default"
+    parser.add_argument(
+        "--params", default=default, help=f"settings file (default: {default or shipped})"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -454,7 +545,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stage2.epochs=20")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value, f"--set {item!r}")
     return out
 
 
@@ -477,6 +568,60 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Con
     return _check_references(from_dict(merged, f"profiles.{profile}"))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader (no tag builds an object) that also refuses a key given twice,
+    which plain YAML settles silently by keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML data only, or one ConfigError naming `where`: object tags, bad syntax, duplicates."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())
+        raise ConfigError(f"{where}: not valid settings YAML ({detail[:240]})") from err
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The mapping a settings file holds, or one ConfigError naming the file and the fix."""
+    fix = "give a YAML mapping of settings like params.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: settings file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a settings file; {fix}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (binary, or not UTF-8); {fix}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the settings file ({err.strerror})") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raise ConfigError(f"{path}: the settings file is empty; {fix}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: holds a YAML {type(raw).__name__}, not a mapping; {fix}")
+    return raw
+
+
+def _blame_override(message: str, overrides: dict[str, Any] | None) -> str:
+    """Say when the bad value came from an override (`--set`), not from the file named."""
+    keys = [k for k in overrides or {} if re.search(rf"(^|[ .]){re.escape(k)}\b", message)]
+    return f" (the value of the override {keys[0]}={overrides[keys[0]]!r})" if keys else ""
+
+
 def load(
     path: str | Path = "params.yaml",
     overrides: dict[str, Any] | None = None,
@@ -488,13 +633,11 @@ def load(
     DVC stages would not be the ones this profile asks for.
     """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: settings file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_settings(path)
     try:
         cfg = resolve(raw, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}{_blame_override(str(exc), overrides)}") from exc
     cells_path = path.with_name(CELLS_FILE)
     if check_cells and cells_path.exists():
         found = (yaml.safe_load(cells_path.read_text()) or {}).get("cells", {})
@@ -507,10 +650,36 @@ def load(
     return cfg
 
 
+def default_params_path() -> Path:
+    """The settings that ship with the package, so `indivaid train` needs no params.yaml where
+    it runs. In a source checkout or an editable install (`pip install -e .`) that is the
+    repository's params.yaml itself, the single source of settings, so nothing can drift; an
+    installed wheel carries it as indivaid_core/default_params.yaml (a link to ../params.yaml
+    in the repository, copied into the wheel as package data)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "params.yaml", here / "default_params.yaml"):
+        if candidate.is_file() and (candidate.name != "params.yaml" or _is_checkout(here.parent)):
+            return candidate
+    raise ConfigError(f"{here}: the package's default settings are missing; reinstall indivaid")
+
+
+def _is_checkout(root: Path) -> bool:
+    """A folder holding this project's pyproject.toml (not some unrelated params.yaml)."""
+    project = root / "pyproject.toml"
+    return project.is_file() and 'name = "indivaid-core"' in project.read_text()
+
+
+def load_settings(params: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """`--params FILE` when given, else the packaged defaults under their `default` profile
+    (`--set profile=NAME` picks another); `overrides` win over both."""
+    overrides = overrides or {}
+    if params is not None:
+        return load(params, overrides, check_cells=False)
+    return load(default_params_path(), {"profile": "default", **overrides}, check_cells=False)
+
+
 def write_cells(params: str | Path = "params.yaml", profile: str | None = None) -> Path:
     """Select `profile` in params.yaml (its one `profile:` line) and write CELLS_FILE."""
-    import re
-
     from indivaid_core.safe_io import write_text
 
     params = Path(params)

@@ -241,8 +241,63 @@ def write_json(path: str | Path, data: Any, **dumps_kw: Any) -> None:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path, **to_csv_kw: Any) -> None:
+    """Write a table whole; its text cells are neutralised (:func:`neutralise_formulas`)."""
     with atomic_write(path, newline="") as f:
-        frame.to_csv(f, **to_csv_kw)
+        neutralise_formulas(frame).to_csv(f, **to_csv_kw)
+
+
+# A spreadsheet runs a cell that starts with = + - @ (or tab / CR before them) as a formula, so
+# an identity folder named `=HYPERLINK(...)` would become a live link in results.csv. OWASP's
+# CSV-injection advice: prefix such text with a single quote. Cells that already start with
+# quotes before such a character get one more, so :func:`restore_formulas` can undo it exactly.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # "-1.5" is data, not a formula
+
+
+def neutralise_cell(value: Any) -> Any:
+    """`value` with a leading quote when a spreadsheet would run it as a formula."""
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def restore_cell(value: Any) -> Any:
+    """The text :func:`neutralise_cell` was given (a quote it added is removed)."""
+    if isinstance(value, str) and value.startswith("'") and _FORMULA.match(value, 1):
+        return value[1:]
+    return value
+
+
+def _map_text(frame: pd.DataFrame, fn: Callable[[Any], Any]) -> pd.DataFrame:
+    """`fn` applied to every text cell, header and index label; numbers are left alone.
+    Returns `frame` itself when nothing changes (no copy of a large table)."""
+    changed: dict[int, pd.Series] = {}
+    for i, dtype in enumerate(frame.dtypes):
+        if pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.StringDtype):
+            col = frame.iloc[:, i]
+            new = col.map(fn)
+            if not new.equals(col):
+                changed[i] = new
+    columns = [fn(c) for c in frame.columns]
+    index_text = not isinstance(frame.index, pd.MultiIndex) and frame.index.dtype == "O"
+    index = frame.index.map(fn) if index_text else frame.index
+    if not changed and columns == list(frame.columns) and index.equals(frame.index):
+        return frame
+    out = frame.copy()
+    for i, new in changed.items():
+        out.isetitem(i, new)
+    out.columns, out.index = columns, index
+    return out
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` safe to open in a spreadsheet (or `frame` when it already is)."""
+    return _map_text(frame, neutralise_cell)
+
+
+def restore_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Undo :func:`neutralise_formulas` on a table read back from a CSV this project wrote."""
+    return _map_text(frame, restore_cell)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:

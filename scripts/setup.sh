@@ -9,3 +9,8 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision are pinned in pyproject.toml; pip takes them from this machine's local disk.
 .venv/bin/python -m pip install -q -e ".[test]"
+# Debian's Chromium: tests/test_identify_review.py opens the match-review page in it (headless).
+if ! command -v chromium >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
+fi

@@ -3,7 +3,8 @@
 `tiny_suite` (session scope): a synthetic tiger set of 5 individuals x 3 photos at 48 px,
 generated once per test session into a temporary folder. It yields `(df, root)`: `df` is the
 wildlife-format table read from `<root>/metadata.csv` (image_id, identity, path, date, species,
-camera, viewpoint, daynight, occlusion, bbox), `path` relative to `root`. Read-only: tests that
+camera, viewpoint, daynight, occlusion, bbox, background, pattern, coat_*, caption), `path`
+relative to `root`. Read-only: tests that
 modify the table or files should use `tiny_table` (a fresh copy of the table) or copy the files.
 `tiny_table` (function scope): `(df.copy(), root)` of the same suite.
 `smoke_cfg` (session scope): the repository's params.yaml under its `smoke` profile (a tiny

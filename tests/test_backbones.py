@@ -201,7 +201,7 @@ def test_whole_model_trains_one_step(backbone, size, sie):
     assert gen.prompt_learner.ctx.grad.abs().sum() > 0
     enc.eval()
     with torch.no_grad():
-        ev = enc.encode(images, cams)
+        ev = enc(images, cams)
     assert ev["global"].shape == (batch, enc.feature_dims["global"])
     assert [t.shape for t in ev["logits"]] == [(batch, num_ids)] * 2
 

@@ -79,6 +79,7 @@ def test_build_then_identify_a_folder(work):
         "results.csv",
         "--device",
         "cpu",
+        "--json",
         cwd=work,
     )
     assert out.returncode == 0, out.stderr
@@ -99,8 +100,9 @@ def test_build_then_identify_a_folder(work):
     assert "corrupt.jpg" in out.stderr and "notes.txt" in out.stderr
     good = res[res["error"] == ""]
     assert len(good) == 5
-    assert set(good["predicted_identity"]) <= {p.name for p in (work / "gallery").iterdir()}
-    assert (good["top1_identity"] == good["predicted_identity"]).all()
+    assert set(good["top1_identity"]) <= {p.name for p in (work / "gallery").iterdir()}
+    flagged = good["new_individual"].astype(str) == "True"
+    assert (good["predicted_identity"] == good["top1_identity"].where(~flagged, "new")).all()
     assert json.loads(out.stdout)["n_errors"] == 2
 
 
@@ -148,7 +150,13 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
     assert json.loads(out)["n_vectors"] == 11
 
     rc, out, err = main(
-        "identify", "--index", tmp_path / "hnsw", newcomer / "a.jpg", "--out", tmp_path / "r.csv"
+        "identify",
+        "--index",
+        tmp_path / "hnsw",
+        newcomer / "a.jpg",
+        "--out",
+        tmp_path / "r.csv",
+        "--json",
     )
     assert rc == 0, err
     summary = json.loads(out)

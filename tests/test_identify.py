@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from indivaid_core.identify import (
     BACKENDS,
@@ -194,7 +195,9 @@ def test_calibrated_threshold_flags_held_out_individuals():
     flagged = res["new_individual"].to_numpy(dtype=bool)
     assert flagged[is_new].mean() >= 0.9
     assert (~flagged[~is_new]).mean() >= 0.9
-    assert (res["predicted_identity"][:32] == [f"id{i:03d}" for i in range(32)]).mean() >= 0.9
+    assert (res["top1_identity"][:32] == [f"id{i:03d}" for i in range(32)]).mean() >= 0.9
+    assert (res["predicted_identity"][flagged] == "new").all()  # flagged: never a known name
+    assert (res["predicted_identity"][~flagged] == res["top1_identity"][~flagged]).all()
     assert cal["heldout_baus"] > 0.5 and len(cal["thresholds"]) == 3
     # The threshold was chosen from gallery data alone: same result without the new ids' data.
     again = calibrate_threshold(x[known], ids[known], heldout_fraction=0.25, repeats=3, seed=0)
@@ -295,26 +298,29 @@ def test_build_identify_add_with_bad_files(suite, tmp_path):
     assert len(ok) == 2 and summary["n_errors"] == 5
     # A gallery photo (and its copy) comes back as its own individual at distance ~0.
     for name in (str(gallery_img), str(tmp_path / "photos" / "fine.jpg")):
-        assert ok.loc[name, "predicted_identity"] == index.gallery["identity"].iloc[4]
+        assert ok.loc[name, "top1_identity"] == index.gallery["identity"].iloc[4]
         assert ok.loc[name, "distance"] < 1e-3
         # the flag follows the calibrated threshold (a random tiny model may calibrate ~0)
         assert ok.loc[name, "new_individual"] == (ok.loc[name, "distance"] > index.threshold)
 
     folders = tmp_path / "more"
-    for who in ("newcomer", "newcomer2"):
+    for who, quality in (("newcomer", 90), ("newcomer2", 80)):  # re-encoded: other content
         (folders / who).mkdir(parents=True)
-        shutil.copy(gallery_img, folders / who / "a.jpg")
+        Image.open(gallery_img).save(folders / who / "a.jpg", quality=quality)
+    (folders / "copycat").mkdir()
+    shutil.copy(gallery_img, folders / "copycat" / "a.jpg")  # the same bytes: skipped
     (folders / "newcomer" / "broken.png").write_text("nope")
     with pytest.warns(BadInputWarning, match="broken.png"):
         rep = add_to_index(index, model, folders)
     assert rep["n_added"] == 2 and len(index.gallery) == len(suite["table"]) + 2
+    assert rep["n_skipped"] == 1
     assert set(index.gallery["identity"].iloc[-2:]) == {"newcomer", "newcomer2"}
 
 
 def test_mismatched_checkpoint_and_unreadable_gallery_are_refused(suite, tmp_path):
     model_a = load_model(suite["a"], "cpu")
     index, _ = build_index(model_a, suite["csv"], threshold=0.5)
-    assert index.calibration == {"method": "manual"} and index.threshold == 0.5
+    assert index.calibration["method"] == "manual" and index.threshold == 0.5
     save_index(index, tmp_path / "idx", model_a)
     with pytest.raises(ModelMismatchError, match="weights_sha256"):
         open_index(tmp_path / "idx", suite["b"], device="cpu")

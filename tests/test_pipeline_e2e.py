@@ -93,7 +93,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert len(found) > 0 and found["error"].isna().all()
     table = pd.read_csv(repo / "work/tables/synth-stoat.csv", dtype={"identity": str})
     test_ids = set(table.loc[table["split"] != "train", "identity"])
-    assert set(found["predicted_identity"].dropna().astype(str)) <= test_ids
+    assert set(found["top1_identity"].dropna().astype(str)) <= test_ids
 
     # an unchanged pipeline is skipped, and so is an edit to a profile that is not selected
     params["profiles"]["paper"]["seed"] += 1

@@ -183,7 +183,7 @@ def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_re
     assert encoder.sie.shape[0] == 3
     image = torch.rand(1, 3, *spec["image_size"])
     with torch.no_grad():
-        a, b = (encoder.encode(image, torch.tensor([c]))["global"] for c in (0, 1))
+        a, b = (encoder(image, torch.tensor([c]))["global"] for c in (0, 1))
     assert not torch.allclose(a, b)  # the camera id reaches the features
     result = evaluate(cfg, "toy", "image_only")
     assert 0 < result.summary["mAP"] <= 1
@@ -247,7 +247,7 @@ def _torchrun(repo: Path, nproc: int, *args: str) -> None:
         "--master_port",
         str(29500 + nproc + os.getpid() % 1000),
         "-m",
-        "indivaid_core.train",
+        "indivaid_core.repro.train_cli",
         *args,
     ]
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
@@ -339,7 +339,7 @@ def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
     assert _same(encoder.state_dict(), before)
     conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
     image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
-    encoder.encode(image)["global"].sum().backward()
+    encoder(image)["global"].sum().backward()
     assert image.grad is not None and conv.weight.grad is not None
 
 
@@ -502,7 +502,7 @@ def test_stage1_gives_the_same_bytes_in_two_separate_processes(in_repo):
     blobs = []
     for tag in ("p1", "p2"):
         shutil.copytree(in_repo / "work" / "tables", in_repo / f"work_{tag}" / "tables")
-        cmd = [sys.executable, "-m", "indivaid_core.train", "stage1", "--dataset", "toy"]
+        cmd = [sys.executable, "-m", "indivaid_core.repro.train_cli", "stage1", "--dataset", "toy"]
         cmd += ["--text", "meta-ctx4", f"--set=data.work=work_{tag}", "--no-resume"]
         done = subprocess.run(cmd, cwd=in_repo, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -19,6 +19,7 @@ import pandas as pd
 from indivaid_core.data.images import IMAGE_EXTENSIONS, DataError
 from indivaid_core.data.splits import split_identities
 from indivaid_core.data.table import check_columns
+from indivaid_core.safe_io import restore_formulas
 
 #: `<pid>_<camid>[_<anything>].<ext>`, the names every released reader parses: IndivAID's
 #: `0001_-1_3_origin.jpg` (ATRW, FriesianCattle2017, IPanda50, Lion, Nyala, PolarBear, SeaStar),
@@ -182,7 +183,7 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={c: str for c in cols})
     if cols:
         raw = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, na_values=[""])
-        df[cols] = raw[cols]
+        df[cols] = restore_formulas(raw[cols])  # a table this project wrote (gallery.csv)
     return df
 
 

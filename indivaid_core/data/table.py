@@ -98,7 +98,12 @@ def query_identities_missing_from_gallery(df: pd.DataFrame) -> list[str]:
     return sorted(counts.index[counts == 1])
 
 
-def check_inside_root(df: pd.DataFrame, root: str | Path, source: str) -> None:
+def check_inside_root(
+    df: pd.DataFrame,
+    root: str | Path,
+    source: str,
+    fix: str = "set data.allow_outside_root: true to read them anyway",
+) -> None:
     """Paths are relative and stay under the data root: `../x.jpg` or `/etc/...` in a table
     someone sent you would read files outside the dataset without a word."""
     root = Path(root).resolve()
@@ -111,9 +116,7 @@ def check_inside_root(df: pd.DataFrame, root: str | Path, source: str) -> None:
     )
     if outside.any():
         raise DataError(
-            f"{source}: "
-            + _rows(df, outside, f"path(s) outside the data root {root}")
-            + "; set data.allow_outside_root: true to read them anyway"
+            f"{source}: " + _rows(df, outside, f"path(s) outside the data root {root}") + f"; {fix}"
         )
 
 

@@ -39,11 +39,6 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
-def _resolve_device(device: str | torch.device | None, like: torch.Tensor) -> torch.device:
-    """Where `like` already is, unless a device is asked for (then the shared rule)."""
-    return like.device if device is None else resolve_device(device)
-
-
 def _rank_core(
     dist_rows: Callable[[int, int], torch.Tensor],
     n_query: int,
@@ -205,7 +200,7 @@ def rank_metrics(
     dist_t = _as_tensor(dist)
     if dist_t.ndim != 2:
         raise ValueError(f"dist must be 2-D (queries x gallery), got shape {tuple(dist_t.shape)}")
-    dev = _resolve_device(device, dist_t)
+    dev = dist_t.device if device is None else resolve_device(device)
     return _rank_core(
         lambda s, e: dist_t[s:e],
         dist_t.shape[0],
@@ -306,7 +301,7 @@ def rank_metrics_from_features(
     qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"feature shapes {tuple(qf.shape)} and {tuple(gf.shape)} do not match")
-    dev = _resolve_device(device, qf)
+    dev = qf.device if device is None else resolve_device(device)
     qf, gf = qf.to(dev), gf.to(dev)
     if ranking == "sort":
         dist_rows = lambda s, e: pairwise_distance(qf[s:e], gf, metric)  # noqa: E731

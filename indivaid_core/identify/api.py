@@ -20,10 +20,14 @@ from indivaid_core.data.images import draft_for
 from indivaid_core.device import resolve_device
 from indivaid_core.evaluate.features import FEATURE_KEYS
 from indivaid_core.identify.calibrate import CalibrationError, calibrate_threshold
+from indivaid_core.identify.confidence import fit_confidence
+from indivaid_core.identify.confidence import predict as predict_confidence
+from indivaid_core.identify.grow import skip_indexed, warn_similar_names, with_hashes
 from indivaid_core.identify.index import (
     IDENTITY_KEYS,
     EmptyGalleryError,
     GalleryIndex,
+    GalleryIndexError,
     check_identity,
     model_identity,
     recall_at_1,
@@ -34,7 +38,7 @@ from indivaid_core.identify.inputs import (
     read_gallery,
     warn_errors,
 )
-from indivaid_core.safe_io import unreadable
+from indivaid_core.safe_io import UnreadableFileError, unreadable
 from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
 from indivaid_core.transforms import eval_transform
 
@@ -62,7 +66,7 @@ class LoadedModel:
             self.spec.get("resize_backend", "tensor"),
         )
         return embed_files(
-            self.encoder.encode,
+            self.encoder,
             tf,
             list(paths),
             self.device,
@@ -78,13 +82,13 @@ def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) 
     model_dir = Path(model_dir)
     encoder, spec = load_export(model_dir, "cpu")
     if spec.get("camera_map"):
-        raise ValueError(
+        raise GalleryIndexError(
             f"{model_dir}: this export uses SIE camera embeddings, which need the camera id of "
             "every photo; identify works with camera-free exports (train with model.sie_coef: 0)"
         )
     actual = file_sha256(model_dir / WEIGHTS)
     if spec.get("weights_sha256") != actual:
-        raise ValueError(
+        raise UnreadableFileError(
             f"{model_dir / WEIGHTS}: sha256 {actual[:12]}… differs from the "
             f"{spec.get('weights_sha256', 'missing')!r} recorded in model.json; the export was "
             "modified after it was written"
@@ -124,7 +128,7 @@ def build_index(
         raise EmptyGalleryError(f"{images}: the gallery lists no images")
     feats, ok, errors = model.embed(table["path"], batch_size)
     warn_errors(errors.items(), "gallery")
-    kept = table[np.asarray(ok, dtype=bool)].reset_index(drop=True)
+    kept = with_hashes(table[np.asarray(ok, dtype=bool)].reset_index(drop=True))
     if kept.empty:
         raise EmptyGalleryError(
             f"{images}: none of the {len(table)} gallery images could be read "
@@ -140,6 +144,7 @@ def build_index(
         except CalibrationError as err:
             warn_errors([(str(images), str(err))], "calibration")
             calibration = {"method": "none", "reason": str(err)}
+    calibration["confidence"] = fit_confidence(feats.numpy(), kept["identity"], seed=seed)
     index = GalleryIndex(
         feats,
         kept,
@@ -155,6 +160,7 @@ def build_index(
         "errors": errors,
         "threshold": threshold,
         "calibration": calibration,
+        "confidence_ece": calibration["confidence"].get("ece"),
     }
     if index.approximate:
         report["recall_at_1"] = self_recall(index, seed=seed)
@@ -197,13 +203,13 @@ def open_index(
     index = GalleryIndex.load(path)
     if model_dir is None:
         if not index.model_dir:
-            raise ValueError(f"{path}: the index does not name its model; pass --checkpoint")
+            raise GalleryIndexError(f"{path}: the index does not name its model; pass --checkpoint")
         model_dir = path / index.model_dir
         if not (Path(model_dir) / "model.json").is_file():
             raise FileNotFoundError(
                 f"{path}: its model folder {model_dir} is gone; pass --checkpoint MODEL_DIR"
             )
-    model = load_model(model_dir, device, flip=index.model["flip"])
+    model = load_model(model_dir, device, flip=bool(index.model.get("flip")))
     check_identity(index.model, model.identity, f"index {path}")
     return index, model
 
@@ -216,15 +222,21 @@ def add_to_index(
     recalibrate: bool = False,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Embed more labelled images into an index (new individuals or new photos of known ones)."""
+    """Embed more labelled images into an index (new individuals or new photos of known ones).
+
+    Photos whose file content is already indexed (or repeated) are skipped and counted; a new
+    name that differs from a known one only in case, spaces or Unicode form is warned about.
+    """
     check_identity(index.model, model.identity, "the index")
-    table = read_gallery(images, root)
+    index.gallery = with_hashes(index.gallery)
+    table, n_skipped = skip_indexed(index.gallery, read_gallery(images, root))
+    warn_similar_names(index.gallery["identity"], table["identity"], str(images))
     feats, ok, errors = model.embed(table["path"], batch_size)
     warn_errors(errors.items(), "gallery")
     kept = table[np.asarray(ok, dtype=bool)].reset_index(drop=True)
     if len(kept):
         index.add(feats, kept)
-    report: dict[str, Any] = {"n_added": len(kept), "errors": errors}
+    report: dict[str, Any] = {"n_added": len(kept), "n_skipped": n_skipped, "errors": errors}
     if recalibrate and index.calibration.get("method") == "leave_identities_out":
         c = index.calibration
         index.calibration = calibrate_threshold(
@@ -237,6 +249,10 @@ def add_to_index(
             seed=c["seed"],
         )
         index.threshold = index.calibration["threshold"]
+    if recalibrate:
+        index.calibration["confidence"] = fit_confidence(
+            index.vectors.numpy(), index.gallery["identity"]
+        )
     report["threshold"] = index.threshold
     return report
 
@@ -284,28 +300,36 @@ def result_frame(
     names: Sequence[str],
     queries: torch.Tensor | np.ndarray,
     top_k: int = 5,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
     """One row per query: prediction, distance, score, new_individual, top-k alternatives.
 
-    ``score`` is the cosine similarity of the unit vectors, 1 - d^2 / 2. ``predicted_identity``
-    is the nearest known individual; ``new_individual`` says its distance exceeds the index's
-    threshold (then the prediction is only the closest candidate). The ``top{r}_*`` columns list
-    distinct identities, nearest first, with the gallery image that matched.
+    ``score`` is the cosine similarity of the unit vectors, 1 - d^2 / 2. ``new_individual`` says
+    the nearest distance exceeds ``threshold`` (default: the index's); then
+    ``predicted_identity`` is ``new``, so filtering by name never counts a flagged photo as that
+    animal, and the candidates keep their names in the ``top{r}_*`` columns (distinct
+    identities, nearest first, with the gallery image that matched).
     """
-    ids, dist, rows = rank_identities(index, queries, top_k)
+    ids, dist, rows = rank_identities(index, queries, max(top_k, 2))  # runner-up: confidence
+    runner_up = dist[:, 1]
+    ids, dist, rows = ids[:, :top_k], dist[:, :top_k], rows[:, :top_k]
     paths = index.gallery["path"].to_numpy(dtype=object)
     d1 = dist[:, 0]
-    thr = index.threshold
+    thr = index.threshold if threshold is None else float(threshold)
+    flagged = d1 > thr if thr is not None else np.zeros(len(d1), dtype=bool)
     frame = pd.DataFrame(
         {
             "query": list(names),
-            "predicted_identity": ids[:, 0],
+            "predicted_identity": np.where(flagged, NEW, ids[:, 0]),
             "distance": d1,
             "score": 1.0 - d1**2 / 2.0,
-            "new_individual": (d1 > thr) if thr is not None else pd.array([pd.NA] * len(d1)),
+            "new_individual": flagged if thr is not None else pd.array([pd.NA] * len(d1)),
             "threshold": thr,
         }
     )
+    model = index.calibration.get("confidence", {})
+    if model.get("method") == "platt":  # P(top-1 right), fitted when the index was built
+        frame.insert(3, "confidence", predict_confidence(model, d1, runner_up))
     for r in range(top_k):
         have = rows[:, r] >= 0
         frame[f"top{r + 1}_identity"] = ids[:, r]
@@ -322,8 +346,11 @@ def identify(
     top_k: int = 5,
     batch_size: int = 64,
     recall_sample: int = 100,
+    threshold: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Identify photos (files or folders); bad inputs get a row with ``error`` and a warning.
+
+    ``threshold`` replaces the index's new-individual distance for this run only.
 
     With an approximate backend, up to ``recall_sample`` queries are also searched exactly and
     the recall@1 of the approximate search against it is reported in the summary.
@@ -333,7 +360,9 @@ def identify(
     feats, ok, errors = model.embed(files, batch_size)
     warn_errors(input_errors + list(errors.items()), "identify")
     good = [str(f) for f, o in zip(files, ok, strict=True) if o]
-    frame = result_frame(index, good, feats, top_k) if good else result_frame_empty(top_k)
+    frame = (
+        result_frame(index, good, feats, top_k, threshold) if good else result_frame_empty(top_k)
+    )
     bad = pd.DataFrame(
         {
             "query": [p for p, _ in input_errors] + list(errors),
@@ -345,7 +374,7 @@ def identify(
         "n_queries": len(good),
         "n_errors": len(bad),
         "n_new_individual": int(frame["new_individual"].fillna(False).astype(bool).sum()),
-        "threshold": index.threshold,
+        "threshold": index.threshold if threshold is None else float(threshold),
         "backend": index.backend,
     }
     if index.approximate and good:

@@ -74,7 +74,7 @@ def score_results(results: pd.DataFrame, truth: pd.DataFrame) -> dict:
     return {
         "n_known_photos": len(known),
         "n_new_photos": len(new),
-        "top1_accuracy_known": float((known["predicted_identity"] == known["identity"]).mean()),
+        "top1_accuracy_known": float((known["top1_identity"] == known["identity"]).mean()),
         "new_flagged_share": float(flagged[df["is_new"]].mean()) if len(new) else float("nan"),
         "known_flagged_share": float(flagged[~df["is_new"]].mean()) if len(known) else float("nan"),
     }

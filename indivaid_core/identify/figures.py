@@ -38,7 +38,7 @@ def results_grid(
         row = ok.iloc[i]
         new = bool(row["new_individual"]) if pd.notna(row["new_individual"]) else False
         true_id = truth.get(row["query"]) if truth is not None else None
-        title = f"{Path(row['query']).name}\n{'NEW? ' if new else ''}→ {row['predicted_identity']}"
+        title = f"{Path(row['query']).name}\n{'NEW? ' if new else ''}→ {row['top1_identity']}"
         if true_id is not None:
             title += f"\n(true {true_id})"
         framed_image(

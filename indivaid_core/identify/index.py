@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from indivaid_core.identify.backends import APPROXIMATE, BACKENDS
 from indivaid_core.safe_io import (
     atomic_dir,
     brief,
@@ -31,6 +32,7 @@ from indivaid_core.safe_io import (
     load_safetensors,
     read_csv,
     read_json,
+    restore_formulas,
     save_safetensors,
     sibling_lock,
     unreadable,
@@ -48,8 +50,6 @@ INDEX_JSON, VECTORS, GALLERY_CSV, FAISS_FILE = (
 INDEX_FILES = (INDEX_JSON, VECTORS, GALLERY_CSV, FAISS_FILE)
 INDEX_KEYS = ("format_version", "backend", "backend_params", "model", "threshold", "calibration")
 REBUILD = "rebuild the index with `indivaid index build`"
-BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
-APPROXIMATE = ("faiss-ivf", "faiss-hnsw")
 # The fields of an exported model.json that decide what a feature vector means.
 IDENTITY_KEYS = ("weights_sha256", "backbone", "image_size", "mean", "std", "eval_feature")
 
@@ -388,6 +388,7 @@ class GalleryIndex:
                 f"{FORMAT_VERSION}; rebuild the index"
             )
         meta = read_json(meta_path, REBUILD, INDEX_KEYS, "index description")
+        check_meta(meta, meta_path)
         for name in (VECTORS, GALLERY_CSV):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: missing; the index folder is incomplete")
@@ -401,6 +402,7 @@ class GalleryIndex:
             dtype={"identity": str},
             keep_default_na=False,
         )
+        gallery = restore_formulas(gallery)  # write_csv quoted cells a spreadsheet would run
         if vectors.ndim != 2 or len(vectors) != len(gallery):
             raise unreadable(
                 path,
@@ -437,6 +439,24 @@ class GalleryIndex:
                 )
             index._searcher = searcher
         return index
+
+
+def check_meta(meta: dict[str, Any], where: Path) -> None:
+    """The types index.json promises, checked at load: a hand-edited or crafted file is one
+    line naming the key, not a TypeError deep inside a search or a recalibration."""
+    t = meta["threshold"]
+    number = isinstance(t, int | float) and not isinstance(t, bool)
+    problems = {
+        "threshold": t is not None and not (number and math.isfinite(t) and t >= 0),
+        "model": not isinstance(meta["model"], dict),
+        "calibration": not isinstance(meta["calibration"], dict),
+        "backend_params": not isinstance(meta["backend_params"], dict),
+        "model_dir": meta.get("model_dir") is not None and not isinstance(meta["model_dir"], str),
+    }
+    for key, bad in problems.items():
+        if bad:
+            detail = f"{key} is {meta.get(key)!r}, which an index never holds"
+            raise unreadable(where, "index description", detail, REBUILD)
 
 
 def index_lock(path: str | Path) -> AbstractContextManager[None]:

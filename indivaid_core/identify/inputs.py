@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from indivaid_core.data import from_identity_folders, from_wildlife_metadata, load_rgb
+from indivaid_core.data.images import DataError
 from indivaid_core.evaluate.features import extract_features
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -60,11 +62,16 @@ def collect_files(
 
 
 def read_gallery(source: str | Path, root: str | Path | None = None) -> pd.DataFrame:
-    """Labelled gallery images as a table with ``identity`` and ``path`` (joined to the root).
+    """Labelled gallery images as a table with ``identity`` and absolute ``path``.
 
     ``source`` is a folder of identity sub-folders (``root/<identity>/<image>``) or a CSV in the
     wildlife-datasets metadata format (``identity``, ``path`` relative to ``root``, which
-    defaults to the CSV's folder).
+    defaults to the CSV's folder, or absolute, as the review page exports them).
+
+    Paths are stored absolute (not relative to an image root the index records) because the
+    gallery photos rarely move but the index and the folder `identify` runs from do, and one
+    index may grow from several folders (``index add``): an absolute path names its file from
+    anywhere, without a root per addition. The vectors, not the photos, are what is searched.
     """
     source = Path(source)
     if source.is_dir():
@@ -73,15 +80,15 @@ def read_gallery(source: str | Path, root: str | Path | None = None) -> pd.DataF
         base_root = Path(root) if root is not None else source.parent
         df, base = _adapter_result(from_wildlife_metadata(source, base_root), base_root)
     elif source.exists():
-        raise ValueError(f"{source}: gallery images must be a folder of identity folders or a CSV")
+        raise DataError(f"{source}: gallery images must be a folder of identity folders or a CSV")
     else:
         raise FileNotFoundError(f"{source}: no such gallery folder or CSV")
     for col in ("identity", "path"):
         if col not in df:
-            raise KeyError(f"{source}: gallery table has no {col!r} column; it has {list(df)}")
+            raise DataError(f"{source}: gallery table has no {col!r} column; it has {list(df)}")
     out = df[["identity", "path"]].copy()
     out["identity"] = out["identity"].astype(str)
-    out["path"] = [str(Path(base) / p) for p in out["path"]]
+    out["path"] = [os.path.abspath(Path(base) / p) for p in out["path"]]
     return out.reset_index(drop=True)
 
 

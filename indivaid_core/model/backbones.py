@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ from indivaid_core.model.checkpoints import (
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LITE0_TAG = "lite0-imagenet"
+# The synthetic CLIP the `pretrain` stage trains (and the in-repo DVC remote keeps).
+SYNTHCLIP_TAG = "synthclip"
+SYNTHCLIP_FILE = "models/synthclip/synthclip.safetensors"
+SYNTHCLIP_ENV = "INDIVAID_SYNTHCLIP"
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 # TF-Lite EfficientNets were trained on inputs scaled to [-1, 1]; timm's tf_efficientnet_lite0
 # config says the same, and the cat test in tests/test_backbones.py confirms it on a photo.
@@ -291,12 +296,29 @@ def _quiet_random_init_warning():
         root.removeFilter(drop)
 
 
+def synthclip_path() -> Path:
+    """Where the `synthclip` weights are: $INDIVAID_SYNTHCLIP, else `models/synthclip/` under
+    the working folder, else under the repository this package was installed from."""
+    if os.environ.get(SYNTHCLIP_ENV):
+        return Path(os.environ[SYNTHCLIP_ENV]).expanduser()
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / SYNTHCLIP_FILE).is_file():
+            return root / SYNTHCLIP_FILE
+    raise CheckpointError(
+        f"pretrained='{SYNTHCLIP_TAG}': {SYNTHCLIP_FILE} not found (in {Path.cwd()} or the "
+        f"repository of this package). Fetch it with `dvc pull pretrain` in the repository, "
+        f"retrain it with `dvc repro pretrain`, or set {SYNTHCLIP_ENV} to the file"
+    )
+
+
 def _resolve_weights(backbone: str, pretrained: str) -> tuple[Checkpoint, dict]:
     """Read the checkpoint for a tag or a file path -> (checkpoint, open_clip pretrained cfg).
 
     `openai` is looked up on disk first (see checkpoints.find_openai_file); an offline machine
     without the file fails at once with what to download and where to put it.
     """
+    if pretrained == SYNTHCLIP_TAG:
+        return read_checkpoint(f"open_clip:{synthclip_path()}"), {}
     if pretrained == "openai":
         local = find_openai_file(backbone)
         if local is not None:
@@ -340,11 +362,12 @@ def build_clip(
     """Build an open_clip CLIP for re-ID at `image_size` (H, W).
 
     backbone: `lite0`, `tiny-vit`, `ViT-B-16` or any open_clip model name.
-    pretrained: `lite0-imagenet` (packaged ImageNet lite0 trunk, text tower random), an open_clip
-        tag such as `openai` (a local copy, see checkpoints.find_openai_file, or internet), a
-        local checkpoint file (`openai:` / `open_clip:` prefixes say whose weights it holds;
-        see checkpoints.read_checkpoint), or None/"none". OpenAI weights load with QuickGELU
-        and CLIP-ReID's preprocessing (mean = std = 0.5, PIL bilinear resize).
+    pretrained: `lite0-imagenet` (packaged ImageNet lite0 trunk, text tower random),
+        `synthclip` (lite0 pretrained on captioned synthetic animals, see synthclip_path), an
+        open_clip tag such as `openai` (a local copy, see checkpoints.find_openai_file, or
+        internet), a local checkpoint file (`openai:` / `open_clip:` prefixes say whose
+        weights it holds; see checkpoints.read_checkpoint), or None/"none". OpenAI weights
+        load with QuickGELU and CLIP-ReID's preprocessing (mean = std = 0.5, PIL bilinear).
     stride: ViT only; patch-conv step, smaller than the patch size for overlapping patches.
     init_seed: seed for the randomly initialised parts (lite0's text tower, a random ViT), so
         that every pipeline stage rebuilds the same model; None draws from the global RNG.

@@ -142,7 +142,3 @@ class ReIDEncoder(nn.Module):
         out["proj_bn"] = self.bn_proj(out["proj"])
         out["logits"] = [self.head_global(out["global_bn"]), self.head_proj(out["proj_bn"])]
         return out
-
-    def encode(self, images: torch.Tensor, cams: torch.Tensor | None = None) -> dict:
-        """Alias of forward for evaluation code; use `global` and `proj` (pre-BN)."""
-        return self.forward(images, cams)

@@ -17,6 +17,7 @@ from indivaid_core.identify.demo import gallery_and_new_photos, random_export, s
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import read_table
 from indivaid_core.repro.synthetic import generate_preset, tiny_preset
+from indivaid_core.safe_io import write_csv
 
 __all__ = ["gallery_and_new_photos", "prepare_demo", "random_export", "score_results"]
 
@@ -71,9 +72,8 @@ def prepare_demo(
     for src, dst in zip(photos["path"], copies, strict=True):
         shutil.copy(src, dst)
     gallery_csv = out_dir / "gallery.csv"  # paths relative to the CSV, as a user would write
-    gallery.assign(path=[os.path.relpath(p, out_dir) for p in gallery["path"]]).to_csv(
-        gallery_csv, index=False
-    )
+    relative = gallery.assign(path=[os.path.relpath(p, out_dir) for p in gallery["path"]])
+    write_csv(relative, gallery_csv, index=False)
     truth = pd.DataFrame(
         {
             "query": [str(c) for c in copies],

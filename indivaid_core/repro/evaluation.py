@@ -100,7 +100,7 @@ def features_for(
     if cfg.model.channels_last:  # here, not under extract_features' inference mode
         encoder.to(memory_format=torch.channels_last)
     return extract_features(
-        encoder.encode,
+        encoder,
         batches,
         device=device,
         n_rows=len(rows),

@@ -80,6 +80,7 @@ TINY_OVERRIDES = {
     "data.work": "work/nbval",
     "data.metrics": "work/nbval/metrics",
     "data.reports": "work/nbval/reports",
+    "data.models": "work/nbval/models",
 }
 
 
@@ -90,7 +91,3 @@ def load_config(params_file: str = "params.yaml", tiny: bool = False) -> Config:
     cfg = config_mod.load(params_file, TINY_OVERRIDES if tiny else None)
     set_pixel_limit(cfg.data.max_pixels)
     return cfg
-
-
-def variants_of(cfg: Config, dataset: str) -> list[str]:
-    return cfg.variants_of(dataset)

@@ -6,11 +6,10 @@ CSV under reports/tables/, the figures under reports/figures/report/, then resul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
 from indivaid_core.config import Config
 from indivaid_core.data.table import CONDITIONS
@@ -18,27 +17,12 @@ from indivaid_core.figures_common import save_figure
 from indivaid_core.repro import significance, tables
 from indivaid_core.repro.figures import report as figures
 from indivaid_core.repro.results_md import write_results_md
+from indivaid_core.repro.tables import Report
 from indivaid_core.safe_io import write_csv
 
 # A committed input, not an output: benchmarks/numerical_spread.py writes it.
 NUMERICAL_SPREAD_CSV = Path("reports/numerical_spread.csv")
 WIDE_METRICS = ("mAP", "R1", "R5", "R10", "mINP")
-
-
-@dataclass(frozen=True)
-class Report:
-    """The report's tables; each field but `metrics` and `fit` is written as tables/<name>.csv."""
-
-    metrics: pd.DataFrame  # one row per evaluated cell (collect_metrics)
-    main: pd.DataFrame
-    main_wide: pd.DataFrame
-    fit: pd.DataFrame
-    ablation: pd.DataFrame
-    significance: pd.DataFrame
-    intervals: pd.DataFrame
-    cost: pd.DataFrame
-    conditions: pd.DataFrame
-    spread: pd.DataFrame
 
 
 # Tables with row labels keep their index in the CSV; the long tables do not.

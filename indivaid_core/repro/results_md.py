@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from indivaid_core.config import Config
 from indivaid_core.evaluate import statistics as stats
+from indivaid_core.repro import text_space
 from indivaid_core.repro.significance import significance_sentences
+from indivaid_core.repro.tables import Report
 from indivaid_core.safe_io import write_text
-
-if TYPE_CHECKING:
-    from indivaid_core.repro.report import Report
 
 # Quoted from the paper (arXiv 2410.22927), never computed here.
 PAPER_QUOTE = {
@@ -231,12 +229,56 @@ def _figures_md(cfg: Config, reports: Path) -> list[str]:
     ]
 
 
+def _text_space_md(cfg: Config, reports: Path) -> list[str]:
+    """The synthetic CLIP's alignment and the scored descriptions (links relative to reports)."""
+    metrics = Path(cfg.data.metrics)
+    out = [
+        "## The text space: the synthetic CLIP, and the descriptions scored against the truth",
+        "",
+    ]
+    pretrain = text_space.pretrain_table(metrics / "pretrain.json")
+    if not pretrain.empty:
+        out += [
+            "The default backbone's two towers were pretrained together on captioned synthetic "
+            "animals (`pretrain` stage, `models/synthclip/MODEL_CARD.md`). On held-out "
+            "individuals, against the same model with an untrained text tower:",
+            "",
+            to_markdown(pretrain.reset_index(names="")),
+            "",
+            "![zero-shot attributes](figures/pretrain/attributes.png)",
+            "![text queries](figures/pretrain/text_queries.png)",
+            "",
+        ]
+    else:
+        out += ["*No pretraining metrics: run the `pretrain` stage.*", ""]
+    table = text_space.description_table(metrics, list(cfg.pipeline.datasets))
+    if table.empty:
+        return [*out, "*No description scores: the datasets carry no attribute truth.*", ""]
+    out += [
+        "Stage-1 descriptions scored against the generator's truth (mean over seeds): the "
+        "share of attributes whose nearest value phrase is the true one (`g`: the flank its "
+        "photo shows; `h`: either flank of the individual), and the mean cosine of `g` within "
+        "and between individuals. `untrained-text` is the control: the same stage 1 on an "
+        "untrained text tower.",
+        "",
+        to_markdown(table),
+        "",
+        *[
+            f"![{p.stem}]({p.relative_to(reports).as_posix()})"
+            for p in sorted((reports / "figures" / "descriptions").glob("*.png"))
+        ],
+        "",
+    ]
+    return out
+
+
 def write_results_md(cfg: Config, rep: Report) -> Path:
     """reports/results.md: every table of the report, from the files the pipeline wrote."""
     reports = Path(cfg.data.reports)
     lines = [
         *_header_md(cfg, rep),
         *_tables_md(rep),
+        *_text_space_md(cfg, reports),
         *_significance_md(cfg, rep),
         *_spread_md(rep.spread),
         *_cost_md(cfg, rep),
@@ -257,6 +299,9 @@ INDEX = [
     ("notebooks/05_robustness/", "per dataset: the corruption sweep"),
     ("notebooks/06_attention/", "per dataset: fusion attention and Grad-CAM"),
     ("notebooks/07_report.ipynb", "every table of this page"),
+    ("notebooks/00_pretrain_clip.ipynb", "the synthetic CLIP: loss, alignment, text queries"),
+    ("figures/pretrain/", "the synthetic CLIP: zero-shot attributes, text queries, loss"),
+    ("figures/descriptions/", "per dataset: stage-1 descriptions scored against the truth"),
     ("figures/report/headline.png", "mAP with 95 % CI per variant and dataset"),
     ("figures/data/", "examples and identity counts per dataset"),
     ("figures/evaluate/", "retrieval grids, distance distributions, embedding maps"),

@@ -29,6 +29,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from indivaid_core.repro.bodies import BodyShape, Palette, render_body, sample_pose
+from indivaid_core.repro.captions import caption, coat_attributes
 from indivaid_core.repro.patterns import Pattern, sample_pattern
 
 SUPERSAMPLE = 2  # render at 2x and box-downsample: cheap anti-aliasing
@@ -80,6 +81,11 @@ class Preset:
     protocol: str = "disjoint"
     dates: tuple[str, str] = ("2021-01-01", "2023-12-31")
     nuisance: Nuisance = field(default_factory=Nuisance)
+    common_name: str = ""  # the species as captions say it; "" = `species`
+
+    @property
+    def noun(self) -> str:
+        return self.common_name or self.species
 
 
 PRESETS: dict[str, Preset] = {
@@ -144,6 +150,7 @@ PRESETS: dict[str, Preset] = {
     "synth-seastar": Preset(
         name="synth-seastar",
         species="seastar",
+        common_name="sea star",
         pattern="spots",
         shape=BodyShape(kind="star", core=0.32),
         palette=Palette(base=(0.85, 0.42, 0.3), marking=(0.98, 0.9, 0.75), limb=(0.85, 0.42, 0.3)),
@@ -181,8 +188,67 @@ PRESETS: dict[str, Preset] = {
         viewpoint_probs=(0.2, 0.8),
         nuisance=Nuisance(night_prob=0.15),
     ),
+    "synth-zebra": Preset(
+        name="synth-zebra",
+        species="zebra",
+        pattern="stripes",
+        shape=BodyShape(
+            aspect=2.0,
+            squareness=2.8,
+            leg_length=1.8,
+            leg_width=0.04,
+            head_size=0.13,
+            snout=1.8,
+            tail_length=0.35,
+            tail_width=0.012,
+        ),
+        palette=Palette(base=(0.93, 0.92, 0.88), marking=(0.05, 0.05, 0.05), limb=(0.9, 0.9, 0.86)),
+        n_identities=60,
+        images=(2, 20),
+        images_median=7.0,
+        images_sigma=0.6,
+        n_cameras=4,
+        nuisance=Nuisance(night_prob=0.08),
+    ),
+    "synth-leopard": Preset(
+        name="synth-leopard",
+        species="leopard",
+        pattern="rosettes",
+        shape=BodyShape(
+            aspect=2.5,
+            squareness=2.4,
+            leg_length=1.3,
+            leg_width=0.04,
+            head_size=0.11,
+            snout=1.1,
+            tail_length=0.6,
+            tail_width=0.02,
+        ),
+        palette=Palette(
+            base=(0.86, 0.68, 0.35),
+            marking=(0.08, 0.06, 0.04),
+            limb=(0.86, 0.68, 0.35),
+            belly=(0.93, 0.9, 0.8),
+        ),
+        n_identities=60,
+        images=(2, 20),
+        images_median=7.0,
+        images_sigma=0.6,
+        n_cameras=4,
+        nuisance=Nuisance(night_prob=0.1),
+    ),
 }
 DEFAULT_PRESETS = ("synth-stoat", "synth-tiger", "synth-seastar")
+#: The captioned pretraining corpus: the evaluation species and three more patterned ones,
+#: drawn at another seed, so no individual is shared with the embedded suite.
+PRETRAIN_PRESETS = (
+    "synth-stoat",
+    "synth-tiger",
+    "synth-seastar",
+    "synth-zebra",
+    "synth-leopard",
+    "synth-cattle",
+)
 
 # Greyscale photos get a tint, so they read as soil, sand or grass.
 _TINTS = {
@@ -217,8 +283,8 @@ def _photo(name: str) -> np.ndarray:
     return img[..., :3]
 
 
-def _photo_patch(rng: np.random.Generator, sources: Sequence[str], size: int) -> np.ndarray:
-    img = _photo(str(rng.choice(sources)))
+def _photo_patch(rng: np.random.Generator, source: str, size: int) -> np.ndarray:
+    img = _photo(source)
     h, w = img.shape[:2]
     c = int(rng.uniform(0.25, 0.6) * min(h, w))
     y0, x0 = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
@@ -241,10 +307,24 @@ def _procedural(rng: np.random.Generator, size: int) -> np.ndarray:
     return dark + t[..., None] * (light - dark)
 
 
-def _scene(rng: np.random.Generator, preset: Preset, size: int) -> np.ndarray:
+#: The caption's word for each scene source.
+SCENE_WORDS = {
+    "procedural": "soil",
+    "grass": "grass",
+    "gravel": "gravel",
+    "rocket": "rocky ground",
+    "moon": "sand",
+    "coins": "pebbles",
+    "brick": "bricks",
+}
+
+
+def _scene(rng: np.random.Generator, preset: Preset, size: int) -> tuple[np.ndarray, str]:
+    """A background and the name of its source (a SCENE_WORDS key)."""
     if rng.random() < preset.nuisance.procedural_bg:
-        return _procedural(rng, size)
-    return _photo_patch(rng, preset.backgrounds, size)
+        return _procedural(rng, size), "procedural"
+    source = str(rng.choice(preset.backgrounds))
+    return _photo_patch(rng, source, size), source
 
 
 def _homography(rng: np.random.Generator, nz: Nuisance, n: int, flip: float) -> np.ndarray:
@@ -321,8 +401,9 @@ def render_photo(
     contrast = rng.uniform(*nz.contrast)
     mask, colour = render_body(cx, cy, preset.shape, pose, pattern, preset.palette, contrast)
 
+    background = None
     if scene is None:
-        bg = _scene(rng, preset, n)
+        bg, background = _scene(rng, preset, n)
     else:  # a fixed camera-trap scene, jittered a little per photo
         dy, dx = rng.integers(0, scene.shape[0] - n + 1, 2)
         bg = scene[dy : dy + n, dx : dx + n]
@@ -379,6 +460,8 @@ def render_photo(
         "occlusion": level,
         "bbox": bbox,
     }
+    if background is not None:
+        meta["background"] = background
     return out, meta
 
 
@@ -406,16 +489,17 @@ def generate_preset(
     start = dt.date.fromisoformat(preset.dates[0])
     span = (dt.date.fromisoformat(preset.dates[1]) - start).days
     margin = 1.1 if preset.fixed_scenes else 1.0
-    scenes: dict[int, np.ndarray] = {}
+    scenes: dict[int, tuple[np.ndarray, str]] = {}
     plan = []
     for ident in range(n_ids):
         rng = np.random.default_rng([seed, key, 0, ident])
         sides = {v: sample_pattern(preset.pattern, rng) for v in preset.viewpoints}
         encounters = start + dt.timedelta(days=1) * rng.integers(0, span, rng.integers(1, 4))
-        plan.extend((ident, k, sides, encounters) for k in range(_n_images(rng, preset)))
+        coats = {v: coat_attributes(preset.pattern, p) for v, p in sides.items()}
+        plan.extend((ident, k, sides, coats, encounters) for k in range(_n_images(rng, preset)))
 
     rows = []
-    for ident, k, sides, encounters in tqdm(plan, desc=preset.name, unit="img"):
+    for ident, k, sides, coats, encounters in tqdm(plan, desc=preset.name, unit="img"):
         rng = np.random.default_rng([seed, key, 1, ident, k])
         camera = int(rng.integers(preset.n_cameras))
         scene = None
@@ -423,20 +507,28 @@ def generate_preset(
             if camera not in scenes:
                 srng = np.random.default_rng([seed, key, 2, camera])
                 scenes[camera] = _scene(srng, preset, int(image_size * SUPERSAMPLE * margin))
-            scene = scenes[camera]
+            scene, background = scenes[camera]
         img, meta = render_photo(preset, sides, rng, scene, image_size)
+        meta.setdefault("background", background if scene is not None else "")
         image_id = f"{preset.species}_{ident:04d}_{k:03d}"
         path = f"images/{image_id}.jpg"
         img.save(out_dir / path, format="JPEG", quality=jpeg_quality)
+        date = encounters[rng.integers(len(encounters))].isoformat()
+        coat = coats[meta["viewpoint"]]
+        words = {**meta, "background": SCENE_WORDS[meta["background"]]}
+        crng = np.random.default_rng([seed, key, 3, ident, k])  # captions: a stream of their own
         rows.append(
             {
                 "image_id": image_id,
                 "identity": f"{preset.species}{ident:04d}",
                 "path": path,
-                "date": encounters[rng.integers(len(encounters))].isoformat(),
+                "date": date,
                 "species": preset.species,
                 "camera": camera,
                 **meta,
+                "pattern": preset.pattern,
+                **{f"coat_{a}": v for a, v in coat.items()},
+                "caption": caption(preset.noun, preset.pattern, coat, words, crng),
             }
         )
     df = pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,19 @@ def map_intervals(
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report's tables; each field but `metrics` and `fit` is written as tables/<name>.csv."""
+
+    metrics: pd.DataFrame  # one row per evaluated cell (collect_metrics)
+    main: pd.DataFrame
+    main_wide: pd.DataFrame
+    fit: pd.DataFrame
+    ablation: pd.DataFrame
+    significance: pd.DataFrame
+    intervals: pd.DataFrame
+    cost: pd.DataFrame
+    conditions: pd.DataFrame
+    spread: pd.DataFrame

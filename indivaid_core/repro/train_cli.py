@@ -1,6 +1,6 @@
-"""`python -m indivaid_core.train stage1|stage2 ...` — the stages without notebooks.
+"""`python -m indivaid_core.repro.train_cli stage1|stage2 ...` — the stages without notebooks.
 
-This is what `torchrun --nproc_per_node N -m indivaid_core.train ...` runs for DDP.
+This is what `torchrun --nproc_per_node N -m indivaid_core.repro.train_cli ...` runs for DDP.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from indivaid_core.safe_io import LockedError, UnreadableFileError
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m indivaid_core.train", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m indivaid_core.repro.train_cli", description=__doc__
+    )
     ap.add_argument("stage", choices=["stage1", "stage2"])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--text", help="stage-1 run name (pipeline.text_runs)")

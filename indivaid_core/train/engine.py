@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from indivaid_core.device import DistInfo, device_name, dist_info, peak_memory_mb
-from indivaid_core.safe_io import folder_lock, load_torch, save_torch, unreadable
+from indivaid_core.safe_io import folder_lock, load_torch, unreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,12 +121,6 @@ class CostMeter:
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": device_name(device),
         }
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write tensors and plain data to a unique temporary file, then rename: a kill never leaves
-    a half-written checkpoint, and two writers never share a temporary."""
-    save_torch(obj, path)
 
 
 CHECKPOINT_KEYS = ("modules", "optimizer", "scheduler", "epoch", "history", "rng")

@@ -10,6 +10,7 @@ import torch
 from indivaid_core.config import Config
 from indivaid_core.model import ReIDEncoder, build_clip, preprocess_info
 from indivaid_core.safe_io import (
+    brief,
     load_safetensors,
     read_json,
     save_safetensors,
@@ -86,10 +87,12 @@ def load_export(
     except (KeyError, TypeError, ValueError) as err:
         raise unreadable(cfg_path, "model description", f"bad value: {err}", fix) from err
     state = load_safetensors(model_dir / WEIGHTS, fix, what="model weights file")
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape than model.json describes
+        detail = f"its tensors do not fit {CONFIG}: {brief(err)}"
+        raise unreadable(model_dir / WEIGHTS, "model weights file", detail, fix) from err
     if missing or unexpected:
-        raise ValueError(
-            f"{model_dir / WEIGHTS}: does not match {CONFIG} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        detail = f"it does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise unreadable(model_dir / WEIGHTS, "model weights file", detail, fix)
     return encoder.to(device).eval(), spec

@@ -13,6 +13,7 @@ from typing import Any
 from indivaid_core.config import Config, ConfigError
 from indivaid_core.data.adapters import load_dataset
 from indivaid_core.data.images import DataError, set_pixel_limit
+from indivaid_core.data.table import check_inside_root
 from indivaid_core.train.stage1 import train_stage1
 from indivaid_core.train.stage2 import train_stage2
 
@@ -38,11 +39,14 @@ def train_on_folder(
 ) -> dict[str, Any]:
     """Train `variant` on every image under `images`; writes <out>/stage1 and <out>/model."""
     if stages not in ("both", "stage1", "stage2"):
-        raise ValueError(f"stages must be both, stage1 or stage2, got {stages!r}")
+        raise ConfigError(f"stages must be both, stage1 or stage2, got {stages!r}")
     if variant not in cfg.variants:
         raise ConfigError(f"unknown variant {variant!r}; valid: {sorted(cfg.variants)}")
     set_pixel_limit(cfg.data.max_pixels)
     table, root = read_folder(images)
+    if not cfg.data.allow_outside_root:  # a CSV sent by someone may point at any file
+        fix = "--set data.allow_outside_root=true reads them anyway"
+        check_inside_root(table, root, str(images), fix)
     if table["identity"].nunique() < 2:
         raise DataError(f"{images}: needs at least 2 individuals, found {table.identity.nunique()}")
     out = Path(out)

@@ -14,10 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from indivaid_core.device import dist_info
-from indivaid_core.safe_io import write_json, write_text
+from indivaid_core.safe_io import UnreadableFileError, save_torch, write_json, write_text
 from indivaid_core.train.engine import (
     CostMeter,
-    atomic_save,
     check_finite,
     load_checkpoint,
     rng_state,
@@ -137,7 +136,7 @@ def run_epochs(
             try:
                 state.load(ckpt)
             except (KeyError, RuntimeError, ValueError, TypeError) as err:
-                raise ValueError(
+                raise UnreadableFileError(
                     f"{checkpoint}: cannot resume, it does not fit this model or optimiser "
                     f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to train "
                     "afresh, or rerun without resuming (--no-resume, or resume=False)"
@@ -168,7 +167,7 @@ def run_epochs(
         state.epoch = epoch + 1
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
         if info.is_main:
-            atomic_save(state.state_dict(), checkpoint)
+            save_torch(state.state_dict(), checkpoint)  # whole or not at all
             write_history(state.history, log_dir)
     return meter
 

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from indivaid_core.config import Config, to_dict
+from indivaid_core.config import Config, ConfigError, to_dict
 from indivaid_core.data.dataset import camera_ids
 from indivaid_core.data.decoded import decoded_images
+from indivaid_core.data.images import DataError
 from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
 from indivaid_core.model import AttentionFusion, ReIDEncoder, build_clip_for, preprocess_info
@@ -100,7 +101,10 @@ def load_descriptions(stage1_dir: Path, labels_of: dict[str, int]) -> dict[str, 
     fix = "rerun stage 1 for this text run (it rewrites the file)"
     saved = read_json(stage1_dir / "labels.json", fix, ("labels",), "stage-1 label map")["labels"]
     if saved != labels_of:
-        raise ValueError(f"{stage1_dir}: stage-1 identities differ from this run's training set")
+        raise DataError(
+            f"{stage1_dir}: stage-1 identities differ from this run's training set; "
+            "train stage 1 on these images first (--stage both)"
+        )
     return load_safetensors(path, fix, ("g", "g_labels", "h"), "stage-1 descriptions file")
 
 
@@ -150,7 +154,10 @@ def _train_stage2(
     out_dir.mkdir(parents=True, exist_ok=True)
     m, s2 = cfg.model, cfg.stage2
     if m.sie_coef > 0 and not camera_map:
-        raise ValueError("model.sie_coef > 0 needs camera ids: pass camera_map ({camera: id})")
+        raise ConfigError(
+            "model.sie_coef > 0 needs a camera id for every image (camera_map); photos without "
+            "one train with model.sie_coef: 0"
+        )
     camera_map = camera_map if m.sie_coef > 0 else None
     clip_model = build_clip_for(m)
     train_table = train_table.reset_index(drop=True)
@@ -161,7 +168,15 @@ def _train_stage2(
     use_text = train and s2.loss_weights.i2t > 0
     desc = load_descriptions(stage1_dir, labels_of) if use_text and stage1_dir else None
     if use_text and desc is None:
-        raise ValueError("stage2.loss_weights.i2t > 0 needs a stage-1 run (variant.text)")
+        raise ConfigError(
+            "stage2.loss_weights.i2t > 0 needs a stage-1 run: choose a variant with text, or "
+            "set stage2.loss_weights.i2t: 0"
+        )
+    if desc and encoder.feature_dims["proj"] % m.fusion_heads:
+        raise ConfigError(
+            f"model.fusion_heads: {m.fusion_heads} does not divide this backbone's "
+            f"{encoder.feature_dims['proj']}-d text features; choose a divisor"
+        )
     fusion = (
         AttentionFusion(encoder.feature_dims["proj"], m.fusion_heads, m.fusion) if desc else None
     )
