@@ -16,7 +16,9 @@ HELPS = ([], ["train"], ["index"], ["index", "build"], ["index", "add"], ["ident
 
 def heavy_loaded(code: str) -> list[str]:
     """The heavy modules a fresh interpreter has imported after running `code`."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    probe = (
+        f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -51,7 +53,9 @@ def test_user_errors_are_classified_without_importing_them():
 
 
 def test_identify_package_loads_its_names_on_first_use():
-    code = "import indivaid_core.identify as i\nassert i.BACKENDS[0] == 'exact'"
-    assert heavy_loaded(code) == ["torch", "pandas"]  # BACKENDS lives in the index module
-    code = "from indivaid_core.identify.backends import BACKENDS"
-    assert heavy_loaded(code) == []
+    assert (
+        heavy_loaded("import indivaid_core.identify\nimport indivaid_core.identify.backends") == []
+    )
+    from indivaid_core.identify import BACKENDS, GalleryIndex, index
+
+    assert GalleryIndex is index.GalleryIndex and BACKENDS is index.BACKENDS

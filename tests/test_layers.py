@@ -25,6 +25,7 @@ CORE = (
     "indivaid_core.evaluate",
     "indivaid_core.identify",
     "indivaid_core.figures_common",  # the tile frame of the core figures, the figure saver
+    "indivaid_core.door",  # the command line's argument checks and how a run ends
 )
 # The machinery that reproduces the paper: stage functions, report, figures, snapshot, the
 # synthetic suite.
