@@ -33,10 +33,10 @@ from indivaid_core.identify.demo import random_export
 from indivaid_core.identify.index import GalleryIndex
 from indivaid_core.repro.figures.attention import attention_ranking
 from indivaid_core.repro.paths import Paths
+from indivaid_core.repro.train_cli import main as train_main
 from indivaid_core.repro.training import run_stage1, run_stage2
 from indivaid_core.safe_io import LockedError, UnreadableFileError, exclusive
 from indivaid_core.train import stage1 as stage1_mod
-from indivaid_core.repro.train_cli import main as train_main
 from indivaid_core.train.engine import load_checkpoint
 from indivaid_core.train.loop import StaleCheckpointWarning
 from indivaid_core.train.stage2 import load_descriptions
