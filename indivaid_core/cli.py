@@ -38,6 +38,7 @@ USER_ERROR_CLASSES = (  # (module, class): named, not imported, for the same rea
     ("indivaid_core.safe_io", "UnreadableFileError"),
     ("indivaid_core.safe_io", "LockedError"),
     ("indivaid_core.door", "UsageError"),
+    ("indivaid_core.train.engine", "TrainingDiverged"),  # the fix is the user's: a lower lr
 )
 STANDARD_USER_ERRORS = (  # the standard errors a user's own paths raise
     FileNotFoundError,
@@ -86,6 +87,7 @@ def _delegate(command: str, argv: list[str]) -> int:
         from indivaid_core.repro import snapshot
 
         return snapshot.main(argv)
+    door.check_synth_argv(argv)
     from indivaid_core.repro import synthetic
 
     synthetic.main(argv)
@@ -112,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--params FILE; "
         "changed with --set. Writes RUN_DIR/stage1 (descriptions) and RUN_DIR/model (the "
         "export that `indivaid index build --checkpoint RUN_DIR/model` reads). A rerun with "
-        "the same settings resumes; with other settings it trains afresh.",
+        "the same settings resumes; with other settings it trains afresh. A --set value wins "
+        "over the variant's own settings and its text run (e.g. --set model.n_ctx=8 --set "
+        "model.meta_net=false trains with those, not the text run's 4 and true).",
     )
     t.add_argument("--images", required=True, help="folder of identity sub-folders, or a CSV")
     t.add_argument("--out", required=True, help="run folder to write (RUN_DIR)")
@@ -227,7 +231,14 @@ def run(args: argparse.Namespace) -> dict | None:
         cfg = config.load_settings(args.params, overrides)
         door.check_device(cfg.device, f"device: {cfg.device} in {args.params or 'params.yaml'}")
         result = train_on_folder(
-            cfg, args.images, args.out, args.species, args.variant, args.stage, not args.no_resume
+            cfg,
+            args.images,
+            args.out,
+            args.species,
+            args.variant,
+            args.stage,
+            not args.no_resume,
+            overrides,
         )
         if "model" in result:
             result["next"] = f"indivaid index build --checkpoint {result['model']} --images ..."

@@ -501,6 +501,11 @@ def _check_references(cfg: Config) -> Config:
     return cfg
 
 
+def nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted overrides (`--set`) as the nested patch that `Config.for_run` merges last."""
+    return _set_dotted({}, overrides)
+
+
 def _set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     for dotted, value in overrides.items():

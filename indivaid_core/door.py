@@ -117,6 +117,33 @@ def check_gallery_inside_root(images: str | Path, root: str | Path | None) -> No
     check_inside_root(table, base, str(images), "pass --allow-outside-root to index them anyway")
 
 
+# `indivaid synth` options and their ranges. Checked here, before the generator's own parser:
+# repro/synthetic.py is a dependency of the pipeline's first stage, so it is left unchanged.
+SYNTH_RANGES = {
+    "--image-size": (16, 4096, "16 to 4096 pixels"),
+    "--scale": (1e-6, 1e3, "a factor above 0, at most 1000"),
+    "--jpeg-quality": (1, 95, "1 to 95"),
+    "--seed": (0, 2**32 - 1, "0 to 4294967295"),
+}
+
+
+def check_synth_argv(argv: list[str]) -> None:
+    """Refuse out-of-range `synth` numbers by option name; unparsable ones are left to the
+    command's own parser, which names them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in SYNTH_RANGES:
+        pre.add_argument(name)
+    known, _ = pre.parse_known_args(argv)
+    for name, (low, high, expected) in SYNTH_RANGES.items():
+        text = getattr(known, name[2:].replace("-", "_"))
+        try:
+            value = float(text) if text is not None else None
+        except ValueError:
+            continue
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise UsageError(f"synth {name} {text}: expected {expected}")
+
+
 def clip_top_k(top_k: int, n_identities: int) -> int:
     """At most as many candidates as the index knows individuals, with a note when clipped."""
     if top_k > n_identities:

@@ -124,8 +124,9 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert "main.csv" in check.stdout and "reports/smoke: 1" in check.stdout
     assert "cost.csv" not in check.stdout
 
-    # a stage-2 param re-runs stage 2 onward but not stage 1
-    params["model"]["fusion"] = "mean"
+    # a stage-2 param re-runs stage 2 onward but not stage 1 (a `model` key would: stage 1
+    # saves the whole model section with its checkpoint)
+    params["stage2"]["margin"] = 0.25
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _run([*DVC, "status"], repo)
     assert "stage2@synth-stoat-indivaid" in status

@@ -15,6 +15,7 @@ per vector) and, for IVF/HNSW, ``faiss.index`` (the trained structure, costly to
 from __future__ import annotations
 
 import math
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,18 @@ def recall_at_1(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     return float(np.mean(approx_idx[:, 0] == exact_idx[:, 0]))
 
 
+LOAD_TRIES = 20  # reads of an index that a writer keeps replacing, before giving up
+
+
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, ctime) of the folder `path` names now: a save puts a new folder there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
 @dataclass
 class GalleryIndex:
     """Gallery vectors with one table row each, the model identity, and the open-set threshold.
@@ -374,7 +387,27 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
+        """The index at `path`, read from one folder: a save replaces the folder whole while
+        this reads its files one by one, so a read that saw the folder change is read again
+        (an error then is a mix of old and new files, not a damaged index)."""
         path = Path(path)
+        for _ in range(LOAD_TRIES):
+            before = _folder_identity(path)
+            try:
+                index = cls._load_once(path)
+            except Exception:
+                if _folder_identity(path) == before:
+                    raise
+                continue
+            if _folder_identity(path) == before:
+                return index
+        raise GalleryIndexError(
+            f"{path}: replaced {LOAD_TRIES} times while being read (another process keeps "
+            "saving it); try again when `index add` has finished"
+        )
+
+    @classmethod
+    def _load_once(cls, path: Path) -> GalleryIndex:
         meta_path = path / INDEX_JSON
         if not meta_path.is_file():
             raise FileNotFoundError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from indivaid_core.config import Config, load
+from indivaid_core.config import Config, ConfigError, load
 from indivaid_core.repro import noise
 
 # What a report is computed from and consists of, relative to data.reports (and data.metrics).
@@ -243,6 +244,20 @@ def _check(args: argparse.Namespace, cfg: Config) -> int:
     return 1 if problems else 0
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse what would compare against nothing or with a meaningless tolerance: a missing
+    snapshot folder read as "every file differs", and `--tol nan` passed every number."""
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise SnapshotError(f"--tol {args.tol}: expected a finite number, 0 or more")
+    if not (math.isfinite(args.z) and args.z > 0):
+        raise SnapshotError(f"--z {args.z}: expected a finite number above 0")
+    if args.wall_s is not None and not (math.isfinite(args.wall_s) and args.wall_s >= 0):
+        raise SnapshotError(f"--wall-s {args.wall_s}: expected seconds, 0 or more")
+    for name, folder in (("--check", args.check), ("--within-noise", args.within_noise)):
+        if folder is not None and not Path(folder).is_dir():
+            raise SnapshotError(f"{name} {folder}: no such snapshot folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="indivaid snapshot", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
@@ -264,7 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--z", type=float, default=3.0, help="--within-noise band, in sds")
     args = parser.parse_args(argv)
-    cfg = load(args.params)
+    try:
+        _check_options(args)
+        cfg = load(args.params)
+    except (ConfigError, SnapshotError) as err:  # one line and 2, as every indivaid command
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.check or args.check_rev:
         try:
             return _check(args, cfg)

@@ -142,10 +142,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
 
 
 def check_finite(loss: torch.Tensor, where: str, checkpoint: Path) -> None:
+    """Stop at a NaN or inf loss; the message points at a checkpoint only where one exists."""
     if not torch.isfinite(loss).all():
+        kept = (
+            f"the last good checkpoint is kept at {checkpoint}"
+            if Path(checkpoint).exists()
+            else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(
-            f"{where}: loss is {loss.item()} — stopping; the last good checkpoint is kept at "
-            f"{checkpoint} (lower the learning rate or check the data)"
+            f"{where}: loss is {loss.item()} — stopping; {kept} (lower the learning rate or "
+            "check the data)"
         )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +24,10 @@ from indivaid_core.safe_io import (
 WEIGHTS, CONFIG = "model.safetensors", "model.json"
 # What load_export needs from model.json to rebuild the encoder.
 SPEC_KEYS = ("backbone", "image_size", "stride", "sie_coef", "num_classes")
+# Bounds of a model.json's values: far above any recipe (the paper's 256x128, 10^4 animals),
+# far below what exhausts memory when the encoder is built.
+MAX_SIDE, MAX_CLASSES = 1024, 1_000_000
+EVAL_FEATURES = ("concat", "global", "proj", "concat_bn")  # config.ModelCfg.eval_feature
 
 
 def file_sha256(path: str | Path) -> str:
@@ -64,6 +71,49 @@ def save_export(
     return path
 
 
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def spec_problem(spec: dict[str, Any]) -> str | None:
+    """What is wrong with a model.json's values, or None: checked before the encoder is built,
+    since a crafted size or class count would otherwise allocate without bound or crash."""
+    size, stride, classes = spec["image_size"], spec["stride"], spec["num_classes"]
+    checks = {
+        "backbone": (isinstance(spec["backbone"], str), "a model name"),
+        "image_size": (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(_is_int(v, 16, MAX_SIDE) for v in size),
+            f"[H, W], whole numbers from 16 to {MAX_SIDE}",
+        ),
+        "stride": (stride is None or _is_int(stride, 0, MAX_SIDE), "null or a whole number"),
+        "sie_coef": (_is_number(spec["sie_coef"]) and spec["sie_coef"] >= 0, "a number >= 0"),
+        "num_classes": (_is_int(classes, 1, MAX_CLASSES), f"a whole number 1 to {MAX_CLASSES}"),
+        "camera_map": (isinstance(spec.get("camera_map") or {}, dict), "an object or null"),
+        "mean": (_is_triple(spec.get("mean", [0, 0, 0]), 0), "3 finite numbers"),
+        "std": (_is_triple(spec.get("std", [1, 1, 1]), 1e-12), "3 finite numbers > 0"),
+        "eval_feature": (spec.get("eval_feature", "concat") in EVAL_FEATURES, str(EVAL_FEATURES)),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok:
+            return f"{key}: {json.dumps(spec.get(key))[:60]} is not {expected}"
+    return None
+
+
+def _is_triple(value: Any, low: float) -> bool:
+    """Per-channel mean or std: 3 finite numbers, each at least `low`."""
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(_is_number(v) and v >= low for v in value)
+    )
+
+
 def load_export(
     model_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[ReIDEncoder, dict]:
@@ -74,6 +124,9 @@ def load_export(
         raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
     fix = "re-export the model (rerun its stage 2, or save_export)"
     spec = read_json(cfg_path, fix, SPEC_KEYS, "model description")
+    bad = spec_problem(spec)
+    if bad:
+        raise unreadable(cfg_path, "model description", bad, fix)
     try:
         clip_model = build_clip(
             spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None

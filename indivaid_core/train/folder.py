@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from indivaid_core.config import Config, ConfigError
+from indivaid_core.config import Config, ConfigError, deep_merge, nested
 from indivaid_core.data.adapters import load_dataset
 from indivaid_core.data.images import DataError, set_pixel_limit
 from indivaid_core.data.table import check_inside_root
+from indivaid_core.safe_io import folder_lock
 from indivaid_core.train.stage1 import train_stage1
 from indivaid_core.train.stage2 import train_stage2
 
@@ -28,6 +29,36 @@ def read_folder(images: str | Path) -> tuple[Any, Path]:
     raise DataError(f"{images}: neither a folder of identity sub-folders nor a metadata CSV")
 
 
+def run_configs(cfg: Config, variant: str, overrides: dict[str, Any]) -> tuple[Config, Config]:
+    """(stage-1, stage-2) settings: the variant's text run and its own settings, then the
+    explicit `overrides`, which win (with none, exactly `cfg.for_run` and `cfg.variant`)."""
+    v = cfg.variants[variant]
+    mine = nested(overrides)
+    own = deep_merge({"model": v.model, "stage2": v.stage2}, mine)
+    return cfg.for_run(None, v.text, mine), cfg.for_run(None, v.text, own)
+
+
+def check_prompt_fits(cfg: Config, species: str) -> None:
+    """The stage-1 prompt (`A photo of a X..X <species>.`) must fit the text tower's context,
+    checked before any work: `--set model.n_ctx=100` or a long --species would fail in the
+    model. The same rule as `model.prompts.PromptLearner`, with the setting's name."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from indivaid_core.model.prompts import CTX_PLACEHOLDER
+
+    text_cfg = (open_clip.get_model_config(cfg.model.backbone) or {}).get("text_cfg", {})
+    length = text_cfg.get("context_length", 77)
+    prompt = f"A photo of a {' '.join([CTX_PLACEHOLDER] * cfg.model.n_ctx)} {species}."
+    used = len(SimpleTokenizer(context_length=length).encode(prompt)) + 2  # + SOT, EOT
+    if used > length:
+        raise ConfigError(
+            f"model.n_ctx: {cfg.model.n_ctx} with --species {species!r} makes a {used}-token "
+            f"prompt; the {cfg.model.backbone} text tower holds {length}: lower model.n_ctx "
+            "or shorten the species name"
+        )
+
+
 def train_on_folder(
     cfg: Config,
     images: str | Path,
@@ -36,8 +67,13 @@ def train_on_folder(
     variant: str = "indivaid",
     stages: str = "both",
     resume: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `variant` on every image under `images`; writes <out>/stage1 and <out>/model."""
+    """Train `variant` on every image under `images`; writes <out>/stage1 and <out>/model.
+
+    `overrides` (the command line's dotted `--set` values) win over the variant's own settings
+    and its text run: `--set model.n_ctx=8` trains with 8 context tokens, not the text run's 4.
+    """
     if stages not in ("both", "stage1", "stage2"):
         raise ConfigError(f"stages must be both, stage1 or stage2, got {stages!r}")
     if variant not in cfg.variants:
@@ -51,25 +87,33 @@ def train_on_folder(
         raise DataError(f"{images}: needs at least 2 individuals, found {table.identity.nunique()}")
     out = Path(out)
     text = cfg.variants[variant].text
+    stage1_cfg, stage2_cfg = run_configs(cfg, variant, overrides or {})
+    first = text != "none" and stages in ("both", "stage1")
+    if first:
+        check_prompt_fits(stage1_cfg, species)
     result: dict[str, Any] = {"images": len(table), "individuals": int(table.identity.nunique())}
-    if text != "none" and stages in ("both", "stage1"):
-        s1 = train_stage1(
-            cfg.for_run(None, text), table, root, species, out / "stage1", out / "cache", resume
-        )
-        result["stage1"] = {k: s1[k] for k in ("epochs", "final_loss") if k in s1}
-    if stages in ("both", "stage2"):
-        if text != "none" and not (out / "stage1" / "descriptions.safetensors").exists():
-            raise DataError(f"{out / 'stage1'}: no stage-1 run; train with --stage both first")
-        s2 = train_stage2(
-            cfg.variant(variant),
-            table,
-            root,
-            out / "model",
-            out / "stage1" if text != "none" else None,
-            train=cfg.variants[variant].train,
-            resume=resume,
-            cache_dir=out / "cache",
-        )
-        result["stage2"] = {k: s2[k] for k in ("epochs", "final_loss") if k in s2}
-        result["model"] = str(out / "model")
+    out.mkdir(parents=True, exist_ok=True)
+    # The whole run folder for the whole run: a second `train` to this --out (other settings
+    # or not) is refused at once, instead of rewriting stage1 while the first is in stage 2.
+    with folder_lock(out, f"training run folder {out}"):
+        if first:
+            s1 = train_stage1(
+                stage1_cfg, table, root, species, out / "stage1", out / "cache", resume
+            )
+            result["stage1"] = {k: s1[k] for k in ("epochs", "final_loss") if k in s1}
+        if stages in ("both", "stage2"):
+            if text != "none" and not (out / "stage1" / "descriptions.safetensors").exists():
+                raise DataError(f"{out / 'stage1'}: no stage-1 run; train with --stage both first")
+            s2 = train_stage2(
+                stage2_cfg,
+                table,
+                root,
+                out / "model",
+                out / "stage1" if text != "none" else None,
+                train=cfg.variants[variant].train,
+                resume=resume,
+                cache_dir=out / "cache",
+            )
+            result["stage2"] = {k: s2[k] for k in ("epochs", "final_loss") if k in s2}
+            result["model"] = str(out / "model")
     return result

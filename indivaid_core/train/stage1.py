@@ -26,6 +26,7 @@ from indivaid_core.losses import supcon_loss
 from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
 from indivaid_core.safe_io import atomic_path, read_npy_cache, save_safetensors, write_json
 from indivaid_core.train.engine import (
+    TrainingDiverged,
     count_params,
     cpu_threads,
     exclusive_run,
@@ -35,7 +36,7 @@ from indivaid_core.train.engine import (
     maybe_ddp,
     seed_everything,
 )
-from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
+from indivaid_core.train.loop import LoopState, files_digest, rows_digest, run_epochs
 from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.transforms import eval_transform
 
@@ -49,8 +50,11 @@ def label_map(identities: pd.Series) -> dict[str, int]:
 FEATURE_SETTINGS = ("backbone", "pretrained", "image_size", "stride")
 
 
-def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
-    """Hash of what the frozen features depend on: the image tower, the checkpoint and the rows.
+def cache_key(
+    model_cfg: dict[str, Any], table: pd.DataFrame, image_root: Path | None = None
+) -> str:
+    """Hash of what the frozen features depend on: the image tower, the checkpoint, the rows
+    and (given `image_root`) the content of their files, so replaced photos are recomputed.
 
     Text-side settings (n_ctx, meta_net, fusion) are left out, so the text runs of a dataset
     share one feature file instead of each computing the same features again.
@@ -61,6 +65,8 @@ def cache_key(model_cfg: dict[str, Any], table: pd.DataFrame) -> str:
     if pretrained and Path(str(pretrained)).is_file():
         h.update(Path(pretrained).read_bytes())
     h.update(table[["image_id", "path"]].to_csv(index=False).encode())
+    if image_root is not None:
+        h.update(files_digest(table, image_root).encode())
     return h.hexdigest()[:16]
 
 
@@ -142,7 +148,7 @@ def frozen_features(
         image_root,
         tuple(cfg.model.image_size),
         cache_dir,
-        cache_key(to_dict(cfg)["model"], train_table),
+        cache_key(to_dict(cfg)["model"], train_table, image_root),
         cfg.stage1.feature_batch_size,
         device,
         cfg.data.num_workers,
@@ -158,7 +164,7 @@ def warm_feature_cache(
     """
     with cpu_threads(cfg.stage1.num_threads):  # the thread count is part of the cache key
         device = resolve_device(cfg.device)
-        key = cache_key(to_dict(cfg)["model"], train_table)
+        key = cache_key(to_dict(cfg)["model"], train_table, image_root)
         if cache_file(cache_dir, key, device, cfg.stage1.feature_batch_size).exists():
             return
         m = cfg.model
@@ -166,8 +172,11 @@ def warm_feature_cache(
         frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
 
 
-def run_settings(cfg: Config, train_table: pd.DataFrame, species: str) -> dict[str, Any]:
-    """What defines a stage-1 run: a checkpoint made with other settings is not resumed."""
+def run_settings(
+    cfg: Config, train_table: pd.DataFrame, species: str, image_root: Path | None = None
+) -> dict[str, Any]:
+    """What defines a stage-1 run: a checkpoint made with other settings, or from other photo
+    files under the same names, is not resumed."""
     d = to_dict(cfg)
     return {
         "stage": "stage1",
@@ -176,6 +185,7 @@ def run_settings(cfg: Config, train_table: pd.DataFrame, species: str) -> dict[s
         "model": d["model"],
         "stage1": {k: v for k, v in d["stage1"].items() if k != "processes"},  # wall time only
         "rows": rows_digest(train_table, ("image_id", "identity", "path")),
+        **({"files": files_digest(train_table, image_root)} if image_root is not None else {}),
     }
 
 
@@ -276,7 +286,7 @@ def train_stage1(
                 "stage1",
                 resume,
                 interrupt_after_steps,
-                settings=run_settings(cfg, train_table, species),
+                settings=run_settings(cfg, train_table, species, image_root),
             )
         result = {
             "stage": "stage1",
@@ -289,7 +299,9 @@ def train_stage1(
             **meter.summary(device),
         }
         if info.is_main:
-            write_descriptions(gen, feats, labels, labels_of, train_table, out_dir, device)
+            write_descriptions(
+                gen, feats, labels, labels_of, train_table, out_dir, device, lr=s1.lr
+            )
             write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
         return result
 
@@ -304,8 +316,10 @@ def write_descriptions(
     out_dir: Path,
     device: torch.device,
     chunk: int = 64,
+    lr: float | None = None,
 ) -> None:
-    """Cache g for every training image and h for every individual, for stage 2."""
+    """Cache g for every training image and h for every individual, for stage 2; refused when
+    not finite (a diverged run), so stage 2 is never the one blamed for stage 1's NaN."""
     gen.eval()
     g = []
     for lo in range(0, len(labels), chunk):
@@ -315,6 +329,7 @@ def write_descriptions(
     h = torch.cat(
         [gen.individual(ids[lo : lo + chunk]).float().cpu() for lo in range(0, len(ids), chunk)]
     )
+    check_descriptions_finite(torch.cat(g), h, out_dir, lr)
     save_safetensors(
         {"g": torch.cat(g).contiguous(), "g_labels": labels.contiguous(), "h": h.contiguous()},
         out_dir / "descriptions.safetensors",
@@ -331,3 +346,17 @@ def write_descriptions(
         out_dir / "labels.json",
         {"labels": labels_of, "image_ids": table["image_id"].astype(str).tolist()},
     )
+
+
+def check_descriptions_finite(
+    g: torch.Tensor, h: torch.Tensor, out_dir: Path, lr: float | None
+) -> None:
+    """Refuse NaN or inf descriptions: the loss of the last step can be finite while the update
+    after it is not, and stage 2 would then diverge and blame itself."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in (g, h))
+    if bad:
+        at = f" at stage1.lr={lr}" if lr is not None else ""
+        raise TrainingDiverged(
+            f"stage 1 ({out_dir}): {bad} description values are NaN or inf, so stage 1 "
+            f"diverged{at}; the descriptions were not saved: lower stage1.lr and rerun stage 1"
+        )

@@ -36,7 +36,7 @@ from indivaid_core.train.engine import (
     seed_everything,
 )
 from indivaid_core.train.export import file_sha256, save_export
-from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
+from indivaid_core.train.loop import LoopState, files_digest, rows_digest, run_epochs
 from indivaid_core.train.sampler import PKSampler
 from indivaid_core.train.schedule import warmup_multistep
 from indivaid_core.train.stage1 import label_map
@@ -94,7 +94,8 @@ def param_groups(
 
 
 def load_descriptions(stage1_dir: Path, labels_of: dict[str, int]) -> dict[str, torch.Tensor]:
-    """The stage-1 cache, checked against this run's label map."""
+    """The stage-1 cache, checked against this run's label map and for NaN (a diverged
+    stage 1 must be named as such, not surface as stage 2 diverging)."""
     path = stage1_dir / "descriptions.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: stage-1 descriptions missing; run stage 1 first")
@@ -105,7 +106,13 @@ def load_descriptions(stage1_dir: Path, labels_of: dict[str, int]) -> dict[str, 
             f"{stage1_dir}: stage-1 identities differ from this run's training set; "
             "train stage 1 on these images first (--stage both)"
         )
-    return load_safetensors(path, fix, ("g", "g_labels", "h"), "stage-1 descriptions file")
+    desc = load_safetensors(path, fix, ("g", "g_labels", "h"), "stage-1 descriptions file")
+    if not all(bool(torch.isfinite(desc[k]).all()) for k in ("g", "h")):
+        raise DataError(
+            f"{stage1_dir}: the stage-1 descriptions hold NaN or inf values (stage 1 diverged); "
+            "rerun stage 1 with a lower stage1.lr (--stage both)"
+        )
+    return desc
 
 
 def run_settings(
@@ -113,8 +120,10 @@ def run_settings(
     train_table: pd.DataFrame,
     camera_map: dict[str, int] | None,
     stage1_file: Path | None,
+    image_root: Path | None = None,
 ) -> dict[str, Any]:
-    """What defines a stage-2 run: a checkpoint made with other settings is not resumed."""
+    """What defines a stage-2 run: a checkpoint made with other settings, or from other photo
+    files under the same names, is not resumed."""
     d = to_dict(cfg)
     return {
         "stage": "stage2",
@@ -124,6 +133,7 @@ def run_settings(
         "rows": rows_digest(train_table, ("image_id", "identity", "path", "camera")),
         "camera_map": camera_map or {},
         "stage1_descriptions": file_sha256(stage1_file) if stage1_file else None,
+        **({"files": files_digest(train_table, image_root)} if image_root is not None else {}),
     }
 
 
@@ -282,6 +292,7 @@ def _train_stage2(
                 train_table,
                 camera_map,
                 stage1_dir / "descriptions.safetensors" if desc else None,
+                image_root,
             ),
         )
     result = {
