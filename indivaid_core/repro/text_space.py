@@ -32,6 +32,9 @@ def pretrain_table(path: Path) -> pd.DataFrame:
     )
 
 
+TARGET_ORDER = ("g (image)", "h (individual)", "g within", "g between")
+
+
 def description_table(metrics: Path, datasets: list[str]) -> pd.DataFrame:
     """One row per (dataset, attribute, target); a column per text run, plus chance."""
     rows = []
@@ -52,4 +55,10 @@ def description_table(metrics: Path, datasets: list[str]) -> pd.DataFrame:
         index=["dataset", "attribute", "target"], columns="text", values="value", sort=False
     )
     chance = df.groupby(["dataset", "attribute", "target"], sort=False)["chance"].first()
-    return wide.assign(chance=chance).reset_index()
+    out = wide.assign(chance=chance).reset_index()
+    # datasets in pipeline order, then attributes with consistency last, g before h
+    out["_ds"] = out["dataset"].map(datasets.index)
+    out["_last"] = out["attribute"] == "consistency"
+    out["_t"] = out["target"].map(TARGET_ORDER.index)
+    out = out.sort_values(["_ds", "_last", "attribute", "_t"], kind="stable")
+    return out.drop(columns=["_ds", "_last", "_t"]).reset_index(drop=True)
