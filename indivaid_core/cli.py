@@ -27,6 +27,7 @@ from typing import Any
 
 from indivaid_core import config, door
 from indivaid_core.identify.backends import BACKENDS
+from indivaid_core.photos import POLICY as PHOTO_POLICY
 
 # Building the parser imports nothing heavy (torch, pandas, open_clip, faiss, sklearn): each
 # command imports what it uses, so `indivaid --help` answers in well under a second.
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export that `indivaid index build --checkpoint RUN_DIR/model` reads). A rerun with "
         "the same settings resumes; with other settings it trains afresh. A --set value wins "
         "over the variant's own settings and its text run (e.g. --set model.n_ctx=8 --set "
-        "model.meta_net=false trains with those, not the text run's 4 and true).",
+        "model.meta_net=false trains with those, not the text run's 4 and true). " + PHOTO_POLICY,
     )
     t.add_argument("--images", required=True, help="folder of identity sub-folders, or a CSV")
     t.add_argument("--out", required=True, help="run folder to write (RUN_DIR)")
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="build or grow a gallery index").add_subparsers(
         dest="index_command", required=True
     )
-    b = idx.add_parser("build", help="embed a labelled gallery into a new index")
+    b = idx.add_parser(
+        "build", help="embed a labelled gallery into a new index", description=PHOTO_POLICY
+    )
     b.add_argument("--checkpoint", required=True, help="exported model folder (model.json)")
     b.add_argument(
         "--images",
@@ -168,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_outside_root_argument(b)
     _add_common(b)
 
-    a = idx.add_parser("add", help="add labelled images to an existing index")
+    a = idx.add_parser(
+        "add", help="add labelled images to an existing index", description=PHOTO_POLICY
+    )
     a.add_argument("index", help="index folder")
     a.add_argument(
         "--images",
@@ -184,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_outside_root_argument(a)
     _add_common(a)
 
-    q = sub.add_parser("identify", help="identify photos against an index")
+    q = sub.add_parser(
+        "identify", help="identify photos against an index", description=PHOTO_POLICY
+    )
     q.add_argument("images", nargs="+", help="photos and/or folders of photos")
     q.add_argument("--index", required=True, help="index folder")
     q.add_argument("--checkpoint", help="model folder (default: the one the index remembers)")

@@ -231,3 +231,13 @@ def test_confidence_is_calibrated_on_held_out_photos():
     ) == pytest.approx(0.9)
     tiny = confidence.fit_confidence(x[:6], ids[:6])
     assert tiny["method"] == "none" and "at least 3" in tiny["reason"]
+
+
+def test_page_text_that_looks_like_a_placeholder_stays_text():
+    from indivaid_core.identify.review_page import render
+
+    frame = pd.DataFrame(columns=["query", "path", "predicted_identity", "error"])
+    gallery = pd.DataFrame(columns=["identity", "path"])
+    page = render(frame, gallery, None, "title __DATA__ <b>", index_path="/x/__SCRIPT__")
+    assert "title __DATA__ &lt;b&gt;" in page and "/x/__SCRIPT__" in page
+    assert page.count('id="data"') == 1

@@ -26,6 +26,7 @@ CORE = (
     "indivaid_core.identify",
     "indivaid_core.figures_common",  # the tile frame of the core figures, the figure saver
     "indivaid_core.door",  # the command line's argument checks and how a run ends
+    "indivaid_core.photos",  # which files the command line reads as photos, and its warnings
 )
 # The machinery that reproduces the paper: stage functions, report, figures, snapshot, the
 # synthetic suite.

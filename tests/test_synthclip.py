@@ -88,7 +88,7 @@ def synthclip_file() -> Path:
 def test_the_synthclip_weights_load_through_build_clip(synthclip_file, monkeypatch):
     monkeypatch.chdir(REPO)
     assert synthclip_path() == synthclip_file
-    model = build_clip("lite0", "synthclip", (96, 96))
+    model = build_clip("lite0", "synthclip", (96, 96), 0)  # params' stride 0 = patch size
     from safetensors.torch import load_file
 
     stored = load_file(str(synthclip_file))

@@ -14,32 +14,37 @@ from tqdm.auto import tqdm
 from indivaid_core.data import from_identity_folders, from_wildlife_metadata, load_rgb
 from indivaid_core.data.images import DataError
 from indivaid_core.evaluate.features import extract_features
+from indivaid_core.photos import SUFFIXES as IMAGE_SUFFIXES
+from indivaid_core.photos import (
+    BadInputWarning,
+    InputNoteWarning,
+    file_hash,
+    is_hidden,
+    tidy_gallery,
+    warn_empty_folders,
+)
+from indivaid_core.photos import warn as warn_once
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class BadInputWarning(UserWarning):
-    """A file or folder that was skipped; the run goes on without it."""
+__all__ = ["IMAGE_SUFFIXES", "BadInputWarning", "InputNoteWarning", "collect_files", "read_gallery"]
 
 
 def collect_files(
     sources: Iterable[str | Path], suffixes: Sequence[str] = IMAGE_SUFFIXES
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files to query, and (path, error) for what cannot be: missing paths, empty folders,
-    files in folders that are not images by their suffix (hidden files are ignored).
-
-    A file named explicitly is always tried, whatever its suffix; the decoder then decides.
+    files in folders that are not images by their suffix, and files named with a suffix that
+    is not accepted (the same types as `train` and `index`, see indivaid_core.photos). Hidden
+    files and folders are skipped with a count; a file given twice is queried once.
     """
     files: list[Path] = []
     errors: list[tuple[str, str]] = []
+    hidden: list[str] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            every = sorted(f for f in p.rglob("*") if f.is_file())
+            hidden += [str(f) for f in every if is_hidden(f.relative_to(p))]
+            found = [f for f in every if not is_hidden(f.relative_to(p))]
             images = [f for f in found if f.suffix.lower() in suffixes]
             errors += [
                 (str(f), f"not an image file (suffix {f.suffix or 'none'!r})")
@@ -54,11 +59,36 @@ def collect_files(
             if not images:
                 errors.append((str(p), "folder holds no image files"))
             files += images
+        elif p.is_file() and p.suffix.lower() not in suffixes:
+            errors.append((str(p), f"not an accepted image type; accepted: {' '.join(suffixes)}"))
         elif p.is_file():
             files.append(p)
         else:
             errors.append((str(p), "no such file or folder"))
-    return files, errors
+    warn_once("identify", "skipped hidden files or folders", hidden)
+    return _once(files), errors
+
+
+def _once(files: list[Path]) -> list[Path]:
+    """`files` without a second mention of the same file; copies with the same content are
+    kept (they may be different sightings) but pointed out."""
+    seen: dict[str, Path] = {}
+    again: list[str] = []
+    for f in files:
+        key = os.path.realpath(f)
+        if key in seen:
+            again.append(str(f))
+        else:
+            seen[key] = f
+    warn_once("identify", "skipped queries given more than once", again)
+    unique = list(seen.values())
+    by_content: dict[str, list[str]] = {}
+    for f in unique:
+        by_content.setdefault(file_hash(f) or str(f), []).append(str(f))
+    same = [p for group in by_content.values() if len(group) > 1 for p in group]
+    note = "queries with the same content as another (each kept)"
+    warn_once("identify", note, same, InputNoteWarning)
+    return unique
 
 
 def read_gallery(source: str | Path, root: str | Path | None = None) -> pd.DataFrame:
@@ -86,8 +116,9 @@ def read_gallery(source: str | Path, root: str | Path | None = None) -> pd.DataF
     for col in ("identity", "path"):
         if col not in df:
             raise DataError(f"{source}: gallery table has no {col!r} column; it has {list(df)}")
-    out = df[["identity", "path"]].copy()
-    out["identity"] = out["identity"].astype(str)
+    out = tidy_gallery(df[["identity", "path"]], base, source)
+    if source.is_dir():
+        warn_empty_folders(source, out)
     out["path"] = [os.path.abspath(Path(base) / p) for p in out["path"]]
     return out.reset_index(drop=True)
 

@@ -15,6 +15,7 @@ import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +119,15 @@ def render(
     page names the `index add` command with --allow-outside-root, which says so explicitly.
     """
     data = json.dumps(page_data(frame, gallery, threshold)).replace("</", "<\\/")
-    return (
-        TEMPLATE.replace("__TITLE__", html.escape(title))
-        .replace("__INDEX__", html.escape(str(index_path)))
-        .replace("__STYLE__", STYLE)
-        .replace("__SCRIPT__", SCRIPT)
-        .replace("__DATA__", data)
-    )
+    parts = {
+        "__TITLE__": html.escape(title),
+        "__INDEX__": html.escape(str(index_path)),
+        "__STYLE__": STYLE,
+        "__SCRIPT__": SCRIPT,
+        "__DATA__": data,
+    }
+    # one pass: a title or path that happens to contain "__DATA__" stays text
+    return re.sub("|".join(parts), lambda m: parts[m.group(0)], TEMPLATE)
 
 
 STYLE = """
@@ -206,7 +209,13 @@ function applyFilter() {
   document.getElementById('shown').textContent = `${shown} of ${DATA.rows.length} photos`;
   return shown;
 }
-const quote = s => /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+// a cell a spreadsheet would run as a formula gets a leading quote (OWASP);
+// `index add` reads it back
+const cell = s => /^[=+\-@\t\r]/.test(s) ? "'" + s : s;
+const quote = s => {
+  s = cell(s);
+  return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+};
 function buildCsv() {
   const lines = ['identity,path,decision,query'];
   document.querySelectorAll('.query-row').forEach(e => {

@@ -368,7 +368,8 @@ def build_clip(
         internet), a local checkpoint file (`openai:` / `open_clip:` prefixes say whose
         weights it holds; see checkpoints.read_checkpoint), or None/"none". OpenAI weights
         load with QuickGELU and CLIP-ReID's preprocessing (mean = std = 0.5, PIL bilinear).
-    stride: ViT only; patch-conv step, smaller than the patch size for overlapping patches.
+    stride: ViT only; patch-conv step, smaller than the patch size for overlapping patches
+        (0 or None: the patch size, as `model.stride: 0` in params.yaml).
     init_seed: seed for the randomly initialised parts (lite0's text tower, a random ViT), so
         that every pipeline stage rebuilds the same model; None draws from the global RNG.
     The preprocessing to use is attached to the model; read it with `preprocess_info(model)`.
@@ -410,7 +411,7 @@ def build_clip(
             force_quick_gelu=openai_weights or bool(tag_cfg.get("quick_gelu", False)),
             force_preprocess_cfg=force_pp or None,
         )
-    if stride is not None:
+    if stride:  # 0 or None: the patch size, as params.yaml says
         if not isinstance(model.visual, VisionTransformer):
             raise ValueError(f"stride applies to ViT image towers; {backbone!r} is not one")
         set_vit_stride(model.visual, int(stride))

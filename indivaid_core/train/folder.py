@@ -14,6 +14,7 @@ from indivaid_core.config import Config, ConfigError, deep_merge, nested
 from indivaid_core.data.adapters import load_dataset
 from indivaid_core.data.images import DataError, set_pixel_limit
 from indivaid_core.data.table import check_inside_root
+from indivaid_core.photos import readable, tidy_gallery, warn_empty_folders
 from indivaid_core.safe_io import folder_lock
 from indivaid_core.train.stage1 import train_stage1
 from indivaid_core.train.stage2 import train_stage2
@@ -27,6 +28,18 @@ def read_folder(images: str | Path) -> tuple[Any, Path]:
     if images.is_dir():
         return load_dataset("identity_folders", images.name, images.parent)
     raise DataError(f"{images}: neither a folder of identity sub-folders nor a metadata CSV")
+
+
+def usable_photos(table: Any, root: Path, images: str | Path) -> Any:
+    """The rows to train on under the rule every command follows (indivaid_core.photos):
+    hidden files, unaccepted types, duplicate rows and unreadable photos are skipped, each
+    kind counted in one warning; nothing left is an error."""
+    kept = readable(tidy_gallery(table, root, images), root, images)
+    if Path(images).is_dir():
+        warn_empty_folders(images, kept)
+    if kept.empty:
+        raise DataError(f"{images}: none of the {len(table)} listed photos is usable")
+    return kept
 
 
 def run_configs(cfg: Config, variant: str, overrides: dict[str, Any]) -> tuple[Config, Config]:
@@ -83,8 +96,12 @@ def train_on_folder(
     if not cfg.data.allow_outside_root:  # a CSV sent by someone may point at any file
         fix = "--set data.allow_outside_root=true reads them anyway"
         check_inside_root(table, root, str(images), fix)
+    table = usable_photos(table, root, images)
     if table["identity"].nunique() < 2:
-        raise DataError(f"{images}: needs at least 2 individuals, found {table.identity.nunique()}")
+        raise DataError(
+            f"{images}: needs at least 2 individuals with usable photos, "
+            f"found {table.identity.nunique()}"
+        )
     out = Path(out)
     text = cfg.variants[variant].text
     stage1_cfg, stage2_cfg = run_configs(cfg, variant, overrides or {})
