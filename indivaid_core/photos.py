@@ -78,6 +78,7 @@ def clean_identity(name: object) -> str:
 
 
 def file_hash(path: str | Path) -> str:
+    """sha256 of the file's bytes ("" when unreadable): renamed or moved copies still match."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:

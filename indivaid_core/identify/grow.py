@@ -4,32 +4,19 @@ second individual."""
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 import warnings
-from pathlib import Path
 
 import pandas as pd
 
 from indivaid_core.identify.inputs import BadInputWarning
+from indivaid_core.photos import file_hash as content_hash
 
 HASH_COLUMN = "sha256"
 
 
 class SimilarNameWarning(BadInputWarning):
     """A new identity name that looks like a known one written differently."""
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of the file's bytes ("" when unreadable): renamed or moved copies still match."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return ""
-    return digest.hexdigest()
 
 
 def with_hashes(table: pd.DataFrame) -> pd.DataFrame:
