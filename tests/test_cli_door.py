@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import one_line, run_main
 
 from indivaid_core import cli
 from indivaid_core.identify.demo import random_export
@@ -56,21 +57,6 @@ def world(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
     )
     assert rc == 0
     return root
-
-
-def run_main(*args: str | Path, capsys) -> tuple[int, str]:
-    """`indivaid ARGS` in this process: (exit status, stderr)."""
-    rc = cli.main([str(a) for a in args])
-    return rc, capsys.readouterr().err
-
-
-def one_line(err: str, *needles: str) -> str:
-    """The single `error:` line of a refusal, which names each of `needles`."""
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # --- errors: the user's, or a bug --------------------------------------------------------------

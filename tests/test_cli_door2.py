@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line, run_main
 from safetensors.torch import load_file, save_file
 
 from indivaid_core import cli
@@ -35,27 +36,6 @@ def user(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
             shutil.copy(images / rel, root / "gal" / ident / Path(rel).name)
     random_export(root / "model", smoke_cfg, sorted(table["identity"].unique()), seed=0)
     return root
-
-
-def run_main(*args: str | Path, capsys) -> tuple[int, str]:
-    """`indivaid ARGS` in this process: (exit status, stderr)."""
-    rc = cli.main([str(a) for a in args])
-    return rc, capsys.readouterr().err
-
-
-def run_process(*args: str | Path) -> subprocess.CompletedProcess:
-    """`indivaid ARGS` as its own process."""
-    cmd = [sys.executable, "-m", "indivaid_core.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def one_line(err: str, *needles: str) -> str:
-    """The single `error:` line of a refusal, which names each of `needles`."""
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def train(user: Path, out: Path, *extra: str | Path) -> list[str | Path]:

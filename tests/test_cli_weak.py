@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 
 from indivaid_core import cli
 from indivaid_core.data.images import IMAGE_EXTENSIONS
@@ -20,11 +21,6 @@ from indivaid_core.safe_io import restore_formulas
 
 NFC = unicodedata.normalize("NFC", "café")
 NFD = unicodedata.normalize("NFD", "café")
-
-
-def run_main(*args: str | Path, capsys) -> tuple[int, str]:
-    rc = cli.main([str(a) for a in args])
-    return rc, capsys.readouterr().err
 
 
 def warning_line(err: str, *needles: str) -> str:

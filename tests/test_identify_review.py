@@ -26,8 +26,6 @@ from indivaid_core.identify.demo import random_export
 from indivaid_core.identify.grow import SimilarNameWarning, name_key
 from indivaid_core.identify.index import GalleryIndex
 
-SCREENSHOT = Path("/tmp/indivaid_review_screenshot.png")  # kept for a person to look at
-
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory, tiny_suite, smoke_cfg):
@@ -171,13 +169,14 @@ def test_review_page_in_chromium_round_trips_through_index_add(user, tmp_path, c
     assert list(reviewed.columns) == ["identity", "path", "decision", "query"]
     assert list(reviewed["decision"]) == ["accept", "new", "accept", "new"]  # 3rd: rejected
     assert reviewed["path"].map(lambda p: Path(p).is_absolute() and Path(p).is_file()).all()
+    shot = tmp_path / "review_page.png"  # pytest keeps the last runs' tmp folders to look at
     chromium(
         f"--user-data-dir={profile}",
-        f"--screenshot={SCREENSHOT}",
+        f"--screenshot={shot}",
         "--window-size=1280,900",
         page.as_uri(),
     )
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
     (tmp_path / "reviewed.csv").write_text(csv_text)
     n_before = len(GalleryIndex.load(user / "idx").gallery)
