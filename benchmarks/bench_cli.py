@@ -27,11 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
+from bench_model import median_time  # the median of timed calls after a warm-up
 
 from indivaid_core import config
 from indivaid_core.identify import api
@@ -50,17 +50,6 @@ def median_wall(cmd: list[str], repeats: int, cwd: Path | None = None) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def median_call(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `fn()` in this process, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -125,7 +114,7 @@ def first_answer(root: Path, photo: Path, repeats: int) -> dict[str, float]:
     return {
         "indivaid identify 1 photo (fresh process)": median_wall(cmd, repeats, root),
         "  its imports alone (fresh process)": median_wall([PYTHON, "-c", imports], repeats),
-        "  open index + load model (in process)": median_call(
+        "  open index + load model (in process)": median_time(
             lambda: api.open_index(root / "idx100", device="cpu"), repeats
         ),
     }
@@ -142,8 +131,8 @@ def throughput(
         gallery = real if size == len(real.gallery) else synthetic_gallery(real, size)
         for backend in args.backends:
             index = with_backend(gallery, backend)
-            ident = median_call(lambda i=index: api.identify(i, model, [new], 5), args.repeats)
-            search = median_call(lambda i=index: i.search(queries, 5), args.repeats)
+            ident = median_time(lambda i=index: api.identify(i, model, [new], 5), args.repeats)
+            search = median_time(lambda i=index: i.search(queries, 5), args.repeats)
             rows.append(
                 {
                     "gallery": size,
