@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-#: The pipeline's data.images.IMAGE_EXTENSIONS, written out so that `--help` imports nothing
-#: heavy (tests/test_cli_weak.py checks that the two agree).
+#: The image types every reader accepts, the pipeline's included (data.images takes them from
+#: here): this module imports nothing heavy, so `--help` can show them.
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 JUNK_NAMES = ("Thumbs.db", "desktop.ini")
 SHOWN = 3

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from indivaid_core.photos import SUFFIXES
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, row or column at fault."""
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = SUFFIXES  # one list for the pipeline and the command line
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
