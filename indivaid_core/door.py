@@ -172,10 +172,23 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _interrupt_behind(err: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM an error stands for: a signal that lands while a C extension is
+    being imported comes out as that import's error, caused by the interrupt."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def exit_status(err: BaseException, user_errors: tuple[type[BaseException], ...]) -> int:
     """Print how the run ended (one line, or a bug's traceback) and return the exit status."""
-    if isinstance(err, KeyboardInterrupt):
-        terminated = isinstance(err, Terminated)
+    interrupt = _interrupt_behind(err)
+    if interrupt is not None:
+        terminated = isinstance(interrupt, Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
         print(f"error: {what}; nothing was half-written, rerun to start again", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from cli_helpers import one_line, run_main
 
-from indivaid_core import cli
+from indivaid_core import cli, door
 from indivaid_core.identify.demo import random_export
 from indivaid_core.identify.index import GalleryIndex
 from indivaid_core.safe_io import TMP_SUFFIX, write_csv
@@ -432,3 +432,19 @@ def test_a_crafted_index_json_is_one_line_naming_it(world, tmp_path, capsys, key
     )
     assert rc == 2
     one_line(err, str(idx / "index.json"), key)
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "status"), [(KeyboardInterrupt, 130), (door.Terminated, 143)]
+)
+def test_a_signal_during_an_import_still_ends_as_the_signal(interrupt, status, capsys):
+    """A signal that lands while a C extension initialises surfaces as an ImportError caused by
+    it (seen once in CI-like runs: scipy's HiGHS under SIGTERM); it still ends as the signal."""
+    try:
+        try:
+            raise interrupt
+        except KeyboardInterrupt as cause:
+            raise ImportError("initialization failed") from cause
+    except ImportError as err:
+        assert door.exit_status(err, ()) == status
+    one_line(capsys.readouterr().err, "interrupted" if status == 130 else "terminated")
