@@ -67,12 +67,14 @@ class DatasetCfg:
     protocol: Literal["disjoint", "leave_one_out", "given"] = "disjoint"
     test_fraction: float = 0.5
     query_per_identity: int = 1
+    val_individuals: int = 0  # training individuals set aside to choose settings on
+    train_individuals: int = 0  # of the rest, how many train (0 = all)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction: expected 0 < value < 1, got {self.test_fraction}")
-        _at_least("dataset", self, query_per_identity=1)
+        _at_least("dataset", self, query_per_identity=1, val_individuals=0, train_individuals=0)
 
 
 @dataclass
@@ -296,6 +298,28 @@ class VariantCfg:
 
 
 @dataclass
+class ScalingCfg:
+    """The data-scaling study: `variants` of `dataset` trained again on nested smaller training
+    sides, each cell a dataset of its own named `<dataset>-n<N>` (`scaled_name`)."""
+
+    dataset: str = ""  # "" = no study
+    train_individuals: list[int] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if any(n < 2 for n in self.train_individuals):
+            raise ConfigError(
+                f"pipeline.scaling.train_individuals: expected 2 or more, got "
+                f"{self.train_individuals}"
+            )
+
+
+def scaled_name(dataset: str, train_individuals: int) -> str:
+    """The name of `dataset` cut to its first `train_individuals` training individuals."""
+    return f"{dataset}-n{train_individuals}"
+
+
+@dataclass
 class PipelineCfg:
     """Which cells run: every dataset x every variant, plus the ablation datasets x ablations."""
 
@@ -307,6 +331,7 @@ class PipelineCfg:
     robustness_variants: list[str] = field(default_factory=lambda: ["zero_shot", "indivaid"])
     attention_variant: str = "indivaid"
     text_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scaling: ScalingCfg = field(default_factory=ScalingCfg)
 
 
 @dataclass
@@ -328,10 +353,29 @@ class Config:
         """(dataset, variant) of every trained/evaluated cell, in table order."""
         p = self.pipeline
         main = [(d, v) for d in p.datasets for v in p.variants]
-        return main + [(d, v) for d in p.ablation_datasets for v in p.ablations]
+        ablation = [(d, v) for d in p.ablation_datasets for v in p.ablations]
+        scaling = [(d, v) for d in self.scaling_datasets() for v in p.scaling.variants]
+        return main + ablation + scaling
+
+    def scaling_datasets(self) -> list[str]:
+        """The data-scaling study's smaller training sides, as dataset names."""
+        s = self.pipeline.scaling
+        return [scaled_name(s.dataset, n) for n in s.train_individuals] if s.dataset else []
+
+    def text_runs_of(self, dataset: str) -> list[str]:
+        """The stage-1 runs a dataset trains: all of `pipeline.text_runs` (the controls among
+        them) on a named dataset, only its variants' runs on the scaling study's."""
+        if dataset in self.data.datasets:
+            return list(self.pipeline.text_runs)
+        return list(dict.fromkeys(self.variants[v].text for v in self.variants_of(dataset)))
 
     def variants_of(self, dataset: str) -> list[str]:
-        return [v for d, v in self.cells() if d == dataset]
+        if dataset not in self.data.datasets:  # the scaling study's: its own list
+            self.dataset(dataset)  # a misspelt name fails here
+            return list(self.pipeline.scaling.variants)
+        p = self.pipeline
+        main = [v for v in p.variants if dataset in p.datasets]
+        return main + [v for v in p.ablations if dataset in p.ablation_datasets]
 
     def variant(self, name: str, dataset: str | None = None) -> Config:
         """The effective settings for one variant (and dataset overrides), as a new Config."""
@@ -356,9 +400,13 @@ class Config:
         return from_dict(deep_merge(merged, patch or {}), "params")
 
     def dataset(self, name: str) -> DatasetCfg:
-        if name not in self.data.datasets:
-            raise ConfigError(_unknown("data.datasets", name, list(self.data.datasets)))
-        return self.data.datasets[name]
+        if name in self.data.datasets:
+            return self.data.datasets[name]
+        s = self.pipeline.scaling
+        for n in s.train_individuals:
+            if name == scaled_name(s.dataset, n):
+                return dataclasses.replace(self.data.datasets[s.dataset], train_individuals=n)
+        raise ConfigError(_unknown("data.datasets", name, list(self.data.datasets)))
 
 
 def _unknown(where: str, key: str, valid: list[str]) -> str:
@@ -460,7 +508,12 @@ CELL_KEYS = ("datasets", "variants", "ablation_datasets", "ablations")
 def cells_of(cfg: Config) -> dict[str, Any]:
     """The content of CELLS_FILE for this (profile-merged) configuration."""
     cells = {k: list(getattr(cfg.pipeline, k)) for k in CELL_KEYS}
-    return {"cells": {"profile": cfg.profile, **cells}}
+    scaling = {
+        "scaling_dataset": cfg.pipeline.scaling.dataset or "none",
+        "scaling_datasets": cfg.scaling_datasets(),
+        "scaling_variants": list(cfg.pipeline.scaling.variants),
+    }
+    return {"cells": {"profile": cfg.profile, **cells, **scaling}}
 
 
 def _check_references(cfg: Config) -> Config:
@@ -496,9 +549,30 @@ def _check_references(cfg: Config) -> Config:
         raise ConfigError(_unknown("pipeline.attention_variant", p.attention_variant, p.variants))
     if extra := [d for d in p.ablation_datasets if d not in p.datasets]:
         raise ConfigError(f"pipeline.ablation_datasets: {extra} are not in pipeline.datasets")
+    _check_scaling(cfg)
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
         raise ConfigError(f"pipeline.seeds: expected distinct seeds, got {p.seeds}")
     return cfg
+
+
+def _check_scaling(cfg: Config) -> None:
+    s = cfg.pipeline.scaling
+    if not s.dataset:
+        return
+    if s.dataset not in cfg.pipeline.datasets:
+        raise ConfigError(
+            f"pipeline.scaling.dataset: '{s.dataset}' is not in pipeline.datasets (its own "
+            "cells are the study's largest training side)"
+        )
+    for name in s.variants:
+        if name not in cfg.pipeline.variants:
+            raise ConfigError(_unknown("pipeline.scaling.variants", name, cfg.pipeline.variants))
+    largest = cfg.data.datasets[s.dataset].train_individuals
+    if largest and any(n >= largest for n in s.train_individuals):
+        raise ConfigError(
+            f"pipeline.scaling.train_individuals: {s.train_individuals} must stay below "
+            f"data.datasets.{s.dataset}.train_individuals ({largest})"
+        )
 
 
 def nested(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_one_switch_selects_the_paper_cells(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
     config.write_cells(params)
-    assert len(config.load(params).cells()) == 20
+    assert len(config.load(params).cells()) == 25  # 12 main, 4 ablation, 9 scaling
     config.write_cells(params, "paper")
     cells = yaml.safe_load((tmp_path / config.CELLS_FILE).read_text())["cells"]
     assert cells["profile"] == "paper" and "Stoat" in cells["datasets"]
@@ -93,3 +93,32 @@ def test_unknown_profile_lists_each_valid_profile_once():
     with pytest.raises(config.ConfigError) as err:
         config.load(REPO / "params.yaml", {"profile": "nope"})
     assert str(err.value).count("'default'") == 1
+
+
+def test_the_scaling_study_names_datasets_that_resolve_to_their_base():
+    cfg = config.load(REPO / "params.yaml")
+    base = cfg.pipeline.scaling.dataset
+    names = cfg.scaling_datasets()
+    assert names == [config.scaled_name(base, n) for n in cfg.pipeline.scaling.train_individuals]
+    small = cfg.dataset(names[0])
+    assert small.train_individuals == cfg.pipeline.scaling.train_individuals[0]
+    assert small.path == cfg.dataset(base).path and small.val_individuals > 0
+    assert cfg.variants_of(names[0]) == cfg.pipeline.scaling.variants
+    assert "ctx2" not in cfg.text_runs_of(names[0]) and "ctx2" in cfg.text_runs_of(base)
+    with pytest.raises(config.ConfigError, match="did you mean"):
+        cfg.dataset(f"{base}-n9")  # not a size of the study
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"pipeline.scaling.dataset": "ATRW"}, "not in pipeline.datasets"),
+        ({"pipeline.scaling.variants": ["indivaid", "abl_mean"]}, "scaling.variants.abl_mean"),
+        ({"pipeline.scaling.train_individuals": [8, 64]}, "must stay below"),
+        ({"pipeline.scaling.train_individuals": [1]}, "2 or more"),
+        ({"data.datasets.synth-tiger.val_individuals": -1}, "val_individuals"),
+    ],
+)
+def test_bad_scaling_settings_are_refused_naming_the_key(override, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(REPO / "params.yaml", override)

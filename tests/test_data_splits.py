@@ -13,6 +13,7 @@ from indivaid_core.data import (
     train_identities,
     train_rows,
 )
+from indivaid_core.data.splits import validation_view
 
 
 def _table(counts: dict[str, int]) -> pd.DataFrame:
@@ -106,3 +107,54 @@ def test_singleton_in_test_is_counted(tmp_path):
         out = prepare_table(df, "leave_one_out", 0.5, 1, seeds[0], tmp_path, check_images=False)
     assert out.attrs["query_identities_without_match"] == 1
     assert "c" in set(out.loc[out.split == "test", "identity"])
+
+
+def _split_ids(out: pd.DataFrame, *splits: str) -> set[str]:
+    return set(out.loc[out["split"].isin(splits), "identity"])
+
+
+MANY = {f"id{i:02d}": 3 + i % 4 for i in range(40)}
+
+
+def _prepare(root, **kw) -> pd.DataFrame:
+    """prepare_table on 40 individuals whose (empty) files exist under `root`."""
+    df = _table(MANY)
+    for p in df.path:
+        (root / p).parent.mkdir(exist_ok=True)
+        (root / p).write_bytes(b"")
+    return prepare_table(df, root=root, check_images=False, **{"test_fraction": 0.5, **kw})
+
+
+@pytest.mark.parametrize("protocol", ["disjoint", "leave_one_out"])
+def test_validation_individuals_are_disjoint_from_train_and_test(protocol, tmp_path):
+    plain = _prepare(tmp_path, protocol=protocol)
+    out = _prepare(tmp_path, protocol=protocol, val_individuals=5, train_individuals=8)
+    evals = ("test",) if protocol == "leave_one_out" else ("query", "gallery")
+    val = _split_ids(out, *(f"val_{s}" for s in evals))
+    train, test = _split_ids(out, "train"), _split_ids(out, *evals)
+    assert len(val) == 5 and len(train) == 8 and not (val & train) and not (val & test)
+    assert test == _split_ids(plain, *evals)  # the test side is the one without validation
+    assert val | train <= _split_ids(plain, "train")
+
+
+def test_smaller_training_sides_are_nested_and_share_the_validation_set(tmp_path):
+    sides = {n: _prepare(tmp_path, val_individuals=4, train_individuals=n) for n in (3, 6, 12)}
+    train = {n: _split_ids(t, "train") for n, t in sides.items()}
+    assert train[3] < train[6] < train[12] and [len(train[n]) for n in (3, 6, 12)] == [3, 6, 12]
+    vals = [_split_ids(t, "val_query", "val_gallery") for t in sides.values()]
+    assert vals[0] == vals[1] == vals[2]
+
+
+def test_validation_view_puts_validation_rows_in_the_evaluation_splits(tmp_path):
+    out = _prepare(tmp_path, val_individuals=5)
+    view = validation_view(out)
+    assert set(view["split"]) == {"train", "query", "gallery"}
+    assert _split_ids(view, "query", "gallery") == _split_ids(out, "val_query", "val_gallery")
+    assert not _split_ids(view, "query") & _split_ids(out, "query")  # no test row survives
+    with pytest.raises(DataError, match="val_individuals"):
+        validation_view(_prepare(tmp_path))
+
+
+def test_too_many_validation_and_training_individuals_is_an_error_naming_both(tmp_path):
+    with pytest.raises(DataError, match=r"val_individuals 15 \+ train_individuals 10"):
+        _prepare(tmp_path, val_individuals=15, train_individuals=10)

@@ -345,6 +345,7 @@ def _smoke_params(tmp: Path) -> tuple[Path, dict[str, Any]]:
         ablation_datasets=[DATASET],
         ablations=["abl_mean"],
     )
+    p["scaling"]["dataset"] = DATASET
     raw["profiles"][PROFILE]["pipeline"]["seeds"] = [0]
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -354,12 +355,20 @@ def _smoke_params(tmp: Path) -> tuple[Path, dict[str, Any]]:
 def _cells(raw: dict[str, Any]) -> list[Cell]:
     """Every stage of dvc.yaml for the smoke copy's cells, in the order DVC runs them."""
     p = raw["pipeline"]
-    base = {"profile": raw["profile"], "pipeline.attention_variant": p["attention_variant"]}
+    scaling = {**p["scaling"], **raw["profiles"][PROFILE]["pipeline"].get("scaling", {})}
+    scaled = [config.scaled_name(DATASET, n) for n in scaling["train_individuals"]]
+    base = {
+        "profile": raw["profile"],
+        "pipeline.attention_variant": p["attention_variant"],
+        "cells.scaling_dataset": scaling["dataset"],
+    }
     cells = [Cell("pretrain", "pretrain", base), Cell("prepare", "prepare", base)]
     cells += [Cell("stage1", f"stage1@{d}", {**base, "item": d}) for d in p["datasets"]]
+    cells += [Cell("scaling_stage1", f"scaling_stage1@{d}", {**base, "item": d}) for d in scaled]
     for stage, datasets, variants in (
         ("stage2", p["datasets"], p["variants"]),
         ("ablation", p["ablation_datasets"], p["ablations"]),
+        ("scaling", scaled, scaling["variants"]),
     ):
         cells += [
             Cell(stage, f"{stage}@{d}-{v}", {**base, "item.dataset": d, "item.variant": v})
@@ -368,6 +377,9 @@ def _cells(raw: dict[str, Any]) -> list[Cell]:
         ]
     for stage in ("evaluate", "robustness", "attention"):
         cells += [Cell(stage, f"{stage}@{d}", {**base, "item": d}) for d in p["datasets"]]
+    cells += [
+        Cell("scaling_evaluate", f"scaling_evaluate@{d}", {**base, "item": d}) for d in scaled
+    ]
     return [*cells, Cell("report", "report", base)]
 
 
@@ -454,7 +466,7 @@ def _problems(dvc: dict[str, Any], stage: str, cells: list[Cell], reads: dict) -
 
 
 STAGES = ("pretrain", "prepare", "stage1", "stage2", "ablation", "evaluate", "robustness")
-STAGES += ("attention", "report")
+STAGES += ("attention", "report", "scaling_stage1", "scaling", "scaling_evaluate")
 
 
 def test_every_dvc_stage_is_run_here(dvc):

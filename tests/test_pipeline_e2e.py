@@ -63,6 +63,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     params["pipeline"].update(
         variants=["zero_shot", "indivaid"], ablation_datasets=[], ablations=[]
     )
+    params["pipeline"]["scaling"]["dataset"] = "synth-stoat"  # smoke: n4, indivaid
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     config.write_cells(repo / "params.yaml")  # what `indivaid profile smoke` does
 
@@ -77,11 +78,20 @@ def test_dvc_repro_smoke_profile(tmp_path):
     assert list(main.index) == ["zero_shot", "indivaid"] and "ATRW" not in main.columns.levels[0]
     assert "±" in main.loc["indivaid", ("synth-stoat", "mAP")]  # mean ± sd over the 2 seeds
     sig = pd.read_csv(repo / "reports/tables/significance.csv")
-    assert sig.empty and "verdict" in sig  # no compared pair among zero_shot and indivaid
+    assert list(sig["comparison"]) == ["indivaid − zero_shot"]  # the one pair run here
+    assert sig["verdict"].str.startswith("not decidable").all()  # 2 seeds
     sweep = pd.read_csv(repo / "reports/robustness/synth-stoat.csv")
     assert set(sweep["variant"]) == {"zero_shot", "indivaid"} and sweep["mAP"].between(0, 1).all()
     spread = pd.read_csv(repo / "reports/tables/spread.csv")
-    assert list(spread["variant"]) == ["indivaid"] and (spread["seeds"] == 2).all()
+    assert list(spread["dataset"]) == ["synth-stoat", "synth-stoat-n4"]  # main, scaling cell
+    assert list(spread["variant"]) == ["indivaid"] * 2 and (spread["seeds"] == 2).all()
+    scaling = pd.read_csv(repo / "reports/tables/scaling.csv")  # n = 4 and the main cells
+    trained = scaling[scaling["variant"] == "indivaid"]
+    assert list(trained["train_individuals"]) == [4, 10] and (trained["seeds"] == 2).all()
+    assert (trained["CI low"] <= trained["mAP"]).all() and (
+        trained["mAP"] <= trained["CI high"]
+    ).all()
+    assert (repo / "reports/figures/report/scaling.png").exists()
     assert (repo / "reports/notebooks/04_evaluate/synth-stoat.ipynb").exists()
 
     # 08_identify's real-model path: the trained export of seed 0 identifies held-out photos
@@ -92,7 +102,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
     found = pd.read_csv(repo / "work/identify/synth-stoat/indivaid/results.csv")
     assert len(found) > 0 and found["error"].isna().all()
     table = pd.read_csv(repo / "work/tables/synth-stoat.csv", dtype={"identity": str})
-    test_ids = set(table.loc[table["split"] != "train", "identity"])
+    test_ids = set(table.loc[table["split"].isin(["test", "query", "gallery"]), "identity"])
     assert set(found["top1_identity"].dropna().astype(str)) <= test_ids
 
     # an unchanged pipeline is skipped, and so is an edit to a profile that is not selected

@@ -74,6 +74,63 @@ def leave_one_out_split(
     return out
 
 
+def carve_validation(
+    df: pd.DataFrame,
+    val_individuals: int = 0,
+    train_individuals: int = 0,
+    query_per_identity: int = 1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Move `val_individuals` training individuals to a validation split and keep the first
+    `train_individuals` of the rest (0 = all), dropping the others.
+
+    Validation rows take the test protocol's split names behind `val_` (`val_query` and
+    `val_gallery`, or `val_test` for leave-one-out), so every choice of a setting can be made
+    on individuals disjoint from both sides. The training order is one seeded permutation, so
+    smaller training sides are nested in larger ones: a data-scaling curve compares subsets,
+    not different draws.
+    """
+    pool = np.array(sorted(df.loc[df["split"] == "train", "identity"].astype(str).unique()))
+    need = val_individuals + max(train_individuals, 1)
+    if val_individuals < 0 or train_individuals < 0 or need > len(pool):
+        raise DataError(
+            f"val_individuals {val_individuals} + train_individuals {train_individuals} need "
+            f"{need} training individuals; the split has {len(pool)}"
+        )
+    order = pool[np.random.default_rng([seed, 2]).permutation(len(pool))]
+    val_ids = set(order[:val_individuals])
+    rest = order[val_individuals:]
+    kept = set(rest[:train_individuals] if train_individuals else rest)
+    ident = df["identity"].astype(str)
+    is_train = df["split"] == "train"
+    out = df[~is_train | ident.isin(kept | val_ids)].copy()
+    val = out["identity"].astype(str).isin(val_ids) & (out["split"] == "train")
+    if not val.any():
+        return out.reset_index(drop=True)
+    loo = (df["split"] == "test").any()
+    if loo:
+        out.loc[val, "split"] = "val_test"
+    else:
+        rng = np.random.default_rng([seed, 3])
+        key = pd.Series(rng.random(len(out)), index=out.index)
+        rank = key[val].groupby(out.loc[val, "identity"]).rank(method="first")
+        size = out.loc[val].groupby("identity")["identity"].transform("size")
+        n_query = np.minimum(query_per_identity, size - 1)
+        out.loc[val, "split"] = np.where(rank <= n_query, "val_query", "val_gallery")
+    return out.reset_index(drop=True)
+
+
+def validation_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with the validation individuals in the evaluation splits' place: training
+    rows as they are, `val_*` rows renamed, test rows gone."""
+    split = df["split"].astype(str)
+    out = df[(split == "train") | split.str.startswith("val_")].copy()
+    out["split"] = out["split"].astype(str).str.removeprefix("val_")
+    if (out["split"] != "train").sum() == 0:
+        raise DataError("the table has no validation rows: set val_individuals for the dataset")
+    return out.reset_index(drop=True)
+
+
 def given_leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
     """Leave-one-out on a split the source already fixed (the released Stoat): its `train`
     rows as given, every other row one query == gallery `test` set.
@@ -119,6 +176,8 @@ def prepare_table(
     check_images: bool = True,
     min_train_images: int = 2,
     allow_outside_root: bool = False,
+    val_individuals: int = 0,
+    train_individuals: int = 0,
 ) -> pd.DataFrame:
     """Validate a dataset table and give it a `split` column under `protocol`.
 
@@ -147,6 +206,10 @@ def prepare_table(
         checked = given_leave_one_out(checked)
     elif protocol == "leave_one_out":
         checked = leave_one_out_split(checked, test_fraction, seed)
+    if val_individuals or train_individuals:
+        checked = carve_validation(
+            checked, val_individuals, train_individuals, query_per_identity, seed
+        )
     check_splits(checked, f"{protocol} split")
     missing = query_identities_missing_from_gallery(checked)
     unchanged = "split" in df and checked["split"].tolist() == df["split"].astype(str).tolist()

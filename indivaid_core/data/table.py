@@ -4,7 +4,8 @@ One pandas DataFrame per dataset, one row per image:
 - required: `image_id` (unique str), `identity` (str), `path` (relative to an image root);
 - optional: `date`, `species`, `viewpoint`, `camera` (int or str), `bbox` ([x, y, w, h]);
 - project: `split` (`train`, `query`, `gallery`, or `test` for leave-one-out where
-  query == gallery) and condition columns (`daynight`, `viewpoint`, `occlusion`, `camera`).
+  query == gallery; `val_` before an evaluation split marks the validation individuals)
+  and condition columns (`daynight`, `viewpoint`, `occlusion`, `camera`).
 
 `validate_table` checks all of it up front, so bad input fails here with the row and file
 named, never deep inside training.
@@ -23,7 +24,9 @@ from indivaid_core.data.images import DataError, load_rgb
 REQUIRED = ("image_id", "identity", "path")
 OPTIONAL = ("date", "species", "viewpoint", "camera", "bbox", "split")
 CONDITIONS = ("daynight", "viewpoint", "occlusion", "camera")
-SPLITS = ("train", "query", "gallery", "test")
+EVAL_SPLITS = ("query", "gallery", "test")
+VAL_SPLITS = tuple(f"val_{s}" for s in EVAL_SPLITS)  # settings are chosen on these, never test
+SPLITS = ("train", *EVAL_SPLITS, *VAL_SPLITS)
 MAX_LISTED = 5  # how many offending rows an error message lists
 
 

@@ -17,8 +17,11 @@ Written here because neither scipy's nor scikit-learn's bootstrap resamples nest
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 MIN_SEEDS = 3
 
@@ -86,3 +89,52 @@ def verdict(ci: dict[str, float], min_seeds: int = MIN_SEEDS) -> str:
     if ci["hi"] < 0:
         return "significant loss"
     return "not significant"
+
+
+def _z_sum(alpha: float, power: float) -> float:
+    """z_(1−α/2) + z_power: how many standard errors a two-sided test at `alpha` needs between
+    0 and the true difference to detect it with probability `power`."""
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+
+
+def detectable_difference(
+    diff: np.ndarray, alpha: float = 0.05, power: float = 0.8
+) -> dict[str, float]:
+    """Minimal detectable difference (same units as `diff`) and its two variance components.
+
+    The variance model matches what `two_level_bootstrap` resamples, seeds and queries:
+    SE² = s²_seed / S + s²_query / Q, with s²_seed the variance (ddof=1) over seeds of the
+    per-seed mean differences (0 with one seed) and s²_query the variance over queries of the
+    seed-averaged differences. A "not significant" verdict says little about effects below it.
+    Normal approximation: with 3 seeds (2 degrees of freedom at the seed level) it is optimistic.
+    """
+    diff = np.asarray(diff, dtype=np.float64)
+    if diff.ndim != 2 or 0 in diff.shape:
+        raise ValueError(f"diff must be a non-empty (seeds, queries) matrix, got {diff.shape}")
+    n_seeds, n_queries = diff.shape
+    s2_seed = float(diff.mean(axis=1).var(ddof=1)) if n_seeds > 1 else 0.0
+    s2_query = float(diff.mean(axis=0).var(ddof=1)) if n_queries > 1 else 0.0
+    se = math.sqrt(s2_seed / n_seeds + s2_query / n_queries)
+    return {"mdd": _z_sum(alpha, power) * se, "s2_seed": s2_seed, "s2_query": s2_query}
+
+
+def seeds_for(
+    target: float,
+    s2_seed: float,
+    s2_query: float,
+    n_queries: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int | None:
+    """Smallest number of seeds (same queries) whose detectable difference is ≤ `target`, or
+    None when the query term alone already exceeds it: more seeds cannot get there, only more
+    queries can. Tells how many seeds a comparison needs before its verdict means something."""
+    room = (target / _z_sum(alpha, power)) ** 2 - s2_query / n_queries  # left for s²_seed / S
+    if room < 0 or (room == 0 and s2_seed > 0):
+        return None
+    n = 1 if s2_seed == 0 else max(1, math.ceil(s2_seed / room))
+    while n > 1 and s2_seed / (n - 1) <= room:  # guard against rounding in ceil
+        n -= 1
+    while s2_seed / n > room:
+        n += 1
+    return n

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from indivaid_core.config import Config
+from indivaid_core.data.table import EVAL_SPLITS
 from indivaid_core.identify.demo import gallery_and_new_photos, random_export, score_results
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import read_table
@@ -61,7 +62,7 @@ def prepare_demo(
     else:
         model_dir = Paths(cfg, dataset).stage2(variant, cfg.pipeline.seeds[0])
         full = read_table(cfg, dataset)
-        table = full[full["split"] != "train"]
+        table = full[full["split"].isin(EVAL_SPLITS)]  # test individuals only
         root = Paths.image_root(full)
     gallery, photos = gallery_and_new_photos(table, root, new_fraction, seed=seed)
     photos_dir = out_dir / "new_photos"

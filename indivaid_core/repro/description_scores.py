@@ -96,7 +96,7 @@ def score_descriptions(cfg: Config, dataset: str) -> pd.DataFrame:
     table = train_split(read_table(cfg, dataset))
     noun = cfg.dataset(dataset).species
     frames = []
-    for text in cfg.pipeline.text_runs:
+    for text in cfg.text_runs_of(dataset):
         if text == "none":
             continue
         model = build_clip_for(cfg.for_run(dataset, text).model)

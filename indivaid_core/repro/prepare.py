@@ -29,6 +29,8 @@ def prepare(cfg: Config, dataset: str) -> pd.DataFrame:
         cfg.seed,
         root,
         allow_outside_root=cfg.data.allow_outside_root,
+        val_individuals=ds.val_individuals,
+        train_individuals=ds.train_individuals,
     )
     df["image_root"] = str(Path(root))
     write_csv(df, paths.table, index=False)

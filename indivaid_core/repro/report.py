@@ -1,4 +1,4 @@
-"""The report stage: every table, the two figures and reports/results.md, written whole.
+"""The report stage: every table, the figures and reports/results.md, written whole.
 
 `build_report` only reads what the other stages wrote; `write_report` writes each table as a
 CSV under reports/tables/, the figures under reports/figures/report/, then results.md.
@@ -10,8 +10,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
-from indivaid_core.config import Config
+from indivaid_core.config import Config, scaled_name
 from indivaid_core.data.table import CONDITIONS
 from indivaid_core.figures_common import save_figure
 from indivaid_core.repro import significance, tables
@@ -23,6 +24,18 @@ from indivaid_core.safe_io import write_csv
 # A committed input, not an output: benchmarks/numerical_spread.py writes it.
 NUMERICAL_SPREAD_CSV = Path("reports/numerical_spread.csv")
 WIDE_METRICS = ("mAP", "R1", "R5", "R10", "mINP")
+# The scaling study's paired differences: does the text gain grow where individuals are few?
+SCALING_COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only")]
+SCALING_DIFFERENCE_COLUMNS = [
+    "dataset",
+    "comparison",
+    "train_individuals",
+    "ΔmAP",
+    "CI low",
+    "CI high",
+    "seeds",
+    "verdict",
+]
 
 
 # Tables with row labels keep their index in the CSV; the long tables do not.
@@ -36,6 +49,8 @@ def build_report(cfg: Config, numerical_csv: Path = NUMERICAL_SPREAD_CSV) -> Rep
     datasets, variants = list(cfg.pipeline.datasets), list(cfg.pipeline.variants)
     per_query = Path(cfg.data.reports) / "per_query"
     n, seed = cfg.eval.bootstrap, cfg.seed
+    base, study = cfg.pipeline.scaling.dataset, list(cfg.pipeline.scaling.variants)
+    sizes = scaling_sizes(cfg, metrics)
     return Report(
         metrics=metrics,
         main=tables.main_table(metrics, datasets, ("mAP", "R1"), variants),
@@ -49,7 +64,54 @@ def build_report(cfg: Config, numerical_csv: Path = NUMERICAL_SPREAD_CSV) -> Rep
         cost=tables.cost_table(metrics),
         conditions=tables.condition_table(per_query, datasets, variants, list(CONDITIONS)),
         spread=tables.spread_table(metrics, numerical_csv, cfg.profile),
+        scaling=tables.scaling_table(per_query, base, sizes, study, n, seed),
+        scaling_differences=scaling_differences(per_query, base, sizes, n, seed),
     )
+
+
+def scaling_sizes(cfg: Config, metrics: pd.DataFrame) -> list[tuple[int, str]]:
+    """(training individuals, dataset) of each point of the scaling study, largest last.
+
+    The largest point is the base dataset's main cells, at the number of individuals its
+    training runs counted (metrics/train); without one it is left out, never guessed.
+    """
+    s = cfg.pipeline.scaling
+    if not s.dataset:
+        return []
+    sizes = [(n, scaled_name(s.dataset, n)) for n in s.train_individuals]
+    full = _trained_individuals(metrics, s.dataset)
+    return sorted(sizes + ([(full, s.dataset)] if full else []))
+
+
+def _trained_individuals(metrics: pd.DataFrame, dataset: str) -> int:
+    """Training individuals the dataset's trained cells report (0 when none reports it)."""
+    if not len(metrics):
+        return 0
+    train = metrics.loc[metrics["dataset"] == dataset, "train"]
+    return max((t.get("n_identities", 0) for t in train if isinstance(t, dict)), default=0)
+
+
+def scaling_differences(
+    per_query_dir: Path,
+    dataset: str,
+    sizes: list[tuple[int, str]],
+    n_resamples: int,
+    seed: int,
+    comparisons: list[tuple[str, str]] = SCALING_COMPARISONS,
+) -> pd.DataFrame:
+    """The paired two-level CI of each comparison at each size, from `significance_table`."""
+    size_of = {name: n for n, name in sizes}
+    sig = significance.significance_table(
+        per_query_dir, list(size_of), n_resamples, seed, comparisons=comparisons
+    )
+    order = {f"{a} − {b}": k for k, (a, b) in enumerate(comparisons)}
+    out = sig.assign(
+        train_individuals=sig["dataset"].map(size_of),
+        dataset=dataset,
+        order=sig["comparison"].map(order),
+    )
+    out = out.sort_values(["order", "train_individuals"], kind="stable")
+    return out[SCALING_DIFFERENCE_COLUMNS].reset_index(drop=True)
 
 
 def write_report(cfg: Config, rep: Report) -> Path:
@@ -61,6 +123,8 @@ def write_report(cfg: Config, rep: Report) -> Path:
             write_csv(table, reports / "tables" / f"{f.name}.csv", index=f.name in INDEXED)
     fig_dir = reports / "figures" / "report"
     drawn = {"headline.png": (figures.headline_figure(rep.intervals), 110)}
+    if len(rep.scaling):
+        drawn["scaling.png"] = (figures.scaling_figure(rep.scaling, rep.scaling_differences), 110)
     cond = rep.conditions
     for ds in cfg.pipeline.datasets:
         if len(cond) and (cond["dataset"] == ds).any():

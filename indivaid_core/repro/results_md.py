@@ -107,15 +107,144 @@ def _header_md(cfg: Config, rep: Report) -> list[str]:
         "`reports/per_query/`. Cells say *not run* where a dataset is absent — never a number "
         "taken from the paper.",
         "",
-        "![mAP with 95 % CI per variant and dataset](figures/report/headline.png)",
+    ]
+
+
+def _scaling_md(cfg: Config, rep: Report) -> list[str]:
+    """The data-scaling study first: the question the report is built to answer."""
+    scaling = rep.scaling
+    if not len(scaling):
+        return [
+            "## Data scaling: mAP against the number of training individuals",
+            "",
+            "No scaling study in this report: `pipeline.scaling.dataset` is empty, or none of "
+            "its cells has a per-query file yet.",
+            "",
+        ]
+    dataset = scaling["dataset"].iloc[0]
+    base = sorted(set(scaling["train_individuals"]) - set(cfg.pipeline.scaling.train_individuals))
+    largest = f" The n = {base[0]} column is {dataset}'s main cells." if base else ""
+    zero = (
+        " zero_shot trains on nothing: its one cell is repeated at every n."
+        if (scaling["variant"] == "zero_shot").any()
+        else ""
+    )
+    return [
+        f"## Data scaling: mAP against the number of training individuals ({dataset})",
+        "",
+        "![mAP against training individuals, and the paired differences]"
+        "(figures/report/scaling.png)",
+        "",
+        f"mAP (%) [95 % CI over seeds and queries] when the variants train on the first n of "
+        f"{dataset}'s training individuals (nested subsets), tested on the same individuals at "
+        f"every n.{largest}{zero} `tables/scaling.csv` and `tables/scaling_differences.csv` "
+        "hold the numbers.",
+        "",
+        to_markdown(scaling_wide(scaling)),
+        "",
+        *scaling_sentences(scaling, rep.scaling_differences),
         "",
     ]
+
+
+def scaling_wide(scaling: pd.DataFrame) -> pd.DataFrame:
+    """The scaling table as variant × size, each cell 'mAP [CI low, CI high]'."""
+    cell = [
+        f"{r['mAP']:.1f} [{r['CI low']:.1f}, {r['CI high']:.1f}]" for _, r in scaling.iterrows()
+    ]
+    wide = scaling.assign(cell=cell).pivot(
+        index="variant", columns="train_individuals", values="cell"
+    )
+    wide = wide.reindex(list(dict.fromkeys(scaling["variant"])))
+    wide.columns = [f"n = {n}" for n in wide.columns]
+    return wide.fillna("not run")
+
+
+def scaling_sentences(scaling: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
+    """What the scaling numbers show, read off the tables: who leads at the fewest and at the
+    most training individuals, and how each paired difference and its interval move."""
+    lines = [_leaders_sentence(scaling)]
+    for comparison, rows in differences.groupby("comparison", sort=False):
+        lines.append(_difference_sentence(comparison, rows.sort_values("train_individuals")))
+    return lines
+
+
+def _interval(r: pd.Series, value: str, signed: bool = False) -> str:
+    f = "+.1f" if signed else ".1f"
+    return f"{r[value]:{f}} [{r['CI low']:{f}}, {r['CI high']:{f}}]"
+
+
+def _leaders_sentence(scaling: pd.DataFrame) -> str:
+    """Who leads at the ends of the curve: only sizes with a trained cell count as its ends
+    (zero_shot is listed at every size, and would lead alone where nothing else ran)."""
+    trained = scaling.loc[scaling["variant"] != "zero_shot", "train_individuals"]
+    sizes = sorted(set(trained))
+    if not sizes:
+        return "No trained variant has been evaluated at any size yet."
+    if len(sizes) == 1:
+        return (
+            f"Only n = {sizes[0]} has a trained cell so far, so there is no curve yet; there the "
+            f"highest mAP is {_leader(scaling, sizes[0])}."
+        )
+    return (
+        f"With the fewest training individuals (n = {sizes[0]}) the highest mAP is "
+        f"{_leader(scaling, sizes[0])}; with the most (n = {sizes[-1]}) it is "
+        f"{_leader(scaling, sizes[-1])}."
+    )
+
+
+def _leader(scaling: pd.DataFrame, n: int) -> str:
+    """The variant with the highest mAP at size n, and those whose interval reaches its own."""
+    at = scaling[scaling["train_individuals"] == n].sort_values("mAP", ascending=False)
+    top, rest = at.iloc[0], at.iloc[1:]
+    close = rest.loc[rest["CI high"] >= top["CI low"], "variant"].tolist()
+    overlap = f" (its interval overlaps {_and(close)}'s)" if close else ""
+    return f"{top['variant']}'s, {_interval(top, 'mAP')}{overlap}"
+
+
+def _and(items: list) -> str:
+    items = [str(x) for x in items]
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def _difference_sentence(comparison: str, rows: pd.DataFrame) -> str:
+    """One comparison across sizes: its ends, whether it is larger where individuals are few,
+    and at which sizes its interval excludes 0 (with the seeds to decide it or not)."""
+    first, last = rows.iloc[0], rows.iloc[-1]
+    if len(rows) == 1:
+        line = (
+            f"{comparison}: {_interval(first, 'ΔmAP', True)} points at "
+            f"n = {first['train_individuals']}, the only size with both cells"
+        )
+    else:
+        a, b = round(first["ΔmAP"], 1), round(last["ΔmAP"], 1)
+        shape = "larger" if a > b else "smaller" if a < b else "the same at 0.1-point resolution"
+        overlap = first["CI high"] >= last["CI low"] and last["CI high"] >= first["CI low"]
+        line = (
+            f"{comparison}: {_interval(first, 'ΔmAP', True)} points at "
+            f"n = {first['train_individuals']} and {_interval(last, 'ΔmAP', True)} at "
+            f"n = {last['train_individuals']}, {shape} with the fewest individuals (the "
+            f"intervals at the two ends {'overlap' if overlap else 'do not overlap'})"
+        )
+    excludes = rows[(rows["CI low"] > 0) | (rows["CI high"] < 0)]["train_individuals"].tolist()
+    where = f"n = {_and(excludes)}" if excludes else "no size"
+    where = "every size" if len(excludes) == len(rows) > 1 else where
+    line += f"; its interval excludes 0 at {where}"
+    seeds = int(rows["seeds"].min())
+    if excludes and seeds < stats.MIN_SEEDS:
+        line += (
+            f", but with {seeds} seed{'s' if seeds != 1 else ''} per cell (fewer than "
+            f"{stats.MIN_SEEDS}) that is not decidable"
+        )
+    return line + "."
 
 
 def _tables_md(rep: Report) -> list[str]:
     """Main, wide, fit and ablation tables."""
     return [
         "## Main table (mAP / R1, %)",
+        "",
+        "![mAP with 95 % CI per variant and dataset](figures/report/headline.png)",
         "",
         to_markdown(rep.main),
         "",
@@ -264,8 +393,9 @@ def _text_space_md(cfg: Config, reports: Path) -> list[str]:
         to_markdown(table),
         "",
         *[
-            f"![{p.stem}]({p.relative_to(reports).as_posix()})"
-            for p in sorted((reports / "figures" / "descriptions").glob("*.png"))
+            f"![{ds}](figures/descriptions/{ds}.png)"
+            for ds in cfg.pipeline.datasets
+            if (reports / "figures" / "descriptions" / f"{ds}.png").exists()
         ],
         "",
     ]
@@ -277,6 +407,7 @@ def write_results_md(cfg: Config, rep: Report) -> Path:
     reports = Path(cfg.data.reports)
     lines = [
         *_header_md(cfg, rep),
+        *_scaling_md(cfg, rep),
         *_tables_md(rep),
         *_text_space_md(cfg, reports),
         *_significance_md(cfg, rep),

@@ -14,7 +14,21 @@ import pandas as pd
 from indivaid_core.evaluate import statistics as stats
 from indivaid_core.repro.tables import read_per_query
 
-COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only"), ("indivaid", "image_only")]
+COMPARISONS = [
+    ("indivaid", "clipreid"),
+    ("clipreid", "image_only"),
+    ("indivaid", "image_only"),
+    # each trained variant against the untrained start (zero_shot repeats its rows per seed)
+    ("image_only", "zero_shot"),
+    ("clipreid", "zero_shot"),
+    ("indivaid", "zero_shot"),
+]
+
+# the difference (mAP points) a comparison should be able to detect: the table says how many
+# seeds would get its detectable difference down to this
+TARGET_DETECTABLE_POINTS = 3.0
+MDD_COLUMN = "detectable Δ (95 %, 80 % power)"
+SEEDS_COLUMN = f"seeds for a {TARGET_DETECTABLE_POINTS:g}-point detectable Δ"
 
 SIGNIFICANCE_COLUMNS = [
     "dataset",
@@ -29,6 +43,8 @@ SIGNIFICANCE_COLUMNS = [
     "per-seed ΔmAP",
     "seeds with that sign",
     "seeds",
+    MDD_COLUMN,
+    SEEDS_COLUMN,
 ]
 
 
@@ -54,7 +70,10 @@ def significance_table(
     """CIs (in mAP points) for each comparison and dataset that has data.
 
     The verdict comes from the two-level bootstrap over seeds and queries
-    (evaluate/statistics.py); the query-only interval is shown beside it for reference.
+    (evaluate/statistics.py); the query-only interval is shown beside it for reference. The
+    detectable difference (95 %, 80 % power) says how large a difference the measured seed and
+    query variance would let the verdict see, and how many seeds would get it down to
+    `TARGET_DETECTABLE_POINTS` (empty when seeds alone cannot, or with one seed).
     """
     rows = []
     for ds in datasets:
@@ -69,6 +88,14 @@ def significance_table(
             # signs at the 0.1 points shown, so rounding noise is a tie, not a flip
             by_seed = pd.Series((100 * diff.mean(axis=1)).round(1), index=seeds)
             agree = int((np.sign(by_seed) == np.sign(round(100 * r["diff"], 1))).sum())
+            mdd = stats.detectable_difference(diff)
+            need = (  # one seed measures no seed variance: no count to promise from it
+                stats.seeds_for(
+                    TARGET_DETECTABLE_POINTS / 100, mdd["s2_seed"], mdd["s2_query"], diff.shape[1]
+                )
+                if len(seeds) > 1
+                else None
+            )
             rows.append(
                 {
                     "dataset": ds,
@@ -83,9 +110,12 @@ def significance_table(
                     "per-seed ΔmAP": " / ".join(f"s{k} {d:+.1f}" for k, d in by_seed.items()),
                     "seeds with that sign": agree,
                     "seeds": len(by_seed),
+                    MDD_COLUMN: 100 * mdd["mdd"],
+                    SEEDS_COLUMN: pd.NA if need is None else need,
                 }
             )
-    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)  # a header even with no pair
+    table = pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)  # a header even with no pair
+    return table.astype({SEEDS_COLUMN: "Int64"})  # an empty cell where seeds cannot reach it
 
 
 def significance_sentences(sig: pd.DataFrame) -> list[str]:
@@ -103,5 +133,13 @@ def significance_sentences(sig: pd.DataFrame) -> list[str]:
             line += f"; per seed {r['per-seed ΔmAP']}, " + (
                 "the same sign in every seed" if agree == n else f"that sign in {agree} of {n}"
             )
+        need, target = r[SEEDS_COLUMN], f"{TARGET_DETECTABLE_POINTS:g}"
+        if n < 2:
+            how_many = "seed variance unmeasured with one seed"
+        elif pd.isna(need):
+            how_many = f"more seeds alone would not bring it to {target}"
+        else:
+            how_many = f"{need} seed{'s' if need != 1 else ''} would bring it to {target}"
+        line += f"; detectable at 80 % power: ±{r[MDD_COLUMN]:.1f} points ({how_many})"
         lines.append(line + ".")
     return lines

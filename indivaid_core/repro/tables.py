@@ -114,6 +114,8 @@ def spread_table(
     The numerical columns are read from `numerical_spread.csv` (benchmarks/numerical_spread.py),
     its rows of this `profile`; cells it did not measure stay empty.
     """
+    if metrics.empty:  # nothing evaluated yet
+        return pd.DataFrame(columns=["dataset", "variant", "seeds", "seed sd"])
     trained = metrics[metrics["variant"] != "zero_shot"]
     out = pd.DataFrame(
         {
@@ -174,22 +176,64 @@ def map_intervals(
     seed: int = 0,
 ) -> pd.DataFrame:
     """mAP (%) of each cell with its 95 % CI over seeds and queries (two-level bootstrap)."""
-    rows = []
-    for ds, v, pq in per_query_cells(per_query_dir, datasets, variants):
-        ap = pq.pivot(index="seed", columns="image_id", values="ap").dropna(axis=1)
-        ci = stats.two_level_bootstrap(ap.to_numpy(), n_resamples, seed)
-        rows.append(
-            {
-                "dataset": ds,
-                "variant": v,
-                "mAP": 100 * ci["diff"],
-                "CI low": 100 * ci["lo"],
-                "CI high": 100 * ci["hi"],
-                "seeds": ci["n_seeds"],
-                "queries": ci["n_queries"],
-            }
-        )
+    rows = [
+        {"dataset": ds, "variant": v, **map_interval(pq, n_resamples, seed)}
+        for ds, v, pq in per_query_cells(per_query_dir, datasets, variants)
+    ]
     return pd.DataFrame(rows)
+
+
+def map_interval(per_query: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, float]:
+    """One cell's mAP (%) and 95 % CI, resampling seeds then the queries every seed has."""
+    ap = per_query.pivot(index="seed", columns="image_id", values="ap").dropna(axis=1)
+    ci = stats.two_level_bootstrap(ap.to_numpy(), n_resamples, seed)
+    return {
+        "mAP": 100 * ci["diff"],
+        "CI low": 100 * ci["lo"],
+        "CI high": 100 * ci["hi"],
+        "seeds": ci["n_seeds"],
+        "queries": ci["n_queries"],
+    }
+
+
+SCALING_COLUMNS = ["dataset", "variant", "train_individuals", "mAP", "CI low", "CI high", "seeds"]
+
+
+def scaling_table(
+    per_query_dir: str | Path,
+    dataset: str,
+    sizes: list[tuple[int, str]],
+    variants: list[str],
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """mAP (%) with its two-level CI per variant and training-side size: the scaling curve.
+
+    `sizes` pairs each number of training individuals with the dataset evaluated at it (the
+    base `dataset` itself at its own size). The test set is the base's at every size, so the
+    untrained zero_shot cell is the base's own, repeated at each size rather than re-run.
+    Cells without a per-query file are left out.
+    """
+    if not sizes:
+        return pd.DataFrame(columns=SCALING_COLUMNS)  # a header even with no study
+    zero = _cell_interval(per_query_dir, dataset, "zero_shot", n_resamples, seed)
+    rows = []
+    for v in ["zero_shot", *(v for v in variants if v != "zero_shot")]:
+        for n, name in sorted(sizes):
+            if v == "zero_shot":
+                ci = zero  # one untrained model: the same numbers at every size
+            else:
+                ci = _cell_interval(per_query_dir, name, v, n_resamples, seed)
+            if ci is not None:
+                rows.append({"dataset": dataset, "variant": v, "train_individuals": n, **ci})
+    return pd.DataFrame(rows, columns=SCALING_COLUMNS)  # a header even with no cell
+
+
+def _cell_interval(
+    per_query_dir: str | Path, dataset: str, variant: str, n_resamples: int, seed: int
+) -> dict[str, float] | None:
+    path = Path(per_query_dir) / dataset / f"{variant}.csv"
+    return map_interval(read_per_query(path), n_resamples, seed) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -206,3 +250,5 @@ class Report:
     cost: pd.DataFrame
     conditions: pd.DataFrame
     spread: pd.DataFrame
+    scaling: pd.DataFrame  # scaling_table
+    scaling_differences: pd.DataFrame  # paired differences per training-side size

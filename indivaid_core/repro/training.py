@@ -36,9 +36,9 @@ def run_stage1(cfg: Config, dataset: str, text: str, **kw: Any) -> dict[str, Any
 def run_text_runs(
     cfg: Config, dataset: str, texts: list[str] | None = None, **kw: Any
 ) -> dict[str, dict[str, Any]]:
-    """Train stage-1 text runs (default: all of `pipeline.text_runs`) once per seed."""
+    """Train stage-1 text runs (default: those the dataset needs) once per seed."""
     paths = Paths(cfg, dataset)
-    texts = list(cfg.pipeline.text_runs) if texts is None else texts
+    texts = cfg.text_runs_of(dataset) if texts is None else texts
     results = {text: _no_text_run(paths) for text in texts if text == "none"}
     jobs: dict[tuple[str, int], Config] = {}
     for text in texts:
