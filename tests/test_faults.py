@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import test_train
 import torch
+import toy_repo
 from safetensors.torch import load_file
 
 from indivaid_core import cli, safe_io
@@ -42,8 +42,8 @@ from indivaid_core.train.loop import StaleCheckpointWarning
 from indivaid_core.train.stage2 import load_descriptions
 
 REPO = Path(__file__).resolve().parents[1]
-# The tiny training repo of test_train (a 6-identity set, smoke profile), built for this module.
-tiny_repo, in_repo, _cfg = test_train.tiny_repo, test_train.in_repo, test_train._cfg
+# the toy training repository (tests/toy_repo.py), built for this module
+tiny_repo, in_repo, _cfg = toy_repo.tiny_repo, toy_repo.in_repo, toy_repo.toy_cfg
 
 
 class Payload:

@@ -72,6 +72,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
         m = json.loads((repo / f"metrics/eval/synth-stoat/{variant}.json").read_text())
         assert 0.0 < m["mAP"] <= 1.0 and 0.0 <= m["R1"] <= 1.0
         assert m["n_valid_queries"] > 0 and m["protocol"] == "leave_one_out"
+        assert 0.0 < m["val_mAP"] <= 1.0  # the validation individuals, scored beside the test
         assert not {"timestamp", "date", "time"} & set(m)  # diff-stable: no clock readings
     assert m["n_seeds"] == 2 and set(m["per_seed"]) == {"0", "1"}  # smoke: seeds 0 and 1
     main = pd.read_csv(repo / "reports/tables/main.csv", header=[0, 1], index_col=0)

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from PIL import Image
+import toy_repo
 from safetensors.torch import load_file
 from torchvision.transforms import v2
 
@@ -37,91 +36,9 @@ from indivaid_core.train.loop import Interrupted, StaleCheckpointWarning
 from indivaid_core.transforms import eval_transform
 
 REPO = Path(__file__).resolve().parents[1]
-N_IDS, PER_ID = 6, 4
-
-
-def _coat(identity: int, flank: int, rng: np.random.Generator) -> Image.Image:
-    """A 32x32 'animal': stripes whose frequency/phase encode the identity, random shift."""
-    y, x = np.mgrid[0:32, 0:32] / 32.0
-    freq = 2 + identity + 0.5 * flank
-    shift = rng.uniform(-0.1, 0.1)
-    stripes = (np.sin(2 * np.pi * freq * (x + shift) + identity) > 0).astype(np.float32)
-    bg = rng.uniform(0.2, 0.8, size=3)
-    img = stripes[..., None] * np.array([0.9, 0.5, 0.1]) + (1 - stripes[..., None]) * bg
-    return Image.fromarray((255 * img).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory) -> Path:
-    """A params.yaml (smoke profile) + a 6-identity wildlife-format dataset, prepared."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    rows = []
-    (root / "data" / "toy" / "images").mkdir(parents=True)
-    for i in range(N_IDS):
-        for j in range(PER_ID):
-            name = f"images/{i}_{j}.jpg"
-            _coat(i, j % 2, rng).save(root / "data" / "toy" / name)
-            rows.append(
-                {
-                    "image_id": f"{i}_{j}",
-                    "identity": f"id{i}",
-                    "path": name,
-                    "viewpoint": "left" if j % 2 else "right",
-                    "camera": f"cam{j % 3}",
-                }
-            )
-    pd.DataFrame(rows).to_csv(root / "data" / "toy" / "metadata.csv", index=False)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["profile"] = "smoke"
-    raw["device"] = "cpu"
-    raw["data"]["datasets"] = {
-        "toy": {
-            "adapter": "wildlife_csv",
-            "path": "toy/metadata.csv",
-            "species": "tiger",
-            "protocol": "disjoint",
-            "test_fraction": 0.34,
-            "query_per_identity": 1,
-        }
-    }
-    raw["data"]["max_identities"] = 0
-    raw["pipeline"]["datasets"] = ["toy"]
-    raw["pipeline"].update(
-        variants=["zero_shot", "indivaid"],
-        ablation_datasets=[],
-        ablations=[],
-        robustness_variants=["zero_shot", "indivaid"],
-    )
-    raw["pipeline"]["seeds"] = [0]  # one training seed: the tests below pick others by name
-    raw["profiles"]["smoke"].pop("data", None)
-    raw["profiles"]["smoke"].pop("pipeline", None)
-    raw["profiles"]["smoke"]["stage1"] = {"epochs": 6, "batch_size": 8, "warmup_epochs": 1}
-    raw["profiles"]["smoke"]["stage2"] = {
-        "epochs": 3,
-        "p": 2,
-        "k": 2,
-        "milestones": [2],
-        "min_iters_per_epoch": 0,
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        prepare(config.load("params.yaml"), "toy")
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-@pytest.fixture
-def in_repo(tiny_repo, monkeypatch):
-    monkeypatch.chdir(tiny_repo)
-    return tiny_repo
-
-
-def _cfg(**over) -> config.Config:
-    return config.load("params.yaml", over)
+# the toy repository's fixtures and helpers (tests/toy_repo.py)
+tiny_repo, in_repo, _cfg = toy_repo.tiny_repo, toy_repo.in_repo, toy_repo.toy_cfg
+N_IDS, PER_ID, coat = toy_repo.N_IDS, toy_repo.PER_ID, toy_repo.coat
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

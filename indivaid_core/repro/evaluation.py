@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 from indivaid_core.config import Config
 from indivaid_core.data.dataset import camera_ids
 from indivaid_core.data.decoded import decoded_images
+from indivaid_core.data.splits import validation_view
 from indivaid_core.device import device_name, peak_memory_mb, resolve_device
 from indivaid_core.evaluate import (
     cmc_curve_frame,
@@ -73,9 +74,20 @@ class EvalSplit:
 def eval_split(cfg: Config, dataset: str) -> EvalSplit:
     """Read the prepared table and cut it into query and gallery rows."""
     table = read_table(cfg, dataset)
+    return _cut(table, Paths.image_root(table))
+
+
+def validation_split(table: pd.DataFrame) -> EvalSplit | None:
+    """The validation individuals cut as the test side is (None when the table has none)."""
+    if not table["split"].astype(str).str.startswith("val_").any():
+        return None
+    return _cut(validation_view(table), Paths.image_root(table))
+
+
+def _cut(table: pd.DataFrame, root: Path) -> EvalSplit:
     query, gallery, loo = eval_rows(table)
     test = query if loo else pd.concat([query, gallery], ignore_index=True)
-    return EvalSplit(table, Paths.image_root(table), query, gallery, loo, test)
+    return EvalSplit(table, root, query, gallery, loo, test)
 
 
 def features_for(
@@ -254,9 +266,10 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> Evaluation:
     split = eval_split(cfg, dataset)
     device = resolve_device(cfg.device)
     train = train_split(split.table).reset_index(drop=True)
+    val = validation_split(split.table)
     scores, frames, cmcs, first = {}, [], [], None
     for seed in cfg.pipeline.seeds:
-        run = evaluate_seed(cfg, paths, split, train, variant, seed, device)
+        run = evaluate_seed(cfg, paths, split, train, val, variant, seed, device)
         scores[seed] = run.scores
         frames.append(run.per_query)
         cmcs.append(np.asarray(run.rank_metrics["cmc"], dtype=float))
@@ -276,11 +289,13 @@ def evaluate_seed(
     paths: Paths,
     split: EvalSplit,
     train: pd.DataFrame,
+    val: EvalSplit | None,
     variant: str,
     seed: int,
     device: torch.device,
 ) -> SeedEvaluation:
-    """One seed's export: test features (saved), scores, and the training-set fit."""
+    """One seed's export: test features (saved), scores, the training-set fit and, where the
+    table has validation individuals, their mAP (the number settings are chosen on)."""
     encoder, spec = load_export(paths.stage2(variant, seed), device)
     encoder = folded(cfg, encoder, spec)  # once for the test and the training features
     start = time.perf_counter()
@@ -297,6 +312,10 @@ def evaluate_seed(
         "train_mAP": train_map,
         "inference_images_per_s": len(split.test) / seconds,
     }
+    if val is not None:
+        val_feats = features_for(cfg, encoder, spec, val.test, val.root)
+        val_m = score(cfg, *val.halves(val_feats), val.query, val.gallery, val.loo)[1]
+        scores["val_mAP"] = headline(val_m)["mAP"]
     frame = per_query_frame(m, split.query).assign(seed=seed)
     return SeedEvaluation(scores, frame, dist, m, feats)
 
@@ -310,7 +329,8 @@ def _summary(
     device: torch.device,
 ) -> dict[str, Any]:
     """The metrics JSON: means over seeds, their std, each seed's scores, sizes and cost."""
-    keys = (*METRIC_KEYS, "train_mAP")
+    val = ["val_mAP"] if all("val_mAP" in r for r in per_seed.values()) else []
+    keys = (*METRIC_KEYS, "train_mAP", *val)
     stats = {k: mean_std([r[k] for r in per_seed.values()]) for k in keys}
     speed = np.median([r["inference_images_per_s"] for r in per_seed.values()])
     return {

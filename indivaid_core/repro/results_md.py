@@ -256,10 +256,11 @@ def _tables_md(rep: Report) -> list[str]:
         "",
         to_markdown(rep.main_wide),
         "",
-        "## Does training fit? (mAP %, training images vs held-out test individuals)",
+        "## Does training fit? (mAP %, training images, validation and test individuals)",
         "",
         "`train_mAP` ranks each training image against the other training images "
-        "(leave-one-out) with the exported encoder; `mAP` is the test protocol above.",
+        "(leave-one-out) with the exported encoder; `val_mAP` is the test protocol on the "
+        "validation individuals (where settings are chosen); `mAP` is the test protocol above.",
         "",
         to_markdown(rep.fit),
         "",

@@ -64,9 +64,11 @@ def main_table(
 
 
 def fit_table(df: pd.DataFrame, datasets: list[str], variants: list[str]) -> pd.DataFrame:
-    """Training-set against test mAP per method: does fine-tuning fit, and does it transfer?"""
+    """Training-set, validation and test mAP per method: does fine-tuning fit, and does it
+    transfer to individuals it never saw (validation: the ones settings are chosen on)?"""
     has = df[df["train_mAP"].notna()] if "train_mAP" in df else df.iloc[:0]
-    return main_table(has, datasets, ("train_mAP", "mAP"), variants)
+    val = ("val_mAP",) if "val_mAP" in has and has["val_mAP"].notna().any() else ()
+    return main_table(has, datasets, ("train_mAP", *val, "mAP"), variants)
 
 
 def ablation_table(df: pd.DataFrame, datasets: list[str], ablations: list[str]) -> pd.DataFrame:
