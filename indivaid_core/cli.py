@@ -96,8 +96,16 @@ def _delegate(command: str, argv: list[str]) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that embed photos (index build, index add, identify)."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=100_000_000,
+        help="photos larger than this are skipped (default 100000000, as data.max_pixels); "
+        "JPEGs are decoded reduced to the model's input, so only that reduced size counts",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,13 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    """Each distinct warning once: a photo read twice (checked, then decoded) warns once."""
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _show_every_skipped_file(command: str) -> None:
-    """Warn once per skipped photo, not once per place (imported only by commands that read
-    photos, which import torch anyway)."""
+    """Show every skip line, not only the first issued from each line of code (the default
+    filter's rule); each kind of skip is one line with a count (indivaid_core.photos).
+    Imported only by commands that read photos, which import torch anyway."""
     if command in ("train", "index", "identify"):
         from indivaid_core.identify.inputs import BadInputWarning
 
@@ -254,9 +264,11 @@ def run(args: argparse.Namespace) -> dict | None:
         cells = config.write_cells(args.params, args.name)
         cfg = config.load(args.params)
         return {"profile": cfg.profile, "cells": len(cfg.cells()), "written": str(cells)}
+    from indivaid_core.data.images import set_pixel_limit
     from indivaid_core.identify import api
     from indivaid_core.identify.index import check_index_target, index_lock
 
+    set_pixel_limit(args.max_pixels, "--max-pixels")
     if args.command == "index" and args.index_command == "build":
         with index_lock(args.out):  # held from the start: a second build is refused at once
             check_index_target(args.out)
@@ -278,10 +290,13 @@ def run(args: argparse.Namespace) -> dict | None:
             "index": args.out,
             **{k: v for k, v in report.items() if k != "errors"},
             "n_errors": len(report["errors"]),
+            "errors": report["errors"],  # every skipped photo; the warning shows the first few
         }
     if args.command == "index" and args.index_command == "add":
         with index_lock(args.index):  # read, grow and write back as one step
             index, model = api.open_index(args.index, args.checkpoint, args.device)
+            if args.recalibrate:  # refused before any photo is embedded, naming the index
+                api.recalibration_settings(index, args.index)
             report = api.add_to_index(
                 index, model, args.images, args.root, args.recalibrate, args.batch_size
             )
@@ -292,6 +307,7 @@ def run(args: argparse.Namespace) -> dict | None:
             "n_added": report["n_added"],
             "n_skipped_already_indexed": report["n_skipped"],
             "n_errors": len(report["errors"]),
+            "errors": report["errors"],
             "threshold": report["threshold"],
         }
     return _identify(args)

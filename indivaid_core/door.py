@@ -31,9 +31,22 @@ AT_LEAST_ONE = (
     "nprobe",
     "hnsw_m",
     "ef_search",
+    "max_pixels",
 )
-# A full disk or a read-only folder is the user's to fix, whichever path it hits.
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# A full disk, a read-only folder or a file-size limit is the user's to fix, whichever path
+# it hits.
+ENVIRONMENT_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+)
+ENVIRONMENT_FIXES = {
+    errno.EFBIG: "a file-size limit (ulimit -f) or the disk's format (FAT) refuses a file this "
+    "large; raise the limit or choose a folder on another disk",
+}
 BUG = (
     "error: this is a bug in indivaid, not a problem with your input. Please report it on "
     "the project's issue tracker with the command you ran and the traceback above"
@@ -198,9 +211,8 @@ def exit_status(err: BaseException, user_errors: tuple[type[BaseException], ...]
         return 2
     if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         where = f"{err.filename}: " if err.filename else ""
-        print(
-            f"error: {where}{err.strerror}; free space or choose a writable folder", file=sys.stderr
-        )
+        fix = ENVIRONMENT_FIXES.get(err.errno, "free space or choose a writable folder")
+        print(f"error: {where}{err.strerror}; {fix}", file=sys.stderr)
         return 2
     traceback.print_exception(err)
     print(BUG, file=sys.stderr)

@@ -170,17 +170,25 @@ def warn_empty_folders(folder: str | Path, table: pd.DataFrame) -> None:
     warn(folder, "identity folders without usable photos, left out", empty)
 
 
+def warn_unreadable(where: object, errors: Sequence[tuple[str, str]], listed_in: str = "") -> None:
+    """One line for every photo that could not be read, the same for every command: the
+    count, the first names, the first error, and where the whole list is (`listed_in`)."""
+    if errors:
+        tail = f"; first error: {errors[0][1]}"
+        tail += f"; all {len(errors)} are listed in {listed_in}" if listed_in else ""
+        warn(where, "skipped unreadable photos", [p for p, _ in errors], tail=tail)
+
+
 def readable(table: pd.DataFrame, base: str | Path, source: object) -> pd.DataFrame:
     """Rows whose photo decodes (all are tried; every bad one is counted in one warning)."""
     from indivaid_core.data.images import load_rgb
 
-    bad: list[str] = []
-    first = ""
+    bad: list[tuple[str, str]] = []
     for p in table["path"]:
         try:
             load_rgb(Path(base) / p, (32, 32))
         except Exception as err:  # noqa: BLE001 - any decoder failure is this file's error
-            bad.append(str(p))
-            first = first or f"{type(err).__name__}: {err}"
-    warn(source, "skipped unreadable photos", bad, tail=f"; first error: {first}")
-    return table[~table["path"].astype(str).isin(bad)].reset_index(drop=True)
+            bad.append((str(p), f"{type(err).__name__}: {err}"))
+    warn_unreadable(source, bad)
+    names = {p for p, _ in bad}
+    return table[~table["path"].astype(str).isin(names)].reset_index(drop=True)

@@ -13,6 +13,13 @@ def run_main(*args: str | Path, capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def run_main_out(*args: str | Path, capsys) -> tuple[int, str, str]:
+    """`indivaid ARGS` in this process: (exit status, stdout, stderr)."""
+    rc = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
 def one_line(err: str, *needles: str) -> str:
     """The single `error:` line of a refusal, which names each of `needles`."""
     lines = [line for line in err.splitlines() if line.startswith("error:")]

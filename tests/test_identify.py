@@ -293,7 +293,8 @@ def test_build_identify_add_with_bad_files(suite, tmp_path):
         assert errs[str(f)], f
     assert "no such file" in errs["missing.jpg"]
     assert "no image files" in errs[str(tmp_path / "photos" / "empty")]
-    assert len([w for w in caught if issubclass(w.category, BadInputWarning)]) == 5
+    lines = [str(w.message) for w in caught if issubclass(w.category, BadInputWarning)]
+    assert len(lines) == 1 and "skipped unreadable photos (5)" in lines[0]  # one summary line
     ok = res[res["error"] == ""].set_index("query")
     assert len(ok) == 2 and summary["n_errors"] == 5
     # A gallery photo (and its copy) comes back as its own individual at distance ~0.

@@ -11,7 +11,10 @@ once for all the models it scores.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,29 @@ def decoded_key(
         st = file.stat() if file.exists() else None
         h.update((f"{st.st_size}:{st.st_mtime_ns}|" if st else "missing|").encode())
     return h.hexdigest()[:16]
+
+
+def reserved_memmap(tmp: Path, shape: tuple[int, ...], name: Path) -> np.memmap:
+    """A zeroed uint8 `.npy` memmap at `tmp` (the file `np.lib.format.open_memmap` writes)
+    whose disk blocks are reserved before it is mapped.
+
+    A sparse file's pages are only allocated when written; on a full disk that write kills the
+    process with SIGBUS, leaving the temporary and the run's lock behind. Reserved first, a
+    full disk (ENOSPC) or a file-size limit (EFBIG) is an OSError naming `name` instead.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8))}
+    header.update(fortran_order=False, shape=shape)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    size = buf.tell() + math.prod(shape)
+    try:
+        with open(tmp, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+            f.write(buf.getvalue())
+    except OSError as err:
+        why = f"{err.strerror} (reserving {size / 1e6:.1f} MB for the decoded images)"
+        raise OSError(err.errno, why, str(name)) from err
+    return np.memmap(tmp, np.uint8, "r+", buf.tell(), shape)
 
 
 def _decode_into(out: np.ndarray, ds: ImageTableDataset, batch_size: int, workers: int) -> None:
@@ -87,7 +113,7 @@ def decoded_images(
         if cached is not None:
             return cached
     with atomic_path(path) as tmp:  # a unique temporary: a killed run leaves no half file
-        out = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+        out = reserved_memmap(tmp, shape, path)
         _decode_into(out, ds, 64, num_workers)
         out.flush()
         del out

@@ -7,6 +7,7 @@ Everything runs from an exported model folder (model.safetensors + model.json, s
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +34,21 @@ from indivaid_core.identify.index import (
     recall_at_1,
 )
 from indivaid_core.identify.inputs import (
+    BadInputWarning,
     collect_files,
     embed_files,
     read_gallery,
-    warn_errors,
 )
+from indivaid_core.photos import warn_unreadable
 from indivaid_core.safe_io import UnreadableFileError, unreadable
 from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
 from indivaid_core.transforms import eval_transform
 
 NEW = "new"
+LISTED_IN_REPORT = 'the summary\'s "errors"'
+# What a calibrated threshold was calibrated with: `index add --recalibrate` repeats it.
+CALIBRATION_SETTINGS = ("heldout_fraction", "known_per_identity", "repeats", "objective", "seed")
+OBJECTIVES = ("mean", "baks", "baus")  # evaluate.openset.choose_threshold's
 
 
 @dataclass
@@ -127,7 +133,7 @@ def build_index(
     if table.empty:
         raise EmptyGalleryError(f"{images}: the gallery lists no images")
     feats, ok, errors = model.embed(table["path"], batch_size)
-    warn_errors(errors.items(), "gallery")
+    warn_unreadable(images, list(errors.items()), LISTED_IN_REPORT)
     kept = with_hashes(table[np.asarray(ok, dtype=bool)].reset_index(drop=True))
     if kept.empty:
         raise EmptyGalleryError(
@@ -136,14 +142,15 @@ def build_index(
         )
     calibration: dict[str, Any] = {"method": "manual" if threshold is not None else "none"}
     if threshold is None and calibrate:
-        try:
-            calibration = calibrate_threshold(
-                feats, kept["identity"], heldout_fraction, repeats=calibration_repeats, seed=seed
-            )
-            threshold = calibration["threshold"]
-        except CalibrationError as err:
-            warn_errors([(str(images), str(err))], "calibration")
-            calibration = {"method": "none", "reason": str(err)}
+        settings = {
+            "heldout_fraction": heldout_fraction,
+            "known_per_identity": 1,
+            "repeats": calibration_repeats,
+            "objective": "mean",
+            "seed": seed,
+        }
+        calibration = _calibrated(feats, kept["identity"], settings, images)
+        threshold = calibration.get("threshold")
     calibration["confidence"] = fit_confidence(feats.numpy(), kept["identity"], seed=seed)
     index = GalleryIndex(
         feats,
@@ -214,6 +221,59 @@ def open_index(
     return index, model
 
 
+def _calibrated(
+    vectors: torch.Tensor, identities: pd.Series, settings: dict[str, Any], source: object
+) -> dict[str, Any]:
+    """The leave-identities-out calibration, or, for a gallery too small to calibrate, a
+    warning and a record that keeps the settings (a later `--recalibrate` on the grown
+    gallery calibrates with them)."""
+    try:
+        return calibrate_threshold(vectors, identities, **settings)
+    except CalibrationError as err:
+        warnings.warn(f"{source}: {err}", BadInputWarning, stacklevel=3)
+        return {"method": "none", "reason": str(err), **settings}
+
+
+def recalibration_settings(index: GalleryIndex, where: object) -> dict[str, Any]:
+    """The settings the index's threshold was calibrated with, to calibrate it again. A
+    threshold set by hand records none: replacing it with defaults the user never chose would
+    be a silent surprise, so it is refused (as is a calibration that kept no settings)."""
+    c = index.calibration
+    if c.get("method") == "manual":
+        raise CalibrationError(
+            f"{where}: its threshold {index.threshold} was set by hand (index build "
+            "--threshold), so there is no calibration to redo; drop --recalibrate to keep it, "
+            "or rebuild the index without --threshold to calibrate one"
+        )
+    settings = {k: c[k] for k in CALIBRATION_SETTINGS if k in c}
+    if len(settings) < len(CALIBRATION_SETTINGS) or not _valid_settings(settings):
+        raise CalibrationError(
+            f"{where}: its calibration (method {c.get('method')!r}) records no usable "
+            "settings to calibrate again with; rebuild the index with `indivaid index build`"
+        )
+    return settings
+
+
+def _valid_settings(s: dict[str, Any]) -> bool:
+    """The types and ranges calibrate_threshold takes (index.json may have been edited)."""
+    known, repeats, seed = s["known_per_identity"], s["repeats"], s["seed"]
+    if not all(_is_int(v) for v in (known, repeats, seed)):
+        return False
+    fraction = s["heldout_fraction"]
+    number = isinstance(fraction, float | int) and not isinstance(fraction, bool)
+    return (
+        min(known, repeats) >= 1
+        and seed >= 0
+        and number
+        and 0 < fraction < 1
+        and s["objective"] in OBJECTIVES
+    )
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def add_to_index(
     index: GalleryIndex,
     model: LoadedModel,
@@ -226,30 +286,24 @@ def add_to_index(
 
     Photos whose file content is already indexed (or repeated) are skipped and counted; a new
     name that differs from a known one only in case, spaces or Unicode form is warned about.
+    `recalibrate` calibrates the threshold again on the grown gallery with the settings it was
+    calibrated with; a threshold set by hand is refused before any work
+    (:func:`recalibration_settings`).
     """
     check_identity(index.model, model.identity, "the index")
+    settings = recalibration_settings(index, "the index") if recalibrate else None
     index.gallery = with_hashes(index.gallery)
     table, n_skipped = skip_indexed(index.gallery, read_gallery(images, root))
     warn_similar_names(index.gallery["identity"], table["identity"], str(images))
     feats, ok, errors = model.embed(table["path"], batch_size)
-    warn_errors(errors.items(), "gallery")
+    warn_unreadable(images, list(errors.items()), LISTED_IN_REPORT)
     kept = table[np.asarray(ok, dtype=bool)].reset_index(drop=True)
     if len(kept):
         index.add(feats, kept)
     report: dict[str, Any] = {"n_added": len(kept), "n_skipped": n_skipped, "errors": errors}
-    if recalibrate and index.calibration.get("method") == "leave_identities_out":
-        c = index.calibration
-        index.calibration = calibrate_threshold(
-            index.vectors,
-            index.gallery["identity"],
-            c["heldout_fraction"],
-            c["known_per_identity"],
-            c["repeats"],
-            objective=c["objective"],
-            seed=c["seed"],
-        )
-        index.threshold = index.calibration["threshold"]
-    if recalibrate:
+    if settings is not None:
+        index.calibration = _calibrated(index.vectors, index.gallery["identity"], settings, images)
+        index.threshold = index.calibration.get("threshold", index.threshold)
         index.calibration["confidence"] = fit_confidence(
             index.vectors.numpy(), index.gallery["identity"]
         )
@@ -358,7 +412,7 @@ def identify(
     check_identity(index.model, model.identity, "the index")
     files, input_errors = collect_files(sources)
     feats, ok, errors = model.embed(files, batch_size)
-    warn_errors(input_errors + list(errors.items()), "identify")
+    warn_unreadable("identify", input_errors + list(errors.items()), "the results' error column")
     good = [str(f) for f, o in zip(files, ok, strict=True) if o]
     frame = (
         result_frame(index, good, feats, top_k, threshold) if good else result_frame_empty(top_k)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -158,8 +157,9 @@ def embed_files(
     """Features of the readable files, a per-file ok mask and {path: error} for the others.
 
     Files are decoded in chunks (bounded memory); a file that fails to decode (not an image,
-    truncated, unreadable) is recorded with the reader's message and skipped. `draft` (W, H)
-    decodes large JPEGs at a reduced scale no smaller than that (see data.images.load_rgb).
+    truncated, unreadable, over the pixel limit) is recorded with the reader's message and
+    skipped. `draft` (W, H) decodes JPEGs at a reduced scale no smaller than that, so a JPEG
+    over the pixel limit (a 105 MP phone photo) is read too (see data.images.load_rgb).
     """
     feats: list[torch.Tensor] = []
     ok: list[bool] = []
@@ -170,7 +170,7 @@ def embed_files(
         images = []
         for p in paths[start : start + chunk]:
             try:
-                images.append(transform(load_rgb(p, draft)))
+                images.append(transform(load_rgb(p, draft, reduce_large=True)))
                 ok.append(True)
             except Exception as err:  # noqa: BLE001 - any decoder failure is this file's error
                 errors[str(p)] = f"{type(err).__name__}: {err}"
@@ -182,8 +182,3 @@ def embed_files(
             )
     dim = feats[0].shape[1] if feats else 0
     return (torch.cat(feats) if feats else torch.empty(0, dim)), ok, errors
-
-
-def warn_errors(errors: Iterable[tuple[str, str]], what: str) -> None:
-    for path, msg in errors:
-        warnings.warn(f"{what}: skipped {path}: {msg}", BadInputWarning, stacklevel=2)
