@@ -25,7 +25,11 @@ from indivaid_core.safe_io import write_csv
 NUMERICAL_SPREAD_CSV = Path("reports/numerical_spread.csv")
 WIDE_METRICS = ("mAP", "R1", "R5", "R10", "mINP")
 # The scaling study's paired differences: does the text gain grow where individuals are few?
-SCALING_COMPARISONS = [("indivaid", "clipreid"), ("clipreid", "image_only")]
+SCALING_COMPARISONS = [
+    ("indivaid", "clipreid"),
+    ("indivaid", "image_only"),
+    ("clipreid", "image_only"),
+]
 SCALING_DIFFERENCE_COLUMNS = [
     "dataset",
     "comparison",
