@@ -6,6 +6,7 @@ parameters; the parameters are checked to be each image's own (independent of th
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -15,6 +16,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from indivaid_core.config import AugmentCfg
+from indivaid_core.data import digest
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.decoded import decoded_images, decoded_key
 from indivaid_core.train import augment as A
@@ -146,3 +148,21 @@ def test_decoded_cache_follows_edited_images_and_rejects_bad_files(tiny_table, t
     with pytest.warns(UserWarning, match="decoded-image cache"):
         again = decoded_images(df, root, size, "tensor", tmp_path / "c")
     assert np.array_equal(np.asarray(again), second)
+
+
+def test_decoded_key_follows_content_even_at_the_same_size_and_time(tiny_table, tmp_path) -> None:
+    """A photo replaced by another of the same size, with its timestamp put back (`cp -p`,
+    `rsync -t`), still gets a new key: the key hashes content, not size and time."""
+    df, src = tiny_table
+    root = tmp_path / "images"
+    shutil.copytree(src, root)
+    victim = root / df.path.iloc[0]
+    before = decoded_key(df, root, (16, 16), "tensor")
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF  # same length, other content
+    st = victim.stat()
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
+    digest._file_sha256.cache_clear()  # a rerun is a new process: nothing memoised
+    assert decoded_key(df, root, (16, 16), "tensor") != before

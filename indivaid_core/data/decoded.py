@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.digest import files_digest
 from indivaid_core.data.images import draft_for
 from indivaid_core.safe_io import atomic_path, read_npy_cache
 from indivaid_core.transforms import eval_resize, train_resize
@@ -37,16 +38,14 @@ FORMAT = 1  # bump when what is stored changes
 def decoded_key(
     table: pd.DataFrame, root: Path, image_size: tuple[int, int], backend: str, train: bool = True
 ) -> str:
-    """What the decoded pixels depend on; an edited or replaced image file changes it. The
-    `tensor` resize is the same in training and evaluation, so both share one file."""
+    """What the decoded pixels depend on, the files' content included: an edited or replaced
+    image changes it, even at the same size and time. The `tensor` resize is the same in
+    training and evaluation, so both share one file."""
     resize = [] if train or backend == "tensor" else ["eval"]
     libs = [PIL.__version__, torchvision.__version__]  # their resize kernels make the pixels
     h = hashlib.sha256(json.dumps([FORMAT, list(image_size), backend, *resize, *libs]).encode())
     h.update(table[["image_id", "path"]].to_csv(index=False).encode())
-    for rel in table["path"].astype(str):
-        file = root / rel
-        st = file.stat() if file.exists() else None
-        h.update((f"{st.st_size}:{st.st_mtime_ns}|" if st else "missing|").encode())
+    h.update(files_digest(table, root).encode())
     return h.hexdigest()[:16]
 
 

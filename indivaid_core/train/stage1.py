@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from indivaid_core.config import Config, Stage1Cfg, to_dict
 from indivaid_core.data.dataset import ImageTableDataset
+from indivaid_core.data.digest import files_digest
 from indivaid_core.data.images import draft_for
 from indivaid_core.device import resolve_device
 from indivaid_core.losses import supcon_loss
@@ -36,7 +37,7 @@ from indivaid_core.train.engine import (
     maybe_ddp,
     seed_everything,
 )
-from indivaid_core.train.loop import LoopState, files_digest, rows_digest, run_epochs
+from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
 from indivaid_core.train.schedule import warmup_cosine
 from indivaid_core.transforms import eval_transform
 

@@ -19,6 +19,7 @@ import torch
 from indivaid_core.config import Config, ConfigError, to_dict
 from indivaid_core.data.dataset import camera_ids
 from indivaid_core.data.decoded import decoded_images
+from indivaid_core.data.digest import files_digest
 from indivaid_core.data.images import DataError
 from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
@@ -36,7 +37,7 @@ from indivaid_core.train.engine import (
     seed_everything,
 )
 from indivaid_core.train.export import file_sha256, save_export
-from indivaid_core.train.loop import LoopState, files_digest, rows_digest, run_epochs
+from indivaid_core.train.loop import LoopState, rows_digest, run_epochs
 from indivaid_core.train.sampler import PKSampler
 from indivaid_core.train.schedule import warmup_multistep
 from indivaid_core.train.stage1 import label_map
