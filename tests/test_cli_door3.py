@@ -13,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,11 @@ import pytest
 from cli_helpers import one_line, run_main, run_main_out
 from PIL import Image, ImageDraw
 
+from indivaid_core import launch
 from indivaid_core.identify.demo import random_export
 from indivaid_core.safe_io import LOCK_NAME, TMP_SUFFIX, restore_formulas
+
+REPO = Path(__file__).resolve().parents[1]
 
 # An EXIF block whose first directory entry is cut short: Pillow warns "Corrupt EXIF data."
 # when it reads the orientation, and names no file.
@@ -285,3 +290,27 @@ def test_unreadable_photos_are_one_line_and_the_output_lists_them_all(user, tmp_
     assert sorted(Path(p).name for p in res.loc[res["error"] != "", "query"]) == [
         f"bad{n}.jpg" for n in range(5)
     ]
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_130():
+    """The console script's entry (`indivaid_core.launch:main`) imports the command line inside
+    the contract. A real process whose import of indivaid_core.cli is interrupted (a Ctrl-C
+    raised at that import, as the signal handler would) exits 130 with one line."""
+    script = textwrap.dedent(
+        """
+        import sys
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "indivaid_core.cli":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+        from indivaid_core.launch import main
+        sys.exit(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [launch.INTERRUPTED]
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry["indivaid"] == "indivaid_core.launch:main"
