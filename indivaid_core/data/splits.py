@@ -53,14 +53,21 @@ def paper_split(
     _, test_ids = split_identities(df, test_fraction, seed)
     out = df.copy()
     test = out["identity"].astype(str).isin(test_ids)
-    rng = np.random.default_rng([seed, 1])
-    key = pd.Series(rng.random(len(out)), index=out.index)
-    rank = key[test].groupby(out.loc[test, "identity"]).rank(method="first")
-    size = out.loc[test].groupby("identity")["identity"].transform("size")
-    n_query = np.minimum(query_per_identity, size - 1)
     out["split"] = "train"
-    out.loc[test, "split"] = np.where(rank <= n_query, "query", "gallery")
+    query = _queries(out, test, query_per_identity, [seed, 1])
+    out.loc[test, "split"] = np.where(query, "query", "gallery")
     return out
+
+
+def _queries(
+    df: pd.DataFrame, rows: pd.Series, query_per_identity: int, seed: list[int]
+) -> np.ndarray:
+    """Which of `rows` are queries: a seeded `query_per_identity` of each identity's images,
+    at most all but one, so every queried identity keeps a gallery image."""
+    key = pd.Series(np.random.default_rng(seed).random(len(df)), index=df.index)
+    rank = key[rows].groupby(df.loc[rows, "identity"]).rank(method="first")
+    size = df.loc[rows].groupby("identity")["identity"].transform("size")
+    return (rank <= np.minimum(query_per_identity, size - 1)).to_numpy()
 
 
 def leave_one_out_split(
@@ -111,12 +118,8 @@ def carve_validation(
     if loo:
         out.loc[val, "split"] = "val_test"
     else:
-        rng = np.random.default_rng([seed, 3])
-        key = pd.Series(rng.random(len(out)), index=out.index)
-        rank = key[val].groupby(out.loc[val, "identity"]).rank(method="first")
-        size = out.loc[val].groupby("identity")["identity"].transform("size")
-        n_query = np.minimum(query_per_identity, size - 1)
-        out.loc[val, "split"] = np.where(rank <= n_query, "val_query", "val_gallery")
+        query = _queries(out, val, query_per_identity, [seed, 3])
+        out.loc[val, "split"] = np.where(query, "val_query", "val_gallery")
     return out.reset_index(drop=True)
 
 
