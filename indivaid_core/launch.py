@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import sys
 
-INTERRUPTED = "error: interrupted (Ctrl-C); nothing was half-written, rerun to start again"
-
 
 def main() -> int:
     try:
         from indivaid_core import cli
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        from indivaid_core import door  # standard library only: how every run ends
+
+        return door.exit_status(err, ())
     return cli.main()
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from indivaid_core import cli
+from indivaid_core.config import Config
+from indivaid_core.identify.demo import random_export
 
 
 def run_main(*args: str | Path, capsys) -> tuple[int, str]:
@@ -27,3 +32,13 @@ def one_line(err: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def user_folder(root: Path, table: pd.DataFrame, images: Path, cfg: Config) -> Path:
+    """A user's folder: `gal/<identity>/*.jpg` from the tiny suite, and a random export `model`."""
+    for ident, rows in table.groupby("identity", sort=True):
+        (root / "gal" / ident).mkdir(parents=True)
+        for rel in rows["path"]:
+            shutil.copy(images / rel, root / "gal" / ident / Path(rel).name)
+    random_export(root / "model", cfg, sorted(table["identity"].unique()), seed=0)
+    return root

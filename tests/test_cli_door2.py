@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import one_line, run_main
+from cli_helpers import one_line, run_main, user_folder
 from safetensors.torch import load_file, save_file
 
 from indivaid_core import cli
-from indivaid_core.identify.demo import random_export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,14 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def user(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
     """A user's folder: `gal/<identity>/*.jpg` (3 photos each) and a random export `model`."""
-    root = tmp_path_factory.mktemp("door2")
-    table, images = tiny_suite
-    for ident, rows in table.groupby("identity", sort=True):
-        (root / "gal" / ident).mkdir(parents=True)
-        for rel in rows["path"]:
-            shutil.copy(images / rel, root / "gal" / ident / Path(rel).name)
-    random_export(root / "model", smoke_cfg, sorted(table["identity"].unique()), seed=0)
-    return root
+    return user_folder(tmp_path_factory.mktemp("door2"), *tiny_suite, smoke_cfg)
 
 
 def train(user: Path, out: Path, *extra: str | Path) -> list[str | Path]:
