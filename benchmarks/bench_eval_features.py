@@ -29,9 +29,14 @@ from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.images import draft_for
 from indivaid_core.evaluate import extract_features
 from indivaid_core.model import ReIDEncoder, build_clip_for
-from indivaid_core.repro.evaluation import decoded_batches, eval_split, features_for
+from indivaid_core.repro.evaluation import (
+    FeatureSettings,
+    decoded_batches,
+    eval_split,
+    features_for,
+)
 from indivaid_core.repro.paths import load_config
-from indivaid_core.train.export import load_export, save_export
+from indivaid_core.train.export import load_export, write_export
 from indivaid_core.transforms import eval_transform
 
 
@@ -42,11 +47,12 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config("params.yaml")
     split = eval_split(cfg, args.dataset)
+    settings = FeatureSettings.of(cfg)
     rows, root = split.test, split.root
     with tempfile.TemporaryDirectory() as tmp:
         clip = build_clip_for(cfg.model)
         meta = {"labels": {str(i): i for i in range(10)}, "image_ids": [], "camera_map": {}}
-        save_export(ReIDEncoder(clip, 10), clip, cfg, Path(tmp), meta)
+        write_export(ReIDEncoder(clip, 10), clip, cfg.model, Path(tmp), meta)
         encoder, spec = load_export(tmp)
     size = spec["image_size"]
     tf = eval_transform(size, spec["mean"], spec["std"], spec.get("resize_backend", "tensor"))
@@ -56,16 +62,21 @@ def main() -> None:
     def files() -> torch.Tensor:
         ds = ImageTableDataset(rows, root, tf, draft=draft_for(size))
         loader = DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
-        return extract_features(encoder.encode, loader, "cpu", channels_last=True)
+        return extract_features(encoder, loader, "cpu", channels_last=True)
 
     def decoded() -> torch.Tensor:
-        return features_for(cfg, encoder, spec, rows, root)
+        return features_for(encoder, spec, rows, root, settings=settings)
 
     def unfolded() -> torch.Tensor:
-        batches = decoded_batches(cfg, spec, rows, root)
-        return extract_features(
-            encoder.encode, batches, "cpu", n_rows=len(rows), channels_last=True
+        batches = decoded_batches(
+            spec,
+            rows,
+            root,
+            batch_size=settings.batch_size,
+            cache_dir=settings.cache_dir,
+            num_workers=settings.num_workers,
         )
+        return extract_features(encoder, batches, "cpu", n_rows=len(rows), channels_last=True)
 
     paths = {"files": files, "decoded": decoded, "decoded, unfolded": unfolded}
     decoded()  # writes the decoded cache once, as the first model of a stage does

@@ -46,7 +46,7 @@ from indivaid_core.repro.prepare import prepare, read_table, train_split
 from indivaid_core.repro.synthetic import generate_suite
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.schedule import warmup_cosine
-from indivaid_core.train.stage1 import frozen_features, label_map, train_stage1
+from indivaid_core.train.stage1 import Stage1Run, frozen_features, label_map, train_stage1
 from indivaid_core.transforms import eval_transform
 
 DEFAULT_DATASET = "synth-tiger"  # 410 training images: 6 batches of 64 an epoch
@@ -115,7 +115,15 @@ def with_stage1(cfg: Config, **changes) -> Config:
 
 def batched_run(cfg: Config, train, root, species, out: Path, cache_dir: Path) -> dict:
     """One real `train_stage1` run (fresh, the shared feature cache): its time and results."""
-    result = train_stage1(cfg, train, root, species, out, cache_dir, resume=False)
+    result = train_stage1(
+        Stage1Run.of(cfg),
+        train_table=train,
+        image_root=root,
+        species=species,
+        out_dir=out,
+        cache_dir=cache_dir,
+        resume=False,
+    )
     return {
         "s_epoch": result["wall_time_s"] / result["epochs"],
         "result": result,
@@ -251,7 +259,14 @@ def features(cfg: Config, clip, train, root, cache_dir: Path, threads: int) -> t
     """The training features as `train_stage1` caches them (same key, same thread count)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    feats = frozen_features(cfg, clip, train, root, cache_dir, torch.device("cpu"))
+    feats = frozen_features(
+        Stage1Run.of(cfg),
+        clip,
+        train_table=train,
+        image_root=root,
+        cache_dir=cache_dir,
+        device=torch.device("cpu"),
+    )
     return feats, time.perf_counter() - t0
 
 

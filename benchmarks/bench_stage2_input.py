@@ -81,7 +81,8 @@ def main() -> None:
     opt = torch.optim.Adam(
         param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
     )
-    sampler = PKSampler(y_all.tolist(), s2.p, s2.k, 0, 0, 10_000)  # enough batches per round
+    # enough batches per round
+    sampler = PKSampler(y_all.tolist(), p=s2.p, k=s2.k, seed=0, min_iters_per_epoch=10_000)
     size = tuple(m.image_size)
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()

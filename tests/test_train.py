@@ -24,7 +24,12 @@ from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.images import draft_for
 from indivaid_core.identify import load_model
 from indivaid_core.repro import training
-from indivaid_core.repro.evaluation import decoded_batches, evaluate, features_for
+from indivaid_core.repro.evaluation import (
+    FeatureSettings,
+    decoded_batches,
+    evaluate,
+    features_for,
+)
 from indivaid_core.repro.paths import Paths
 from indivaid_core.repro.prepare import prepare, read_table, train_split
 from indivaid_core.repro.robustness import corruption
@@ -106,7 +111,13 @@ def test_sie_camera_ids_flow_from_the_table_through_training_to_evaluation(in_re
     assert 0 < result.summary["mAP"] <= 1
     table = read_table(cfg, "toy")
     with pytest.raises(DataError, match="camera 'camZ' is not in the camera map"):
-        features_for(cfg, encoder, spec, table.assign(camera="camZ"), Path("data/toy"))
+        features_for(
+            encoder,
+            spec,
+            table.assign(camera="camZ"),
+            Path("data/toy"),
+            settings=FeatureSettings.of(cfg),
+        )
     with pytest.raises(ValueError, match="SIE camera embeddings"):
         load_model(out)
     no_cams = read_table(cfg, "toy").drop(columns="camera")
@@ -223,7 +234,8 @@ def test_cuda_amp_training_and_evaluation_agree_with_the_cpu_path(in_repo):
     feats = {}
     for dev in ("cuda", "cpu"):
         encoder, spec = load_export(out, torch.device(dev))
-        feats[dev] = features_for(_cfg(device=dev), encoder, spec, table, root)
+        settings = FeatureSettings.of(_cfg(device=dev))
+        feats[dev] = features_for(encoder, spec, table, root, settings=settings)
     cos = (feats["cuda"] * feats["cpu"]).sum(1)  # both L2-normalised
     assert cos.min() > 0.99, float(cos.min())
 
@@ -253,7 +265,8 @@ def test_evaluation_features_leave_the_encoder_usable_for_gradcam(in_repo):
     encoder, spec = load_export(Paths(cfg, "toy").stage2("zero_shot", 0))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     table = read_table(cfg, "toy")
-    features_for(cfg, encoder, spec, table, Path(table["image_root"].iloc[0]))
+    root = Path(table["image_root"].iloc[0])
+    features_for(encoder, spec, table, root, settings=FeatureSettings.of(cfg))
     assert _same(encoder.state_dict(), before)
     conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
     image = torch.rand(1, 3, *spec["image_size"], requires_grad=True)
@@ -273,7 +286,8 @@ def test_evaluation_images_from_the_decoded_cache_equal_the_image_files_path(in_
     tf = eval_transform(size, spec["mean"], spec["std"], backend)
     files = ImageTableDataset(table, root, tf, draft=draft_for(size))
     expected = torch.stack([files[i]["image"] for i in range(len(files))])
-    got = torch.cat([b["image"] for b in decoded_batches(cfg, spec, table, root)])
+    where = {"batch_size": cfg.eval.batch_size, "cache_dir": Path(cfg.data.work) / "cache"}
+    got = torch.cat([b["image"] for b in decoded_batches(spec, table, root, **where)])
     assert torch.equal(got, expected)
     # A corruption (robustness) applies between scaling and normalising, image by image in
     # row order: the noise draws from one generator, as the per-file transform did.
@@ -282,14 +296,14 @@ def test_evaluation_images_from_the_decoded_cache_equal_the_image_files_path(in_
     )
     files = ImageTableDataset(table, root, noisy, draft=draft_for(size))
     expected = torch.stack([files[i]["image"] for i in range(len(files))])
-    batches = decoded_batches(cfg, spec, table, root, corruption("noise", 0.5, 7))
+    batches = decoded_batches(spec, table, root, **where, corrupt=corruption("noise", 0.5, 7))
     assert torch.equal(torch.cat([b["image"] for b in batches]), expected)
     # The paper profile's PIL backend: bilinear at test time, its own cache file.
     pil = {**spec, "resize_backend": "pil"}
     pil_tf = eval_transform(size, pil["mean"], pil["std"], "pil")
     files = ImageTableDataset(table, root, pil_tf, draft=draft_for(size))
     expected = torch.stack([files[i]["image"] for i in range(len(files))])
-    got = torch.cat([b["image"] for b in decoded_batches(cfg, pil, table, root)])
+    got = torch.cat([b["image"] for b in decoded_batches(pil, table, root, **where)])
     assert torch.equal(got, expected)
 
 

@@ -15,6 +15,7 @@ The ranking engines (which never sort on the CPU) are in `evaluate/ranking.py`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from indivaid_core.device import resolve_device
-from indivaid_core.evaluate.ranking import MAX_GALLERY, CountRanker, SortRanker, chunk_ranks
+from indivaid_core.evaluate.ranking import MAX_GALLERY, CountRanker, LabelCodes, MaskRanker
 
 
 def encode_labels(*label_arrays: Sequence) -> list[np.ndarray]:
@@ -39,127 +40,169 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
+@dataclass(frozen=True)
+class _Labels:
+    """The identity and camera labels of both sides, as the caller gave them."""
+
+    query_ids: Sequence
+    gallery_ids: Sequence
+    query_cams: Sequence | None
+    gallery_cams: Sequence | None
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """How to rank: the protocol, then how query rows are chunked, threaded and ranked."""
+
+    leave_one_out: bool
+    max_rank: int
+    chunk_size: int | None
+    max_chunk_elements: int
+    progress: bool
+    n_threads: int | None
+    method: str
+
+
 def _rank_core(
     dist_rows: Callable[[int, int], torch.Tensor],
-    n_query: int,
-    n_gallery: int,
-    query_ids: Sequence,
-    gallery_ids: Sequence,
-    query_cams: Sequence | None,
-    gallery_cams: Sequence | None,
-    leave_one_out: bool,
-    max_rank: int,
-    chunk_size: int | None,
-    max_chunk_elements: int,
+    *,
+    shape: tuple[int, int],
+    labels: _Labels,
+    how: _Ranking,
     device: torch.device,
-    progress: bool,
-    n_threads: int | None,
-    method: str = "count",
 ) -> dict:
+    """The metrics of a (Q, G) distance matrix whose rows `dist_rows(s, e)` gives by chunks."""
+    _check_inputs(shape, labels, how)
+    codes = _codes(labels, shape)
+    n_query, n_gallery = shape
+    per_chunk = how.chunk_size or max(1, how.max_chunk_elements // max(n_gallery, 1))
+    rows_per_chunk = min(per_chunk, n_query)
+    ranker = _ranker(codes, how, device, rows_per_chunk)
+    per_query = _PerQuery.empty(n_query)
+    try:
+        starts = range(0, n_query, rows_per_chunk)
+        for s in tqdm(starts, desc="rank metrics", disable=not how.progress, leave=False):
+            e = min(s + rows_per_chunk, n_query)
+            rows, ranks = ranker(dist_rows(s, e).to(device), s, f"distance rows {s}:{e}")
+            per_query.add(s, e, rows, ranks.astype(np.int64))
+    finally:
+        ranker.close()
+    return per_query.metrics(how.max_rank)
+
+
+def _check_inputs(shape: tuple[int, int], labels: _Labels, how: _Ranking) -> None:
+    """Refuse labels that do not fit the matrix, and protocols that cannot apply to it."""
+    n_query, n_gallery = shape
     if n_query == 0 or n_gallery == 0:
         raise ValueError(f"empty distance matrix ({n_query} queries x {n_gallery} gallery)")
-    if len(query_ids) != n_query:
-        raise ValueError(f"query_ids has {len(query_ids)} entries but there are {n_query} queries")
-    if len(gallery_ids) != n_gallery:
+    if len(labels.query_ids) != n_query:
         raise ValueError(
-            f"gallery_ids has {len(gallery_ids)} entries but the gallery has {n_gallery} items"
+            f"query_ids has {len(labels.query_ids)} entries but there are {n_query} queries"
         )
-    if (query_cams is None) != (gallery_cams is None):
+    if len(labels.gallery_ids) != n_gallery:
+        raise ValueError(
+            f"gallery_ids has {len(labels.gallery_ids)} entries but the gallery has "
+            f"{n_gallery} items"
+        )
+    if (labels.query_cams is None) != (labels.gallery_cams is None):
         raise ValueError("pass both query_cams and gallery_cams, or neither")
-    if leave_one_out and n_query != n_gallery:
+    if how.leave_one_out and n_query != n_gallery:
         raise ValueError(f"leave_one_out needs query == gallery, got {n_query} x {n_gallery}")
     if n_gallery >= MAX_GALLERY:
         raise ValueError(f"gallery of {n_gallery} items exceeds the supported {MAX_GALLERY - 1}")
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if how.max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {how.max_rank}")
 
-    qid_np, gid_np = encode_labels(query_ids, gallery_ids)
-    qid, gid = torch.from_numpy(qid_np).to(device), torch.from_numpy(gid_np).to(device)
-    use_cams = query_cams is not None
-    qcam_np = gcam_np = None
-    if use_cams:
-        if len(query_cams) != n_query or len(gallery_cams) != n_gallery:
-            raise ValueError("query_cams/gallery_cams lengths must match query_ids/gallery_ids")
-        qcam_np, gcam_np = encode_labels(query_cams, gallery_cams)
-        qcam, gcam = torch.from_numpy(qcam_np).to(device), torch.from_numpy(gcam_np).to(device)
 
-    rows_per_chunk = min(chunk_size or max(1, max_chunk_elements // max(n_gallery, 1)), n_query)
-    threads = n_threads or torch.get_num_threads()
-    if method not in ("count", "sort"):
-        raise ValueError(f"unknown ranking method {method!r}")
-    counter = cpu_ranker = None
-    if device.type == "cpu" and method == "count":
-        counter = CountRanker(
-            qid_np, gid_np, qcam_np, gcam_np, leave_one_out, threads, rows_per_chunk
+def _codes(labels: _Labels, shape: tuple[int, int]) -> LabelCodes:
+    """The labels as shared int64 codes; cameras only when both sides have them."""
+    qid, gid = encode_labels(labels.query_ids, labels.gallery_ids)
+    if labels.query_cams is None:
+        return LabelCodes(qid, gid)
+    if len(labels.query_cams) != shape[0] or len(labels.gallery_cams) != shape[1]:
+        raise ValueError("query_cams/gallery_cams lengths must match query_ids/gallery_ids")
+    qcam, gcam = encode_labels(labels.query_cams, labels.gallery_cams)
+    return LabelCodes(qid, gid, qcam, gcam)
+
+
+def _ranker(
+    codes: LabelCodes, how: _Ranking, device: torch.device, rows_per_chunk: int
+) -> CountRanker | MaskRanker:
+    """The engine: counting on the CPU, else sorting (the reference, and CUDA)."""
+    if how.method not in ("count", "sort"):
+        raise ValueError(f"unknown ranking method {how.method!r}")
+    threads = how.n_threads or torch.get_num_threads()
+    if device.type == "cpu" and how.method == "count":
+        return CountRanker(
+            codes,
+            leave_one_out=how.leave_one_out,
+            n_threads=threads,
+            rows_per_chunk=rows_per_chunk,
         )
-    elif device.type == "cpu":
-        cpu_ranker = SortRanker(rows_per_chunk, n_gallery, threads)
-    first = np.full(n_query, -1, dtype=np.int64)
-    last = np.full(n_query, -1, dtype=np.int64)
-    n_pos = np.zeros(n_query, dtype=np.int64)
-    ap = np.full(n_query, np.nan, dtype=np.float64)
-    try:
-        starts = range(0, n_query, rows_per_chunk)
-        for s in tqdm(starts, desc="rank metrics", disable=not progress, leave=False):
-            e = min(s + rows_per_chunk, n_query)
-            d = dist_rows(s, e).to(device)
-            what = f"distance rows {s}:{e}"
-            if counter is not None:
-                rows, ranks = counter(d, s, what)
-            else:
-                match = qid[s:e, None] == gid[None, :]
-                exclude = None
-                if use_cams:
-                    exclude = match & (qcam[s:e, None] == gcam[None, :])
-                if leave_one_out:
-                    diag = torch.zeros_like(match)
-                    r = torch.arange(e - s, device=device)
-                    diag[r, r + s] = True
-                    exclude = diag if exclude is None else exclude | diag
-                if exclude is not None:
-                    match = match & ~exclude
-                if device.type == "cpu" and d.dtype != torch.float64:
-                    ex = None if exclude is None else exclude.numpy()
-                    rows, ranks = cpu_ranker(d, match.numpy(), ex, what)
-                else:
-                    rows, ranks = chunk_ranks(d, match, exclude, what)
-                    rows, ranks = rows.cpu().numpy(), ranks.cpu().numpy()
-            ranks = ranks.astype(np.int64)
-            counts = np.bincount(rows, minlength=e - s)
-            starts_of_row = np.cumsum(counts) - counts
-            hit_no = np.arange(len(rows)) - starts_of_row[rows] + 1  # k-th hit of its query
-            prec = np.bincount(rows, weights=hit_no / ranks, minlength=e - s)
-            has = counts > 0
-            n_pos[s:e] = counts
-            ap[s:e][has] = prec[has] / counts[has]
-            first[s:e][has] = ranks[starts_of_row[has]]
-            last[s:e][has] = ranks[starts_of_row[has] + counts[has] - 1]
-    finally:
-        for ranker in (counter, cpu_ranker):
-            if ranker is not None:
-                ranker.close()
-    valid = n_pos > 0
-    n_valid = int(valid.sum())
-    if n_valid == 0:
-        raise ValueError(
-            "no query has a true match in its gallery (after leave-one-out/camera filtering); "
-            "check that query identities appear in the gallery"
+    return MaskRanker(
+        codes,
+        leave_one_out=how.leave_one_out,
+        device=device,
+        n_threads=threads,
+        rows_per_chunk=rows_per_chunk,
+    )
+
+
+@dataclass(frozen=True)
+class _PerQuery:
+    """Each query's AP, number of true matches and first and last match ranks, filled in
+    chunk by chunk; -1 and NaN mark queries without a true match."""
+
+    ap: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    n_pos: np.ndarray
+
+    @classmethod
+    def empty(cls, n_query: int) -> _PerQuery:
+        return cls(
+            ap=np.full(n_query, np.nan, dtype=np.float64),
+            first=np.full(n_query, -1, dtype=np.int64),
+            last=np.full(n_query, -1, dtype=np.int64),
+            n_pos=np.zeros(n_query, dtype=np.int64),
         )
-    inp = np.full(n_query, np.nan, dtype=np.float64)
-    inp[valid] = n_pos[valid] / last[valid]
-    ranks_axis = np.arange(1, max_rank + 1)
-    cmc = (first[valid, None] <= ranks_axis[None, :]).mean(axis=0)
-    return {
-        "mAP": float(ap[valid].mean()),
-        "cmc": cmc,
-        "mINP": float(inp[valid].mean()),
-        "n_valid_queries": n_valid,
-        "n_skipped_queries": int(n_query - n_valid),
-        "ap": ap,
-        "inp": inp,
-        "first_match_rank": first,
-        "n_true_matches": n_pos,
-    }
+
+    def add(self, s: int, e: int, rows: np.ndarray, ranks: np.ndarray) -> None:
+        """Record queries s:e from the (row, rank) pairs of their true matches, row-major."""
+        counts = np.bincount(rows, minlength=e - s)
+        starts_of_row = np.cumsum(counts) - counts
+        hit_no = np.arange(len(rows)) - starts_of_row[rows] + 1  # k-th hit of its query
+        prec = np.bincount(rows, weights=hit_no / ranks, minlength=e - s)
+        has = counts > 0
+        self.n_pos[s:e] = counts
+        self.ap[s:e][has] = prec[has] / counts[has]
+        self.first[s:e][has] = ranks[starts_of_row[has]]
+        self.last[s:e][has] = ranks[starts_of_row[has] + counts[has] - 1]
+
+    def metrics(self, max_rank: int) -> dict:
+        """mAP, CMC and mINP over the queries with a true match, and the per-query arrays."""
+        valid = self.n_pos > 0
+        n_valid = int(valid.sum())
+        if n_valid == 0:
+            raise ValueError(
+                "no query has a true match in its gallery (after leave-one-out/camera "
+                "filtering); check that query identities appear in the gallery"
+            )
+        inp = np.full(len(self.n_pos), np.nan, dtype=np.float64)
+        inp[valid] = self.n_pos[valid] / self.last[valid]
+        ranks_axis = np.arange(1, max_rank + 1)
+        cmc = (self.first[valid, None] <= ranks_axis[None, :]).mean(axis=0)
+        return {
+            "mAP": float(self.ap[valid].mean()),
+            "cmc": cmc,
+            "mINP": float(inp[valid].mean()),
+            "n_valid_queries": n_valid,
+            "n_skipped_queries": int(len(self.n_pos) - n_valid),
+            "ap": self.ap,
+            "inp": inp,
+            "first_match_rank": self.first,
+            "n_true_matches": self.n_pos,
+        }
 
 
 def rank_metrics(
@@ -194,29 +237,29 @@ def rank_metrics(
     Returns ``mAP``, ``cmc`` (length ``max_rank``, index 0 = rank 1), ``mINP`` (fractions),
     ``n_valid_queries``, ``n_skipped_queries`` and per-query arrays ``ap``, ``inp``
     (NaN when skipped), ``first_match_rank`` (-1 when skipped), ``n_true_matches``.
-    ``ranking="sort"`` ranks by the previous full sort of each row, the tests' and
-    ``benchmarks/bench_metrics.py``'s reference (same outputs); CUDA always sorts.
+    ``ranking="sort"`` ranks by a full sort of each row: the reference the tests and
+    ``benchmarks/bench_metrics.py`` check the counting engine against (same outputs); CUDA
+    always sorts.
     """
     dist_t = _as_tensor(dist)
     if dist_t.ndim != 2:
         raise ValueError(f"dist must be 2-D (queries x gallery), got shape {tuple(dist_t.shape)}")
     dev = dist_t.device if device is None else resolve_device(device)
+    how = _Ranking(
+        leave_one_out=leave_one_out,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        max_chunk_elements=max_chunk_elements,
+        progress=progress,
+        n_threads=n_threads,
+        method=ranking,
+    )
     return _rank_core(
         lambda s, e: dist_t[s:e],
-        dist_t.shape[0],
-        dist_t.shape[1],
-        query_ids,
-        gallery_ids,
-        query_cams,
-        gallery_cams,
-        leave_one_out,
-        max_rank,
-        chunk_size,
-        max_chunk_elements,
-        dev,
-        progress,
-        n_threads,
-        ranking,
+        shape=(dist_t.shape[0], dist_t.shape[1]),
+        labels=_Labels(query_ids, gallery_ids, query_cams, gallery_cams),
+        how=how,
+        device=dev,
     )
 
 
@@ -295,8 +338,8 @@ def rank_metrics_from_features(
 
     For galleries whose distance matrix does not fit in memory (20,000 x 100,000 float32 is
     8 GB). Same outputs and tie rule as ``rank_metrics(pairwise_distance(qf, gf, metric))``.
-    ``ranking="sort"``: the previous path, ``pairwise_distance`` per chunk and the full sort
-    (the reference; same outputs).
+    ``ranking="sort"``: ``pairwise_distance`` per chunk and a full sort (the reference; same
+    outputs).
     """
     qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
@@ -307,20 +350,19 @@ def rank_metrics_from_features(
         dist_rows = lambda s, e: pairwise_distance(qf[s:e], gf, metric)  # noqa: E731
     else:
         dist_rows = _distance_rows(qf, gf, metric)
+    how = _Ranking(
+        leave_one_out=leave_one_out,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        max_chunk_elements=max_chunk_elements,
+        progress=progress,
+        n_threads=n_threads,
+        method=ranking,
+    )
     return _rank_core(
         dist_rows,
-        qf.shape[0],
-        gf.shape[0],
-        query_ids,
-        gallery_ids,
-        query_cams,
-        gallery_cams,
-        leave_one_out,
-        max_rank,
-        chunk_size,
-        max_chunk_elements,
-        dev,
-        progress,
-        n_threads,
-        ranking,
+        shape=(qf.shape[0], gf.shape[0]),
+        labels=_Labels(query_ids, gallery_ids, query_cams, gallery_cams),
+        how=how,
+        device=dev,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +26,17 @@ import torch
 _EXCLUDED_KEY = np.iinfo(np.int64).max - 1
 # Gallery index and match bit share the low 32 bits of the key.
 MAX_GALLERY = 2**31
+
+
+@dataclass(frozen=True)
+class LabelCodes:
+    """Identity (and, when filtering by camera, camera) labels of the queries and the gallery
+    as int64 codes shared by both sides, so equal labels have equal codes."""
+
+    qid: np.ndarray
+    gid: np.ndarray
+    qcam: np.ndarray | None = None
+    gcam: np.ndarray | None = None
 
 
 def _float_key(d: torch.Tensor) -> torch.Tensor:
@@ -128,18 +140,12 @@ class CountRanker:
     """
 
     def __init__(
-        self,
-        qid: np.ndarray,
-        gid: np.ndarray,
-        qcam: np.ndarray | None,
-        gcam: np.ndarray | None,
-        leave_one_out: bool,
-        n_threads: int,
-        rows_per_chunk: int,
+        self, codes: LabelCodes, *, leave_one_out: bool, n_threads: int, rows_per_chunk: int
     ):
-        self.qid, self.gid, self.qcam, self.gcam = qid, gid, qcam, gcam
+        self.qid, self.gid, self.qcam, self.gcam = codes.qid, codes.gid, codes.qcam, codes.gcam
         self.loo = leave_one_out
-        n_codes = int(max(qid.max(), gid.max())) + 1
+        gid = codes.gid
+        n_codes = int(max(codes.qid.max(), gid.max())) + 1
         counts = np.bincount(gid, minlength=n_codes)
         self.id_count = counts
         self.id_start = np.cumsum(counts) - counts
@@ -228,6 +234,60 @@ class CountRanker:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         rows = np.repeat([i for i, _ in found], [r.size for _, r in found])
         return rows.astype(np.int64), np.concatenate([r for _, r in found])
+
+
+class MaskRanker:
+    """The sorting engines behind CountRanker's interface: per chunk of query rows, the
+    true-match and excluded masks, then SortRanker (CPU, below float64) or `chunk_ranks`
+    (CUDA, and float64)."""
+
+    def __init__(
+        self,
+        codes: LabelCodes,
+        *,
+        leave_one_out: bool,
+        device: torch.device,
+        n_threads: int,
+        rows_per_chunk: int,
+    ):
+        def on_device(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a).to(device)
+
+        self.qid, self.gid = on_device(codes.qid), on_device(codes.gid)
+        self.qcam, self.gcam = on_device(codes.qcam), on_device(codes.gcam)
+        self.loo, self.device = leave_one_out, device
+        self.cpu = (
+            SortRanker(rows_per_chunk, len(codes.gid), n_threads) if device.type == "cpu" else None
+        )
+
+    def close(self) -> None:
+        if self.cpu is not None:
+            self.cpu.close()
+
+    def masks(self, s: int, e: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(kept true matches, excluded items) of query rows s:e: same id and camera, and
+        under leave-one-out the query itself, are excluded."""
+        match = self.qid[s:e, None] == self.gid[None, :]
+        exclude = None
+        if self.qcam is not None:
+            exclude = match & (self.qcam[s:e, None] == self.gcam[None, :])
+        if self.loo:
+            diag = torch.zeros_like(match)
+            r = torch.arange(e - s, device=self.device)
+            diag[r, r + s] = True
+            exclude = diag if exclude is None else exclude | diag
+        if exclude is not None:
+            match = match & ~exclude
+        return match, exclude
+
+    def __call__(self, dist: torch.Tensor, s: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(row, rank) of every kept true match of rows ``s:s+b``, row-major, ranks ascending."""
+        match, exclude = self.masks(s, s + dist.shape[0])
+        if self.cpu is not None and dist.dtype != torch.float64:
+            ex = None if exclude is None else exclude.numpy()
+            return self.cpu(dist, match.numpy(), ex, what)
+        rows, ranks = chunk_ranks(dist, match, exclude, what)
+        return rows.cpu().numpy(), ranks.cpu().numpy()
 
 
 def chunk_ranks(

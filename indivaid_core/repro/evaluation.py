@@ -90,46 +90,84 @@ def _cut(table: pd.DataFrame, root: Path) -> EvalSplit:
     return EvalSplit(table, root, query, gallery, loo, test)
 
 
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How features are computed beyond what the export records: device, precision, memory
+    layout, which feature and flip TTA, batch size and where decoded images are cached."""
+
+    device: str
+    amp: bool  # bf16 autocast, on CUDA only
+    channels_last: bool
+    feature: str  # combine_outputs' choice: concat, global, proj, concat_bn
+    flip: bool
+    batch_size: int
+    cache_dir: Path
+    num_workers: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> FeatureSettings:
+        """The settings of `cfg` that features depend on (the evaluating stages list them)."""
+        return cls(
+            device=cfg.device,
+            amp=cfg.stage2.amp,
+            channels_last=cfg.model.channels_last,
+            feature=cfg.model.eval_feature,
+            flip=cfg.model.flip_tta,
+            batch_size=cfg.eval.batch_size,
+            cache_dir=Path(cfg.data.work) / "cache",
+            num_workers=cfg.data.num_workers,
+        )
+
+
 def features_for(
-    cfg: Config,
     encoder: torch.nn.Module,
     spec: dict,
     rows: pd.DataFrame,
     root: Path,
+    *,
+    settings: FeatureSettings,
     corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Evaluation features of `rows` with the exported model's own preprocessing. A model
     with BatchNorm2d runs as a copy with it folded into the convolutions (`model.fold`);
-    others (the ViTs) run as given, put in channels_last when `model.channels_last`.
+    others (the ViTs) run as given, put in channels_last when `settings.channels_last`.
 
     The images come from the decoded cache (`data.decoded`: decoded once for every model
     that is scored) and are normalised as `eval_transform` would per image file. `corrupt`
     (robustness) maps each image in [0, 1] before normalisation, in row order.
     """
-    batches = decoded_batches(cfg, spec, rows, root, corrupt)
-    device = resolve_device(cfg.device)
-    encoder = folded(cfg, encoder, spec)
-    if cfg.model.channels_last:  # here, not under extract_features' inference mode
+    batches = decoded_batches(
+        spec,
+        rows,
+        root,
+        batch_size=settings.batch_size,
+        cache_dir=settings.cache_dir,
+        num_workers=settings.num_workers,
+        corrupt=corrupt,
+    )
+    device = resolve_device(settings.device)
+    encoder = folded(encoder, spec, device)
+    if settings.channels_last:  # here, not under extract_features' inference mode
         encoder.to(memory_format=torch.channels_last)
     return extract_features(
         encoder,
         batches,
         device=device,
         n_rows=len(rows),
-        amp=cfg.stage2.amp,
-        flip=cfg.model.flip_tta,
-        feature=cfg.model.eval_feature,
+        amp=settings.amp,
+        flip=settings.flip,
+        feature=settings.feature,
         cameras=batches.cams is not None,
-        channels_last=cfg.model.channels_last,
+        channels_last=settings.channels_last,
     )
 
 
-def folded(cfg: Config, encoder: torch.nn.Module, spec: dict) -> torch.nn.Module:
+def folded(encoder: torch.nn.Module, spec: dict, device: torch.device) -> torch.nn.Module:
     """`encoder` with its BatchNorm folded (`model.fold`), probed at the export's image size.
     On an encoder folded already it returns at once, so a caller that computes features of
     one model several times folds it once and passes the result."""
     probe = torch.rand(2, 3, *spec["image_size"], generator=torch.Generator().manual_seed(0))
-    return fold_batchnorm(encoder, (probe.to(resolve_device(cfg.device)),))
+    return fold_batchnorm(encoder, (probe.to(device),))
 
 
 @dataclass(frozen=True)
@@ -161,21 +199,24 @@ class DecodedBatches:
 
 
 def decoded_batches(
-    cfg: Config,
     spec: dict,
     rows: pd.DataFrame,
     root: Path,
+    *,
+    batch_size: int,
+    cache_dir: Path,
+    num_workers: int = 0,
     corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DecodedBatches:
-    """`rows`' images as normalised batches of `eval.batch_size`, from the decoded cache."""
+    """`rows`' images as normalised batches of `batch_size`, from the decoded cache in
+    `cache_dir` (decoded there on first use)."""
     size = tuple(spec["image_size"])
     backend = spec.get("resize_backend", "tensor")
-    cache = Path(cfg.data.work) / "cache"
     camera_map = spec.get("camera_map")  # checked before anything is decoded
     cams = torch.tensor(camera_ids(rows["camera"], camera_map)) if camera_map else None
-    pixels = decoded_images(rows, root, size, backend, cache, cfg.data.num_workers, train=False)
+    pixels = decoded_images(rows, root, size, backend, cache_dir, num_workers, train=False)
     normalize = eval_normalize(spec["mean"], spec["std"])
-    return DecodedBatches(pixels, normalize, cfg.eval.batch_size, cams, corrupt)
+    return DecodedBatches(pixels, normalize, batch_size, cams, corrupt)
 
 
 def score(
@@ -296,16 +337,17 @@ def evaluate_seed(
 ) -> SeedEvaluation:
     """One seed's export: test features (saved), scores, the training-set fit and, where the
     table has validation individuals, their mAP (the number settings are chosen on)."""
+    settings = FeatureSettings.of(cfg)
     encoder, spec = load_export(paths.stage2(variant, seed), device)
-    encoder = folded(cfg, encoder, spec)  # once for the test and the training features
+    encoder = folded(encoder, spec, device)  # once for the test and the training features
     start = time.perf_counter()
-    feats = features_for(cfg, encoder, spec, split.test, split.root)
+    feats = features_for(encoder, spec, split.test, split.root, settings=settings)
     seconds = time.perf_counter() - start
     weights = file_sha256(paths.stage2(variant, seed) / WEIGHTS)
     save_features(paths.features(variant, seed), feats, split.test, weights)
     dist, m = score(cfg, *split.halves(feats), split.query, split.gallery, split.loo)
     # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
-    train_feats = features_for(cfg, encoder, spec, train, split.root)
+    train_feats = features_for(encoder, spec, train, split.root, settings=settings)
     train_map = headline(score(cfg, train_feats, train_feats, train, train, True)[1])["mAP"]
     scores = {
         **headline(m),
@@ -313,7 +355,7 @@ def evaluate_seed(
         "inference_images_per_s": len(split.test) / seconds,
     }
     if val is not None:
-        val_feats = features_for(cfg, encoder, spec, val.test, val.root)
+        val_feats = features_for(encoder, spec, val.test, val.root, settings=settings)
         val_m = score(cfg, *val.halves(val_feats), val.query, val.gallery, val.loo)[1]
         scores["val_mAP"] = headline(val_m)["mAP"]
     frame = per_query_frame(m, split.query).assign(seed=seed)

@@ -17,6 +17,7 @@ from indivaid_core.device import resolve_device
 from indivaid_core.evaluate.features import load_features
 from indivaid_core.repro.evaluation import (
     EvalSplit,
+    FeatureSettings,
     eval_split,
     features_for,
     folded,
@@ -80,10 +81,11 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
     split = eval_split(cfg, dataset)
     device = resolve_device(cfg.device)
     seed = cfg.pipeline.seeds[0]
+    settings = FeatureSettings.of(cfg)
     rows = []
     for variant in variants:
         encoder, spec = load_export(paths.stage2(variant, seed), device)
-        encoder = folded(cfg, encoder, spec)  # once for all its corrupted query sets
+        encoder = folded(encoder, spec, device)  # once for all its corrupted query sets
         # The evaluation's own features of this model: the gallery, and the clean queries
         # (every corruption is the identity at strength 0, which tests check).
         clean, gf = split.halves(evaluation_features(paths, variant, seed, split))
@@ -93,7 +95,9 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
                     qf = clean
                 else:
                     corrupt = corruption(name, level, cfg.seed)
-                    qf = features_for(cfg, encoder, spec, split.query, split.root, corrupt)
+                    qf = features_for(
+                        encoder, spec, split.query, split.root, settings=settings, corrupt=corrupt
+                    )
                 _, m = score(cfg, qf, gf, split.query, split.gallery, split.loo)
                 rows.append(
                     {"variant": variant, "corruption": name, "strength": level, **headline(m)}

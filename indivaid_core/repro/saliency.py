@@ -18,7 +18,7 @@ from indivaid_core.config import Config
 from indivaid_core.data import camera_ids
 from indivaid_core.data.images import load_rgb
 from indivaid_core.evaluate.features import combine_outputs
-from indivaid_core.repro.evaluation import eval_split, features_for
+from indivaid_core.repro.evaluation import FeatureSettings, eval_split, features_for
 from indivaid_core.repro.paths import Paths
 from indivaid_core.train.export import load_export
 from indivaid_core.transforms import eval_transform
@@ -81,7 +81,8 @@ def saliency_pairs(cfg: Config, dataset: str, variant: str, n_queries: int = 4) 
     split = eval_split(cfg, dataset)
     encoder, spec = load_export(Paths(cfg, dataset).stage2(variant, cfg.pipeline.seeds[0]), "cpu")
     cpu = dataclasses.replace(cfg, device="cpu")
-    qf, gf = split.halves(features_for(cpu, encoder, spec, split.test, split.root))
+    settings = FeatureSettings.of(cpu)
+    qf, gf = split.halves(features_for(encoder, spec, split.test, split.root, settings=settings))
     dist = torch.cdist(qf[:n_queries], gf)
     if split.loo:
         dist[torch.arange(len(dist)), torch.arange(len(dist))] = float("inf")

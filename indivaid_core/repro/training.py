@@ -49,9 +49,13 @@ def run_text_runs(
     if not jobs:
         return results
     table = read_table(cfg, dataset)
-    train, root = train_split(table), Paths.image_root(table)  # the same for every run
-    args = (train, root, cfg.dataset(dataset).species)
-    done = _train_stage1_runs(cfg, jobs, args, paths, Path(cfg.data.work) / "cache", kw)
+    data = {  # the same for every run
+        "train_table": train_split(table),
+        "image_root": Paths.image_root(table),
+        "species": cfg.dataset(dataset).species,
+        "cache_dir": Path(cfg.data.work) / "cache",
+    }
+    done = _train_stage1_runs(cfg, jobs, data, paths, kw)
     for text in dict.fromkeys(t for t, _ in jobs):
         per_seed = {seed: done[text, seed] for seed in cfg.pipeline.seeds}
         if dist_info().is_main:
@@ -74,9 +78,8 @@ def _no_text_run(paths: Paths) -> dict[str, Any]:
 def _train_stage1_runs(
     cfg: Config,
     jobs: dict[tuple[str, int], Config],
-    args: tuple[pd.DataFrame, Path, str],
+    data: dict[str, Any],
     paths: Paths,
-    cache: Path,
     kw: dict[str, Any],
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Each (text, seed) run, one after another or, on CPU, `stage1.processes` side by side.
@@ -85,12 +88,13 @@ def _train_stage1_runs(
     thread a run's bytes do not depend on the process it ran in (tests check this), so running
     them side by side changes nothing but the wall time.
     """
-    from indivaid_core.train.stage1 import train_stage1, warm_feature_cache
+    from indivaid_core.train.stage1 import Stage1Run, train_stage1, warm_feature_cache
 
+    runs = {key: Stage1Run.of(c) for key, c in jobs.items()}
     if _workers(cfg, cfg.stage1.processes, len(jobs)) > 1:
-        for c in jobs.values():  # computes each distinct feature file once, skips the rest
-            warm_feature_cache(c, args[0], args[1], cache)
-    calls = {key: (c, *args, paths.stage1(*key), cache) for key, c in jobs.items()}
+        for run in runs.values():  # computes each distinct feature file once, skips the rest
+            warm_feature_cache(run, data["train_table"], data["image_root"], data["cache_dir"])
+    calls = {key: {"run": run, **data, "out_dir": paths.stage1(*key)} for key, run in runs.items()}
     return _side_by_side(train_stage1, calls, cfg.stage1.processes, cfg, kw)
 
 
@@ -103,20 +107,21 @@ def _workers(cfg: Config, processes: int, n_jobs: int) -> int:
 
 def _side_by_side(
     fn: Callable[..., dict[str, Any]],
-    jobs: dict[Any, tuple],
+    jobs: dict[Any, dict[str, Any]],
     processes: int,
     cfg: Config,
     kw: dict[str, Any],
 ) -> dict[Any, dict[str, Any]]:
-    """`fn(*job, **kw)` for each job: in this process, or `processes` worker processes on the CPU.
+    """`fn(**job, **kw)` for each job: in this process, or `processes` worker processes on the
+    CPU.
 
     Each result is on disk when its job ends, so an error in one job keeps the others' work.
     """
     n = _workers(cfg, processes, len(jobs))
     if n == 1:
-        return {key: fn(*job, **kw) for key, job in jobs.items()}
+        return {key: fn(**job, **kw) for key, job in jobs.items()}
     with ProcessPoolExecutor(n, mp_context=_start_context(fn.__module__)) as pool:
-        futures = {pool.submit(fn, *job, **kw): key for key, job in jobs.items()}
+        futures = {pool.submit(fn, **job, **kw): key for key, job in jobs.items()}
         done = {}
         for f in tqdm(as_completed(futures), total=len(futures), desc=fn.__name__, unit="run"):
             done[futures[f]] = f.result()  # re-raises a run's error
@@ -150,25 +155,27 @@ def publish_curves(src: Path, dst: Path) -> None:
 def run_stage2(cfg: Config, dataset: str, variant: str, **extra: Any) -> dict[str, Any]:
     """Train one variant once per seed in `pipeline.seeds`, seed s on stage-1 seed s; on the
     CPU `stage2.processes` seeds side by side (on `stage2.num_threads` threads each)."""
-    from indivaid_core.train.stage2 import train_stage2
+    from indivaid_core.train.stage2 import Stage2Run, train_stage2
 
     v = cfg.variants[variant]
     paths = Paths(cfg, dataset)
     table = read_table(cfg, dataset)
     variant_cfg = cfg.variant(variant, dataset)
-    camera_map = _camera_map(variant_cfg, table, paths)
-    train, root = train_split(table), Paths.image_root(table)  # the same for every seed
+    kw = {  # the same for every seed
+        "train_table": train_split(table),
+        "image_root": Paths.image_root(table),
+        "train": v.train,
+        "camera_map": _camera_map(variant_cfg, table, paths),
+        "cache_dir": Path(cfg.data.work) / "cache",
+    }
     jobs = {
-        seed: (
-            dataclasses.replace(variant_cfg, seed=seed),
-            train,
-            root,
-            paths.stage2(variant, seed),
-            paths.stage1(v.text, seed) if v.text != "none" else None,
-        )
+        seed: {
+            "run": Stage2Run.of(dataclasses.replace(variant_cfg, seed=seed)),
+            "out_dir": paths.stage2(variant, seed),
+            "stage1_dir": paths.stage1(v.text, seed) if v.text != "none" else None,
+        }
         for seed in cfg.pipeline.seeds
     }
-    kw = {"train": v.train, "camera_map": camera_map, "cache_dir": Path(cfg.data.work) / "cache"}
     per_seed = _side_by_side(train_stage2, jobs, cfg.stage2.processes, cfg, {**kw, **extra})
     if not dist_info().is_main:  # DDP: only rank 0 writes
         return {"dataset": dataset, "variant": variant, "per_seed": per_seed}

@@ -196,8 +196,8 @@ def maybe_ddp(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 def exclusive_run(fn: F) -> F:
     """Hold the lock of the run folder (`fn`'s `out_dir` argument) for the call, on rank 0.
 
-    Two runs writing one folder overwrote each other's checkpoints and temporaries; now the
-    second is refused at once with a LockedError naming the first's process.
+    Two runs writing one folder would overwrite each other's checkpoints and temporaries, so
+    the second is refused at once with a LockedError naming the first's process.
     """
     signature = inspect.signature(fn)
 

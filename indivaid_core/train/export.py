@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from indivaid_core.config import Config
+from indivaid_core.config import Config, ModelCfg
 from indivaid_core.model import ReIDEncoder, build_clip, preprocess_info
 from indivaid_core.safe_io import (
     brief,
@@ -38,8 +38,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_export(
-    encoder: ReIDEncoder, clip_model: torch.nn.Module, cfg: Config, out_dir: Path, meta: dict
+def write_export(
+    encoder: ReIDEncoder,
+    clip_model: torch.nn.Module,
+    model: ModelCfg,
+    out_dir: Path,
+    meta: dict,
 ) -> Path:
     """Weights + the architecture/preprocessing needed to rebuild them; returns model.json.
 
@@ -50,15 +54,14 @@ def save_export(
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_safetensors(state, out_dir / WEIGHTS)
     info = preprocess_info(clip_model)
-    m = cfg.model
     spec = {
-        "backbone": m.backbone,
-        "pretrained_source": m.pretrained,
-        "image_size": list(m.image_size),
-        "stride": m.stride,
-        "sie_coef": m.sie_coef,
+        "backbone": model.backbone,
+        "pretrained_source": model.pretrained,
+        "image_size": list(model.image_size),
+        "stride": model.stride,
+        "sie_coef": model.sie_coef,
         "num_classes": len(meta["labels"]),
-        "eval_feature": m.eval_feature,
+        "eval_feature": model.eval_feature,
         "mean": list(info.mean),
         "std": list(info.std),
         "weights_sha256": file_sha256(out_dir / WEIGHTS),
@@ -69,6 +72,13 @@ def save_export(
     path = out_dir / CONFIG
     write_json(path, spec, indent=1, sort_keys=True)
     return path
+
+
+def save_export(
+    encoder: ReIDEncoder, clip_model: torch.nn.Module, cfg: Config, out_dir: Path, meta: dict
+) -> Path:
+    """`write_export` for a caller that holds a whole Config (`identify.demo`)."""
+    return write_export(encoder, clip_model, cfg.model, out_dir, meta)
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:

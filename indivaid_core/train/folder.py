@@ -16,8 +16,8 @@ from indivaid_core.data.images import DataError, set_pixel_limit
 from indivaid_core.data.table import check_inside_root
 from indivaid_core.photos import readable, tidy_gallery, warn_empty_folders
 from indivaid_core.safe_io import folder_lock
-from indivaid_core.train.stage1 import train_stage1
-from indivaid_core.train.stage2 import train_stage2
+from indivaid_core.train.stage1 import Stage1Run, train_stage1
+from indivaid_core.train.stage2 import Stage2Run, train_stage2
 
 
 def read_folder(images: str | Path) -> tuple[Any, Path]:
@@ -115,18 +115,24 @@ def train_on_folder(
     with folder_lock(out, f"training run folder {out}"):
         if first:
             s1 = train_stage1(
-                stage1_cfg, table, root, species, out / "stage1", out / "cache", resume
+                Stage1Run.of(stage1_cfg),
+                train_table=table,
+                image_root=root,
+                species=species,
+                out_dir=out / "stage1",
+                cache_dir=out / "cache",
+                resume=resume,
             )
             result["stage1"] = {k: s1[k] for k in ("epochs", "final_loss") if k in s1}
         if stages in ("both", "stage2"):
             if text != "none" and not (out / "stage1" / "descriptions.safetensors").exists():
                 raise DataError(f"{out / 'stage1'}: no stage-1 run; train with --stage both first")
             s2 = train_stage2(
-                stage2_cfg,
-                table,
-                root,
-                out / "model",
-                out / "stage1" if text != "none" else None,
+                Stage2Run.of(stage2_cfg),
+                train_table=table,
+                image_root=root,
+                out_dir=out / "model",
+                stage1_dir=out / "stage1" if text != "none" else None,
                 train=cfg.variants[variant].train,
                 resume=resume,
                 cache_dir=out / "cache",

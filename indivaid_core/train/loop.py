@@ -56,7 +56,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def settings_diff(old: dict[str, Any] | None, new: dict[str, Any], limit: int = 6) -> str:
     """The changed settings as `key: old -> new`, for the message that explains a fresh start."""
     if not old:
-        return "it records no run settings (an older format)"
+        return "it records no run settings"
     a, b = _flat(old), _flat(new)
     changed = [
         f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
@@ -101,16 +101,16 @@ class LoopState:
 
 def run_epochs(
     state: LoopState,
+    *,
     epochs: int,
     batches: Callable[[int], Iterable[Any]],
     step: Callable[[Any], tuple[torch.Tensor, dict[str, float], int]],
     checkpoint: Path,
     log_dir: Path,
     desc: str,
+    settings: dict[str, Any],
     resume: bool = True,
     interrupt_after_steps: int = 0,
-    *,
-    settings: dict[str, Any],
 ) -> CostMeter:
     """Train `epochs` epochs; `step(batch)` returns (loss, loss parts, n images).
 
@@ -123,24 +123,8 @@ def run_epochs(
     """
     info = dist_info()
     state.run = {"fingerprint": fingerprint(settings), "settings": settings}
-    if resume and (ckpt := load_checkpoint(checkpoint)) is not None:
-        old = ckpt.get("run") or {}
-        if old.get("fingerprint") != state.run["fingerprint"]:
-            warnings.warn(
-                f"{desc}: not resuming {checkpoint}: it was written by a run with other "
-                f"settings ({settings_diff(old.get('settings'), settings)}); training afresh",
-                StaleCheckpointWarning,
-                stacklevel=2,
-            )
-        else:
-            try:
-                state.load(ckpt)
-            except (KeyError, RuntimeError, ValueError, TypeError) as err:
-                raise UnreadableFileError(
-                    f"{checkpoint}: cannot resume, it does not fit this model or optimiser "
-                    f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to train "
-                    "afresh, or rerun without resuming (--no-resume, or resume=False)"
-                ) from err
+    if resume:
+        _resume(state, checkpoint, desc)
     meter = CostMeter()
     steps = 0
     bar = tqdm(range(state.epoch, epochs), desc=desc, disable=not info.is_main, unit="epoch")
@@ -148,28 +132,73 @@ def run_epochs(
         sums: dict[str, float] = {}
         n_steps = 0
         for batch in batches(epoch):
-            loss, parts, n = step(batch)
-            check_finite(loss, f"{desc} epoch {epoch}", checkpoint)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
+            losses, n = _train_step(state, step, batch, f"{desc} epoch {epoch}", checkpoint)
             meter.add(n * info.world_size)
-            n_steps += 1
-            for key, value in {"loss": loss.item(), **parts}.items():
+            for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
+            n_steps += 1
             steps += 1
             if interrupt_after_steps and steps >= interrupt_after_steps:
                 raise Interrupted(f"{desc}: interrupted after {steps} steps (epoch {epoch})")
-        state.scheduler.step()
-        record = {k: v / max(n_steps, 1) for k, v in sums.items()}
-        record["lr"] = state.optimizer.param_groups[0]["lr"]
-        state.history.append({"epoch": epoch, **record})
-        state.epoch = epoch + 1
+        record = _end_epoch(state, epoch, sums, n_steps)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
         if info.is_main:
             save_torch(state.state_dict(), checkpoint)  # whole or not at all
             write_history(state.history, log_dir)
     return meter
+
+
+def _resume(state: LoopState, checkpoint: Path, desc: str) -> None:
+    """Load the checkpoint into `state` when it was written by a run with these settings."""
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt is None:
+        return
+    old = ckpt.get("run") or {}
+    if old.get("fingerprint") != state.run["fingerprint"]:
+        changed = settings_diff(old.get("settings"), state.run["settings"])
+        warnings.warn(
+            f"{desc}: not resuming {checkpoint}: it was written by a run with other "
+            f"settings ({changed}); training afresh",
+            StaleCheckpointWarning,
+            stacklevel=3,
+        )
+        return
+    try:
+        state.load(ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise UnreadableFileError(
+            f"{checkpoint}: cannot resume, it does not fit this model or optimiser "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to train "
+            "afresh, or rerun without resuming (--no-resume, or resume=False)"
+        ) from err
+
+
+def _train_step(
+    state: LoopState,
+    step: Callable[[Any], tuple[torch.Tensor, dict[str, float], int]],
+    batch: Any,
+    where: str,
+    checkpoint: Path,
+) -> tuple[dict[str, float], int]:
+    """One optimiser update: (the loss and its parts as numbers, the images it saw)."""
+    loss, parts, n = step(batch)
+    check_finite(loss, where, checkpoint)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    return {"loss": loss.item(), **parts}, n
+
+
+def _end_epoch(
+    state: LoopState, epoch: int, sums: dict[str, float], n_steps: int
+) -> dict[str, float]:
+    """Step the schedule and record the epoch's mean losses and learning rate."""
+    state.scheduler.step()
+    record = {k: v / max(n_steps, 1) for k, v in sums.items()}
+    record["lr"] = state.optimizer.param_groups[0]["lr"]
+    state.history.append({"epoch": epoch, **record})
+    state.epoch = epoch + 1
+    return record
 
 
 def write_history(history: list[dict[str, float]], log_dir: Path) -> None:

@@ -9,7 +9,7 @@ all-gathering the slices restores the single-process batch in order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
@@ -30,9 +30,12 @@ class PKSampler:
     dropped; batches take one chunk from each of p identities drawn among those with chunks
     left, until fewer than p remain. Each image is seen about once per epoch and identities
     appear in proportion to their images; the epoch length follows from the draw.
+
+    The settings after `labels` are keyword-only: eight numbers in a row are easy to swap.
     """
 
     labels: Sequence[int]
+    _: KW_ONLY
     p: int
     k: int
     seed: int = 0

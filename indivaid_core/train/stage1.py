@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from indivaid_core.config import Config, Stage1Cfg, to_dict
+from indivaid_core.config import Config, ModelCfg, Stage1Cfg, to_dict
 from indivaid_core.data.dataset import ImageTableDataset
 from indivaid_core.data.digest import files_digest
 from indivaid_core.data.images import draft_for
-from indivaid_core.device import resolve_device
+from indivaid_core.device import DistInfo, resolve_device
 from indivaid_core.losses import supcon_loss
 from indivaid_core.model import DescriptionGenerator, build_clip_for, preprocess_info
 from indivaid_core.safe_io import atomic_path, read_npy_cache, save_safetensors, write_json
@@ -45,6 +47,23 @@ from indivaid_core.transforms import eval_transform
 def label_map(identities: pd.Series) -> dict[str, int]:
     """Training identities -> class indices, in sorted order so every stage agrees."""
     return {name: i for i, name in enumerate(sorted(identities.astype(str).unique()))}
+
+
+@dataclass(frozen=True)
+class Stage1Run:
+    """The settings a stage-1 run reads: its own section, the model section (the checkpoint
+    and the feature cache are keyed on all of it), the seed and the device."""
+
+    model: ModelCfg
+    stage1: Stage1Cfg
+    seed: int
+    device: str = "auto"
+    num_workers: int = 0  # processes decoding the photos for the feature cache
+
+    @classmethod
+    def of(cls, cfg: Config) -> Stage1Run:
+        """The stage-1 settings of a run's whole config."""
+        return cls(cfg.model, cfg.stage1, cfg.seed, cfg.device, cfg.data.num_workers)
 
 
 # What build_clip makes E_I from: the only model settings the frozen features depend on.
@@ -83,6 +102,7 @@ def cache_file(cache_dir: Path, key: str, device: torch.device, batch_size: int)
 def image_feature_cache(
     clip_model: torch.nn.Module,
     table: pd.DataFrame,
+    *,
     image_root: Path,
     image_size: tuple[int, int],
     cache_dir: Path,
@@ -135,8 +155,9 @@ def _read_cache(path: Path, n_rows: int) -> np.ndarray | None:
 
 
 def frozen_features(
-    cfg: Config,
+    run: Stage1Run,
     clip_model: torch.nn.Module,
+    *,
     train_table: pd.DataFrame,
     image_root: Path,
     cache_dir: Path,
@@ -146,45 +167,51 @@ def frozen_features(
     return image_feature_cache(
         clip_model,
         train_table.reset_index(drop=True),
-        image_root,
-        tuple(cfg.model.image_size),
-        cache_dir,
-        cache_key(to_dict(cfg)["model"], train_table, image_root),
-        cfg.stage1.feature_batch_size,
-        device,
-        cfg.data.num_workers,
+        image_root=image_root,
+        image_size=tuple(run.model.image_size),
+        cache_dir=cache_dir,
+        key=cache_key(to_dict(run.model), train_table, image_root),
+        batch_size=run.stage1.feature_batch_size,
+        device=device,
+        num_workers=run.num_workers,
     )
 
 
 def warm_feature_cache(
-    cfg: Config, train_table: pd.DataFrame, image_root: Path, cache_dir: Path
+    run: Stage1Run, train_table: pd.DataFrame, image_root: Path, cache_dir: Path
 ) -> None:
     """Compute the feature file before runs start side by side, so no two of them write it.
 
     Returns at once when the file exists: text runs that share an image tower share it.
     """
-    with cpu_threads(cfg.stage1.num_threads):  # the thread count is part of the cache key
-        device = resolve_device(cfg.device)
-        key = cache_key(to_dict(cfg)["model"], train_table, image_root)
-        if cache_file(cache_dir, key, device, cfg.stage1.feature_batch_size).exists():
+    with cpu_threads(run.stage1.num_threads):  # the thread count is part of the cache key
+        device = resolve_device(run.device)
+        key = cache_key(to_dict(run.model), train_table, image_root)
+        if cache_file(cache_dir, key, device, run.stage1.feature_batch_size).exists():
             return
-        m = cfg.model
-        clip_model = build_clip_for(m)
-        frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
+        clip_model = build_clip_for(run.model)
+        frozen_features(
+            run,
+            clip_model,
+            train_table=train_table,
+            image_root=image_root,
+            cache_dir=cache_dir,
+            device=device,
+        )
 
 
 def run_settings(
-    cfg: Config, train_table: pd.DataFrame, species: str, image_root: Path | None = None
+    run: Stage1Run, train_table: pd.DataFrame, species: str, image_root: Path | None = None
 ) -> dict[str, Any]:
     """What defines a stage-1 run: a checkpoint made with other settings, or from other photo
     files under the same names, is not resumed."""
-    d = to_dict(cfg)
+    own = {k: v for k, v in to_dict(run.stage1).items() if k != "processes"}  # wall time only
     return {
         "stage": "stage1",
-        "seed": cfg.seed,
+        "seed": run.seed,
         "species": species,
-        "model": d["model"],
-        "stage1": {k: v for k, v in d["stage1"].items() if k != "processes"},  # wall time only
+        "model": to_dict(run.model),
+        "stage1": own,
         "rows": rows_digest(train_table, ("image_id", "identity", "path")),
         **({"files": files_digest(train_table, image_root)} if image_root is not None else {}),
     }
@@ -210,7 +237,8 @@ def update_matched_epochs(
 
 @exclusive_run
 def train_stage1(
-    cfg: Config,
+    run: Stage1Run,
+    *,
     train_table: pd.DataFrame,
     image_root: Path,
     species: str,
@@ -220,113 +248,179 @@ def train_stage1(
     interrupt_after_steps: int = 0,
 ) -> dict[str, Any]:
     """Train the description generator; write its weights, the descriptions and metrics."""
-    with cpu_threads(cfg.stage1.num_threads):  # 1 thread: repeatable across processes
-        device = resolve_device(cfg.device)
+    with cpu_threads(run.stage1.num_threads):  # 1 thread: repeatable across processes
+        device = resolve_device(run.device)
         info = init_distributed(device)
-        seed_everything(cfg.seed)
+        seed_everything(run.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
-        m = cfg.model
-        clip_model = build_clip_for(m)
+        clip_model = build_clip_for(run.model)
         clip_model.requires_grad_(False)
-        labels_of = label_map(train_table["identity"])
-        labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
         with main_process_first(info):
-            feats = frozen_features(cfg, clip_model, train_table, image_root, cache_dir, device)
-        gen = DescriptionGenerator(
-            clip_model,
-            len(labels_of),
-            species,
-            m.n_ctx,
-            m.meta_net,
-            truncate_text=cfg.stage1.truncate_text,
-            cache_prefix=cfg.stage1.cache_prefix,
-        ).to(device)
-        trainable = [p for p in gen.parameters() if p.requires_grad]
-        s1 = cfg.stage1
-        n = len(labels)
-        bs = min(s1.batch_size, n)
-        per_rank = bs // info.world_size
-        epochs, warmup = update_matched_epochs(s1.epochs, s1.warmup_epochs, n, bs, s1)
-        opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
-        state = LoopState({"generator": gen}, opt, warmup_cosine(opt, warmup, epochs))
-        raw = s1.logits == "raw"  # CLIP-ReID: raw dot products at temperature 1
-        scale = 1.0 if raw else clip_model.logit_scale.exp().detach().to(device)
-
-        def batches(epoch: int):
-            order = torch.randperm(
-                n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            data = build_data(
+                run,
+                clip_model,
+                train_table=train_table,
+                image_root=image_root,
+                cache_dir=cache_dir,
+                device=device,
             )
-            for lo in range(0, n - bs + 1, bs):
-                idx = order[lo : lo + bs][info.rank * per_rank : (info.rank + 1) * per_rank]
-                yield idx.sort().values
-
+        gen = description_generator(run, clip_model, len(data.labels_of), species).to(device)
+        s1, n = run.stage1, len(data.labels)
+        bs = min(s1.batch_size, n)
+        epochs, warmup = update_matched_epochs(s1.epochs, s1.warmup_epochs, n, bs, s1)
+        state = _loop_state(gen, s1, epochs, warmup)
         with maybe_ddp(gen, device) as model:
-
-            def step(idx: torch.Tensor):
-                f = torch.from_numpy(np.array(feats[idx.numpy()])).to(device)
-                y = labels[idx].to(device)
-                g, h = model(y, f)
-                f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
-                norm = not raw
-                parts = {
-                    "i2t_g": supcon_loss(f, g, y, y, scale, norm),
-                    "t2i_g": supcon_loss(g, f, y, y, scale, norm),
-                    "i2t_h": supcon_loss(f, h, y, y, scale, norm),
-                    "t2i_h": supcon_loss(h, f, y, y, scale, norm),
-                }
-                loss = sum(parts.values())
-                return loss, {k: v.item() for k, v in parts.items()}, len(idx)
-
             meter = run_epochs(
                 state,
-                epochs,
-                batches,
-                step,
-                out_dir / "checkpoint.pt",
-                out_dir / "plots",
-                "stage1",
-                resume,
-                interrupt_after_steps,
-                settings=run_settings(cfg, train_table, species, image_root),
+                epochs=epochs,
+                batches=epoch_batches(n, bs, info, run.seed),
+                step=supcon_step(model, data, logits=s1.logits, clip=clip_model, device=device),
+                checkpoint=out_dir / "checkpoint.pt",
+                log_dir=out_dir / "plots",
+                desc="stage1",
+                settings=run_settings(run, train_table, species, image_root),
+                resume=resume,
+                interrupt_after_steps=interrupt_after_steps,
             )
         result = {
             "stage": "stage1",
             "epochs": epochs,
             "batch_size": bs,
             "n_images": n,
-            "n_identities": len(labels_of),
+            "n_identities": len(data.labels_of),
             "final_loss": round(state.history[-1]["loss"], 6) if state.history else None,
             **count_params(gen),
             **meter.summary(device),
         }
         if info.is_main:
-            write_descriptions(
-                gen, feats, labels, labels_of, train_table, out_dir, device, lr=s1.lr
-            )
+            write_descriptions(gen, data, out_dir, device, lr=s1.lr)
             write_json(out_dir / "metrics.json", result, indent=2, sort_keys=True)
         return result
+
+
+@dataclass(frozen=True)
+class Stage1Data:
+    """The training rows, their identities as class indices and their frozen E_I features."""
+
+    table: pd.DataFrame
+    labels_of: dict[str, int]
+    labels: torch.Tensor
+    feats: np.ndarray
+
+
+def build_data(
+    run: Stage1Run,
+    clip_model: torch.nn.Module,
+    *,
+    train_table: pd.DataFrame,
+    image_root: Path,
+    cache_dir: Path,
+    device: torch.device,
+) -> Stage1Data:
+    """The labels of the training rows and their features (from the cache when present)."""
+    labels_of = label_map(train_table["identity"])
+    labels = torch.tensor(train_table["identity"].astype(str).map(labels_of).to_numpy())
+    feats = frozen_features(
+        run,
+        clip_model,
+        train_table=train_table,
+        image_root=image_root,
+        cache_dir=cache_dir,
+        device=device,
+    )
+    return Stage1Data(train_table, labels_of, labels, feats)
+
+
+def description_generator(
+    run: Stage1Run, clip_model: torch.nn.Module, n_identities: int, species: str
+) -> DescriptionGenerator:
+    """The prompt learner and meta-net of `n_identities` individuals on the frozen CLIP."""
+    return DescriptionGenerator(
+        clip_model,
+        n_identities,
+        species,
+        run.model.n_ctx,
+        run.model.meta_net,
+        truncate_text=run.stage1.truncate_text,
+        cache_prefix=run.stage1.cache_prefix,
+    )
+
+
+def _loop_state(gen: torch.nn.Module, s1: Stage1Cfg, epochs: int, warmup: int) -> LoopState:
+    """Adam on the generator's trainable parameters, warmup then cosine over `epochs`."""
+    trainable = [p for p in gen.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=s1.lr, weight_decay=s1.weight_decay)
+    return LoopState({"generator": gen}, opt, warmup_cosine(opt, warmup, epochs))
+
+
+def epoch_batches(
+    n: int, batch: int, info: DistInfo, seed: int
+) -> Callable[[int], Iterator[torch.Tensor]]:
+    """Each epoch's batches of row indices: a seeded shuffle cut into whole batches (the last
+    partial one dropped), each rank taking its own contiguous slice, sorted."""
+    per_rank = batch // info.world_size
+
+    def batches(epoch: int) -> Iterator[torch.Tensor]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for lo in range(0, n - batch + 1, batch):
+            idx = order[lo : lo + batch][info.rank * per_rank : (info.rank + 1) * per_rank]
+            yield idx.sort().values
+
+    return batches
+
+
+def supcon_step(
+    model: torch.nn.Module,
+    data: Stage1Data,
+    *,
+    logits: str,
+    clip: torch.nn.Module,
+    device: torch.device,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float], int]]:
+    """One step's loss: image-to-text and text-to-image SupCon against g and against h.
+
+    `logits` "raw" is CLIP-ReID's: raw dot products at temperature 1; "cosine" scales
+    L2-normalised features by CLIP's logit scale.
+    """
+    raw = logits == "raw"
+    scale = 1.0 if raw else clip.logit_scale.exp().detach().to(device)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
+        f = torch.from_numpy(np.array(data.feats[idx.numpy()])).to(device)
+        y = data.labels[idx].to(device)
+        g, h = model(y, f)
+        f, g, h, y = (gather_cat(t) for t in (f, g, h, y))
+        norm = not raw
+        parts = {
+            "i2t_g": supcon_loss(f, g, y, y, scale, norm),
+            "t2i_g": supcon_loss(g, f, y, y, scale, norm),
+            "i2t_h": supcon_loss(f, h, y, y, scale, norm),
+            "t2i_h": supcon_loss(h, f, y, y, scale, norm),
+        }
+        loss = sum(parts.values())
+        return loss, {k: v.item() for k, v in parts.items()}, len(idx)
+
+    return step
 
 
 @torch.no_grad()
 def write_descriptions(
     gen: torch.nn.Module,
-    feats: np.ndarray,
-    labels: torch.Tensor,
-    labels_of: dict[str, int],
-    table: pd.DataFrame,
+    data: Stage1Data,
     out_dir: Path,
     device: torch.device,
-    chunk: int = 64,
     lr: float | None = None,
+    chunk: int = 64,
 ) -> None:
     """Cache g for every training image and h for every individual, for stage 2; refused when
     not finite (a diverged run), so stage 2 is never the one blamed for stage 1's NaN."""
     gen.eval()
+    feats, labels = data.feats, data.labels
     g = []
     for lo in range(0, len(labels), chunk):
         f = torch.from_numpy(np.array(feats[lo : lo + chunk])).to(device)
         g.append(gen(labels[lo : lo + chunk].to(device), f)[0].float().cpu())
-    ids = torch.arange(len(labels_of), device=device)
+    ids = torch.arange(len(data.labels_of), device=device)
     h = torch.cat(
         [gen.individual(ids[lo : lo + chunk]).float().cpu() for lo in range(0, len(ids), chunk)]
     )
@@ -345,7 +439,7 @@ def write_descriptions(
     )
     write_json(
         out_dir / "labels.json",
-        {"labels": labels_of, "image_ids": table["image_id"].astype(str).tolist()},
+        {"labels": data.labels_of, "image_ids": data.table["image_id"].astype(str).tolist()},
     )
 
 
