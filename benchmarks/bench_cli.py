@@ -1,20 +1,28 @@
 """`indivaid` as a person feels it: start-up, time to the first answer, photos/s (issue 31, item 7).
 
 Side by side in one run, medians over --repeats:
-  start-up        `indivaid --help` against `python -c "import torch"` (and a bare `python`),
-                  each a fresh process.
-  first answer    `indivaid identify --index IDX one.jpg` against a 100-photo gallery, a fresh
-                  process, beside the import of what it needs and the in-process model load, so
-                  the share that is start-up and the share that is the model can be read off.
-  photos/s        `api.identify` of --queries photos (the model loaded once) against galleries
-                  of 100 and 10,000 photos, exact and FAISS, and the search alone (queries/s).
-The photos are rendered synthetic tigers; the model is a randomly initialised export of the
-packaged settings' backbone (--profile; lite0 by default): the same computation as a trained
-one. The 10,000-photo gallery is synthesised, not embedded (embedding 10,000 photos takes
-minutes on a 2-core machine and measures the model, not the index): the 100 real gallery
-vectors plus 9,900 unit vectors clustered around 990 random identity centres, at the model's
-dimension, with the real index's threshold and confidence model.
-Run: python benchmarks/bench_cli.py [--repeats 5] [--profile default]
+  start-up        `python -c pass` and `python -c "import torch"` as yardsticks, then, per source
+                  tree, `import indivaid_core.cli`, `indivaid --help` and the help of identify,
+                  snapshot and synth, each a fresh process.
+  first answer    per source tree, `indivaid identify --index IDX one.jpg` against a 100-photo
+                  gallery in a fresh process; the seconds of it spent importing (`-X importtime`,
+                  the top-level imports summed, in a second run); how soon it refuses an
+                  existing --out and a missing --index; and, in process, opening the index and
+                  loading the model, so the share that is start-up can be read off.
+  photos/s        `api.identify` of the new photos (the model loaded once) against galleries of
+                  100 and 10,000 photos, exact and FAISS, and the search alone (queries/s).
+`--compare DIR` times a second source tree (a folder holding another version's `indivaid_core`,
+e.g. `git archive HEAD indivaid_core | tar -x -C DIR`) beside this one, each measurement taken
+in turn for both so that the load of a shared machine falls on both alike; both read the same
+index. `--tree DIR` times another tree in this one's place (e.g. one change alone). The photos
+are rendered synthetic tigers; the model is a randomly initialised export of the packaged
+settings' backbone (--profile; lite0 by default): the same computation as a trained one. The
+10,000-photo gallery is synthesised, not embedded (embedding 10,000 photos takes minutes on a
+2-core machine and measures the model, not the index): the 100 real gallery vectors plus 9,900
+unit vectors clustered around 990 random identity centres, at the model's dimension, with the
+real index's threshold and confidence model.
+Run: python benchmarks/bench_cli.py [--repeats 5] [--profile default] [--compare DIR]
+     [--tree DIR] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -40,18 +48,42 @@ from indivaid_core.identify.index import GalleryIndex
 from indivaid_core.repro.synthetic import generate_preset, tiny_preset
 
 PYTHON = sys.executable
-INDIVAID = str(Path(sys.executable).with_name("indivaid"))
+REPO = Path(__file__).resolve().parents[1]
 IDENTITIES, PER_IDENTITY = 25, 4  # 100 gallery photos, one new photo per identity
+ANSWER = "identify 1 photo: first answer"
+IMPORTS = "  of which importing (-X importtime)"
+
+
+def run_in(tree: Path, cmd: list[str], cwd: Path, expect: int) -> subprocess.CompletedProcess:
+    """`cmd` in a fresh process importing `indivaid_core` from `tree`; it must exit `expect`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != expect:
+        raise RuntimeError(f"{cmd}: exit {done.returncode}, not {expect}\n{done.stderr[-2000:]}")
+    return done
+
+
+def wall(tree: Path, cmd: list[str], cwd: Path, expect: int = 0) -> float:
+    start = time.perf_counter()
+    run_in(tree, cmd, cwd, expect)
+    return time.perf_counter() - start
+
+
+def import_seconds(tree: Path, cmd: list[str], cwd: Path) -> float:
+    """Seconds a run of `cmd` spent importing: its top-level `-X importtime` entries summed
+    (an import that a function makes at run time is top-level too)."""
+    done = run_in(tree, [PYTHON, "-X", "importtime", *cmd[1:]], cwd, 0)
+    total = 0
+    for line in done.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+            total += int(parts[1]) if not parts[2].startswith("  ") else 0
+    return total / 1e6
 
 
 def median_wall(cmd: list[str], repeats: int, cwd: Path | None = None) -> float:
     """Median wall seconds of a fresh process running `cmd` (each run must succeed)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(wall(REPO, cmd, cwd or REPO) for _ in range(repeats))
 
 
 def make_photos(root: Path, profile: str) -> tuple[Path, Path, Path]:
@@ -97,27 +129,52 @@ def with_backend(index: GalleryIndex, backend: str) -> GalleryIndex:
     )
 
 
-def startup(repeats: int) -> dict[str, float]:
+def yardsticks(repeats: int) -> dict[str, float]:
     return {
         "python -c pass": median_wall([PYTHON, "-c", "pass"], repeats),
         "python -c 'import torch'": median_wall([PYTHON, "-c", "import torch"], repeats),
-        "indivaid --help": median_wall([INDIVAID, "--help"], repeats),
-        "indivaid identify --help": median_wall([INDIVAID, "identify", "--help"], repeats),
     }
 
 
-def first_answer(root: Path, photo: Path, repeats: int) -> dict[str, float]:
-    """A fresh `indivaid identify` of one photo, and its parts measured alone."""
-    cmd = [INDIVAID, "identify", "--index", "idx100", str(photo), "--out", "one.csv"]
-    cmd += ["--force", "--no-page", "--device", "cpu", "--json"]
-    imports = "from indivaid_core.identify import api"
-    return {
-        "indivaid identify 1 photo (fresh process)": median_wall(cmd, repeats, root),
-        "  its imports alone (fresh process)": median_wall([PYTHON, "-c", imports], repeats),
-        "  open index + load model (in process)": median_time(
-            lambda: api.open_index(root / "idx100", device="cpu"), repeats
-        ),
+def side_by_side(root: Path, photo: Path, trees: dict[str, Path], repeats: int) -> pd.DataFrame:
+    """Median seconds of each start-up measurement (rows) for each source tree (columns), the
+    trees taking turns within every repeat, in alternating order."""
+    launch = [PYTHON, "-m", "indivaid_core.launch"]
+    (root / "exists.csv").write_text("an earlier run's results")
+
+    def identify(index: str, *out: str) -> list[str]:
+        flags = ["--no-page", "--device", "cpu", *out]
+        return [*launch, "identify", "--index", index, str(photo), *flags]
+
+    answer = identify("idx100", "--out", "one.csv", "--force", "--json")
+    runs = {  # name: (command, exit status it must end with)
+        "import indivaid_core.cli": ([PYTHON, "-c", "import indivaid_core.cli"], 0),
+        "indivaid --help": ([*launch, "--help"], 0),
+        "indivaid identify --help": ([*launch, "identify", "--help"], 0),
+        "indivaid snapshot --help": ([*launch, "snapshot", "--help"], 0),
+        "indivaid synth --help": ([*launch, "synth", "--help"], 0),
+        "identify refuses an existing --out": (identify("idx100", "--out", "exists.csv"), 2),
+        "identify refuses a missing --index": (identify("no.index", "--out", "two.csv"), 2),
+        ANSWER: (answer, 0),
     }
+    times: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(repeats):
+        turns = list(trees.items())[:: 1 if repeat % 2 == 0 else -1]  # neither always first
+        for name, (cmd, expect) in runs.items():
+            for label, tree in turns:
+                times.setdefault((name, label), []).append(wall(tree, cmd, root, expect))
+        for label, tree in turns:
+            times.setdefault((IMPORTS, label), []).append(import_seconds(tree, answer, root))
+    rows = [*runs, IMPORTS]
+    return pd.DataFrame(
+        {label: [statistics.median(times[(r, label)]) for r in rows] for label in trees},
+        index=rows,
+    )
+
+
+def model_load(root: Path, repeats: int) -> float:
+    """Opening the index and loading its model, in process (this tree)."""
+    return median_time(lambda: api.open_index(root / "idx100", device="cpu"), repeats)
 
 
 def throughput(
@@ -144,14 +201,17 @@ def throughput(
     return pd.DataFrame(rows)
 
 
-def print_ratios(start: dict[str, float], first: dict[str, float], rates: pd.DataFrame) -> None:
+def print_ratios(start: dict[str, float], table: pd.DataFrame, load: float) -> None:
     torch_s = start["python -c 'import torch'"]
-    print("\nratios")
-    print(f"  indivaid --help / import torch:           {start['indivaid --help'] / torch_s:.2f}")
-    answer = first["indivaid identify 1 photo (fresh process)"]
-    print(f"  first answer / import torch:              {answer / torch_s:.2f}")
-    load = first["  open index + load model (in process)"]
-    print(f"  open index + load model / first answer:   {load / answer:.2f}")
+    mine = table.iloc[:, 0]
+    print("\nratios (this tree)")
+    print(f"  indivaid --help / import torch:           {mine['indivaid --help'] / torch_s:.2f}")
+    print(f"  first answer / import torch:              {mine[ANSWER] / torch_s:.2f}")
+    print(f"  importing / first answer:                 {mine[IMPORTS] / mine[ANSWER]:.2f}")
+    print(f"  open index + load model / first answer:   {load / mine[ANSWER]:.2f}")
+
+
+def print_throughput_ratios(rates: pd.DataFrame) -> None:
     by = rates.set_index(["gallery", "backend"])["identify photos/s"]
     small, large = sorted(rates["gallery"].unique())
     for backend in rates["backend"].unique():
@@ -169,7 +229,16 @@ def main() -> None:
     p.add_argument("--profile", default="default", help="settings profile giving the backbone")
     p.add_argument("--large", type=int, default=10_000, help="synthesised gallery size")
     p.add_argument("--backends", nargs="+", default=["exact", "faiss-flat"])
+    p.add_argument("--compare", type=Path, help="another source tree to time beside this one")
+    p.add_argument("--tree", type=Path, default=REPO, help="the source tree timed as this one")
+    p.add_argument("--skip-throughput", action="store_true", help="start-up measurements only")
     args = p.parse_args()
+    trees = {str(args.tree): args.tree.resolve()}
+    if args.compare is not None:
+        trees[str(args.compare)] = args.compare.resolve()
+    for tree in trees.values():
+        if not (tree / "indivaid_core" / "launch.py").is_file():
+            p.error(f"{tree}: holds no indivaid_core/launch.py")
     print(f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,15 +247,23 @@ def main() -> None:
         model = api.load_model(model_dir, "cpu")
         real, _ = api.build_index(model, gallery, threshold=1.0)
         api.save_index(real, root / "idx100", model)
-        start = startup(args.repeats)
-        first = first_answer(root, sorted(new.iterdir())[0], args.repeats)
-        rates = throughput(model, real, new, args)
+        start = yardsticks(args.repeats)
+        table = side_by_side(root, sorted(new.iterdir())[0], trees, args.repeats)
+        load = model_load(root, args.repeats)
+        rates = None if args.skip_throughput else throughput(model, real, new, args)
     print(f"\nstart-up and first answer (median seconds; {model.identity['backbone']}):")
-    for name, seconds in {**start, **first}.items():
+    for name, seconds in start.items():
         print(f"  {name:<44} {seconds:6.2f} s")
-    print(f"\nthroughput ({IDENTITIES} new photos, top-5, one process):")
-    print(rates.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
-    print_ratios(start, first, rates)
+    shown = table.copy()
+    if len(trees) > 1:
+        shown["this / other"] = table.iloc[:, 0] / table.iloc[:, 1]
+    print(shown.to_string(float_format=lambda v: f"{v:6.2f}"))
+    print(f"  {'open index + load model (in process)':<44} {load:6.2f} s")
+    print_ratios(start, table, load)
+    if rates is not None:
+        print(f"\nthroughput ({IDENTITIES} new photos, top-5, one process):")
+        print(rates.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+        print_throughput_ratios(rates)
 
 
 if __name__ == "__main__":

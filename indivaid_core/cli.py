@@ -3,6 +3,7 @@
   indivaid train --images DIR_OR_CSV --out RUN_DIR [--species tiger] [--stage both]
   indivaid index build --checkpoint RUN_DIR/model --images DIR_OR_CSV --out INDEX
   indivaid index add INDEX --images DIR_OR_CSV
+  indivaid index set-threshold INDEX 0.9   # keep a new-individual threshold chosen by hand
   indivaid identify --index INDEX PHOTO_OR_FOLDER... --top-k 5 --out results.csv
   indivaid profile paper            # select a params.yaml profile (writes cells.yaml for DVC)
   indivaid snapshot ...             # keep or check a report (indivaid_core/repro/snapshot.py)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from typing import Any
 from indivaid_core import config, door
 from indivaid_core.identify.backends import BACKENDS
 from indivaid_core.photos import POLICY as PHOTO_POLICY
+from indivaid_core.photos import BadInputWarning
 
 # Building the parser imports nothing heavy (torch, pandas, open_clip, faiss, sklearn): each
 # command imports what it uses, so `indivaid --help` answers in well under a second.
@@ -197,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_outside_root_argument(a)
     _add_common(a)
 
+    st = idx.add_parser(
+        "set-threshold",
+        help="save a new-individual threshold chosen by hand in an existing index",
+        description="Keep a new-individual distance threshold in the index for every later "
+        "identify (which flags a photo as a new individual when its nearest known one is "
+        "farther): the value a person settles on with `identify --threshold`, without "
+        "rebuilding the index. Only index.json changes. The threshold then counts as set by "
+        "hand, like `index build --threshold`: `index add --recalibrate` refuses to replace it.",
+    )
+    st.add_argument("index", help="index folder")
+    st.add_argument(
+        "new_threshold",
+        metavar="THRESHOLD",
+        help="distance between unit feature vectors, 0 or more (they run from 0 to 2)",
+    )
+
     q = sub.add_parser(
         "identify", help="identify photos against an index", description=PHOTO_POLICY
     )
@@ -208,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--threshold",
         type=float,
-        help="new-individual distance for this run (default: the index's calibrated one)",
+        help="new-individual distance for this run (default: the index's own); "
+        "`indivaid index set-threshold INDEX THRESHOLD` keeps one in the index",
     )
     q.add_argument("--force", action="store_true", help="replace an existing CSV and page")
     q.add_argument("--no-page", action="store_true", help="skip the HTML match-review page")
@@ -231,22 +251,20 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 def _show_every_skipped_file(command: str) -> None:
     """Show every skip line, not only the first issued from each line of code (the default
-    filter's rule); each kind of skip is one line with a count (indivaid_core.photos).
-    Imported only by commands that read photos, which import torch anyway."""
+    filter's rule); each kind of skip is one line with a count (indivaid_core.photos, which
+    imports nothing heavy: a bad option is refused before torch is loaded)."""
     if command in ("train", "index", "identify"):
-        from indivaid_core.identify.inputs import BadInputWarning
-
         warnings.simplefilter("always", BadInputWarning)
 
 
 def run(args: argparse.Namespace) -> dict | None:
     if args.command == "train":
-        from indivaid_core.train.folder import train_on_folder
-
         overrides = config.parse_overrides(args.set)
         door.check_overridden_device(overrides)
         cfg = config.load_settings(args.params, overrides)
         door.check_device(cfg.device, f"device: {cfg.device} in {args.params or 'params.yaml'}")
+        from indivaid_core.train.folder import train_on_folder  # torch: after the settings
+
         result = train_on_folder(
             cfg,
             args.images,
@@ -264,11 +282,19 @@ def run(args: argparse.Namespace) -> dict | None:
         cells = config.write_cells(args.params, args.name)
         cfg = config.load(args.params)
         return {"profile": cfg.profile, "cells": len(cfg.cells()), "written": str(cells)}
+    if args.command == "index" and args.index_command == "set-threshold":
+        from indivaid_core.identify.index import set_threshold
+
+        saved = set_threshold(args.index, float(args.new_threshold))
+        return {"index": args.index, **saved}
     from indivaid_core.data.images import set_pixel_limit
-    from indivaid_core.identify import api
-    from indivaid_core.identify.index import check_index_target, index_lock
 
     set_pixel_limit(args.max_pixels, "--max-pixels")
+    if args.command == "identify":
+        return _identify(args)
+    from indivaid_core.identify import api
+    from indivaid_core.identify.index import check_index_target, index_lock, read_meta
+
     if args.command == "index" and args.index_command == "build":
         with index_lock(args.out):  # held from the start: a second build is refused at once
             check_index_target(args.out)
@@ -293,6 +319,7 @@ def run(args: argparse.Namespace) -> dict | None:
             "errors": report["errors"],  # every skipped photo; the warning shows the first few
         }
     if args.command == "index" and args.index_command == "add":
+        read_meta(Path(args.index))  # a mistyped index: refused before its lock makes folders
         with index_lock(args.index):  # read, grow and write back as one step
             index, model = api.open_index(args.index, args.checkpoint, args.device)
             if args.recalibrate:  # refused before any photo is embedded, naming the index
@@ -310,18 +337,22 @@ def run(args: argparse.Namespace) -> dict | None:
             "errors": report["errors"],
             "threshold": report["threshold"],
         }
-    return _identify(args)
+    raise AssertionError(f"unhandled command {args.command} {args.index_command}")
 
 
 def _identify(args: argparse.Namespace) -> dict | None:
     """Identify, write the rounded CSV and the review page beside it (neither replaced without
-    --force), and print one answer per photo (or the JSON summary with --json)."""
-    from indivaid_core.identify import api, present, review_page
-    from indivaid_core.safe_io import write_csv, write_text
+    --force), and print one answer per photo (or the JSON summary with --json). Each step
+    imports what it needs when it comes to it: existing outputs are refused first, with no
+    heavy import; a missing index then needs only torch and pandas; the model's stack last."""
+    from indivaid_core.identify import present
 
     out = Path(args.out)
     page, sightings = out.with_suffix(".html"), out.with_name("sightings.csv")
     present.refuse_existing(_outputs(args, out, page, sightings), args.force)
+    from indivaid_core.identify import api, review_page
+    from indivaid_core.safe_io import write_csv, write_text
+
     index, model = api.open_index(args.index, args.checkpoint, args.device)
     top_k = door.clip_top_k(args.top_k, index.gallery["identity"].nunique())
     frame, summary = api.identify(
@@ -349,6 +380,11 @@ def _identify(args: argparse.Namespace) -> dict | None:
         + (f", review page {page}" if "page" in result else "")
         + (f", sightings {sightings}" if "sightings" in result else "")
     )
+    if args.threshold is not None:
+        print(
+            f"threshold {args.threshold} was used for this run only; to keep it: "
+            f"indivaid index set-threshold {shlex.quote(args.index)} {args.threshold}"
+        )
     return None
 
 

@@ -75,6 +75,9 @@ def check_args(args: argparse.Namespace) -> None:
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise UsageError(f"--threshold {threshold}: expected a finite distance, 0 or more")
+    typed = getattr(args, "new_threshold", None)  # `index set-threshold INDEX THRESHOLD`
+    if typed is not None:
+        parse_distance(typed, f"index set-threshold {args.index}: THRESHOLD")
     split = getattr(args, "calibrate_split", None)
     if threshold is None and split is not None and not 0 < split < 1:
         raise UsageError(f"--calibrate-split {split}: expected a fraction between 0 and 1")
@@ -85,6 +88,18 @@ def check_args(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if getattr(args, "command", None) == "identify" and out and Path(out).is_dir():
         raise UsageError(f"--out {out}: is a folder; give the CSV file to write")
+
+
+def parse_distance(text: str, name: str) -> float:
+    """A new-individual distance typed as text: a finite number, 0 or more. Anything else is
+    one line naming `name`, not argparse's usage block (the value is a positional)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} {text!r} is not a distance; expected a finite number, 0 or more")
+    return value
 
 
 def check_device(value: str, source: str) -> None:

@@ -1,17 +1,13 @@
 """Evaluation: features, exact re-ID metrics, re-ranking, open-set identification, figures."""
 
+import importlib
+from typing import Any
+
 from indivaid_core.evaluate.features import (
     FEATURE_KEYS,
     extract_features,
     load_features,
     save_features,
-)
-from indivaid_core.evaluate.figures import (
-    condition_bars,
-    distance_distributions,
-    embedding_map,
-    pair_distances,
-    retrieval_grid,
 )
 from indivaid_core.evaluate.metrics import (
     encode_labels,
@@ -36,6 +32,23 @@ from indivaid_core.evaluate.results import (
     summarise,
     write_metrics_json,
 )
+
+# The figures load matplotlib (~0.5 s), which identifying a photo never needs: they are
+# imported on first use (PEP 562).
+FIGURES = (
+    "condition_bars",
+    "distance_distributions",
+    "embedding_map",
+    "pair_distances",
+    "retrieval_grid",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in FIGURES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.figures"), name)
+
 
 __all__ = [
     "CONDITION_COLUMNS",

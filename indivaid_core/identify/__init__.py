@@ -29,6 +29,7 @@ _WHERE = {
         "ModelMismatchError",
         "make_searcher",
         "recall_at_1",
+        "set_threshold",
     ),
     "inputs": ("BadInputWarning", "collect_files", "read_gallery"),
 }
@@ -67,6 +68,7 @@ __all__ = [
     "result_frame",
     "save_index",
     "self_recall",
+    "set_threshold",
 ]
 
 

@@ -19,7 +19,6 @@ import torch
 
 from indivaid_core.data.images import draft_for
 from indivaid_core.device import resolve_device
-from indivaid_core.evaluate.features import FEATURE_KEYS
 from indivaid_core.identify.calibrate import CalibrationError, calibrate_threshold
 from indivaid_core.identify.confidence import fit_confidence
 from indivaid_core.identify.confidence import predict as predict_confidence
@@ -41,8 +40,10 @@ from indivaid_core.identify.inputs import (
 )
 from indivaid_core.photos import warn_unreadable
 from indivaid_core.safe_io import UnreadableFileError, unreadable
-from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
-from indivaid_core.transforms import eval_transform
+
+# The model's own stack (open_clip, timm, torchvision; matplotlib through the evaluation
+# package) is imported where a model is loaded or run, not here: opening an index, and every
+# refusal before a model is needed (a missing index, an output that exists), answers without it.
 
 NEW = "new"
 LISTED_IN_REPORT = 'the summary\'s "errors"'
@@ -65,6 +66,8 @@ class LoadedModel:
         self, paths: Sequence[str | Path], batch_size: int = 64
     ) -> tuple[torch.Tensor, list[bool], dict[str, str]]:
         """(features of readable files, ok mask, {path: error})."""
+        from indivaid_core.transforms import eval_transform
+
         tf = eval_transform(
             self.spec["image_size"],
             self.spec["mean"],
@@ -85,6 +88,9 @@ class LoadedModel:
 
 def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) -> LoadedModel:
     """Load an export and check its weights file against the hash in its model.json."""
+    from indivaid_core.evaluate.features import FEATURE_KEYS
+    from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
+
     model_dir = Path(model_dir)
     encoder, spec = load_export(model_dir, "cpu")
     if spec.get("camera_map"):
@@ -242,8 +248,8 @@ def recalibration_settings(index: GalleryIndex, where: object) -> dict[str, Any]
     if c.get("method") == "manual":
         raise CalibrationError(
             f"{where}: its threshold {index.threshold} was set by hand (index build "
-            "--threshold), so there is no calibration to redo; drop --recalibrate to keep it, "
-            "or rebuild the index without --threshold to calibrate one"
+            "--threshold, or index set-threshold), so there is no calibration to redo; drop "
+            "--recalibrate to keep it, or rebuild the index without --threshold to calibrate one"
         )
     settings = {k: c[k] for k in CALIBRATION_SETTINGS if k in c}
     if len(settings) < len(CALIBRATION_SETTINGS) or not _valid_settings(settings):

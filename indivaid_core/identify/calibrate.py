@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from indivaid_core.evaluate.openset import choose_threshold
 from indivaid_core.identify.index import ExactSearcher
 
 
@@ -66,6 +65,10 @@ def calibrate_threshold(
     calibration stays cheap on large galleries. Returns ``threshold`` (median over repeats) and
     the held-out BAKS / BAUS at each repeat's own threshold, for the record.
     """
+    # Here, not at the top: the evaluation package brings matplotlib, which only calibration
+    # (index build, --recalibrate) needs, never `identify`.
+    from indivaid_core.evaluate.openset import choose_threshold
+
     ids = np.asarray([str(i) for i in identities], dtype=object)
     x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if len(x) != len(ids):

@@ -408,20 +408,8 @@ class GalleryIndex:
 
     @classmethod
     def _load_once(cls, path: Path) -> GalleryIndex:
+        meta = read_meta(path)
         meta_path = path / INDEX_JSON
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{path}: not a gallery index (no {INDEX_JSON}); build one "
-                "with `indivaid index build`"
-            )
-        meta = read_json(meta_path, REBUILD, ("format_version",), "index description")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise GalleryIndexError(
-                f"{meta_path}: format_version {meta.get('format_version')!r}, this code reads "
-                f"{FORMAT_VERSION}; rebuild the index"
-            )
-        meta = read_json(meta_path, REBUILD, INDEX_KEYS, "index description")
-        check_meta(meta, meta_path)
         for name in (VECTORS, GALLERY_CSV):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: missing; the index folder is incomplete")
@@ -472,6 +460,51 @@ class GalleryIndex:
                 )
             index._searcher = searcher
         return index
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The index description (index.json) of the index folder `path`, checked: an index of
+    this format, every key present with the type an index gives it."""
+    meta_path = path / INDEX_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{path}: not a gallery index (no {INDEX_JSON}); build one with `indivaid index build`"
+        )
+    meta = read_json(meta_path, REBUILD, ("format_version",), "index description")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise GalleryIndexError(
+            f"{meta_path}: format_version {meta.get('format_version')!r}, this code reads "
+            f"{FORMAT_VERSION}; rebuild the index"
+        )
+    meta = read_json(meta_path, REBUILD, INDEX_KEYS, "index description")
+    check_meta(meta, meta_path)
+    return meta
+
+
+def set_threshold(path: str | Path, threshold: float) -> dict[str, Any]:
+    """Save a new-individual threshold chosen by hand into the index at `path`, for every
+    later `identify`, without rebuilding it: a person who has reviewed the results knows a
+    better distance than the calibration guessed. Only index.json changes (replaced whole,
+    under the index's lock); the vectors, the gallery and the confidence model stay. The
+    threshold then counts as set by hand, as `index build --threshold` sets it, so
+    `index add --recalibrate` will not silently replace it. Returns what was replaced."""
+    path = Path(path)
+    threshold = float(threshold)
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise GalleryIndexError(f"threshold {threshold}: expected a finite distance, 0 or more")
+    read_meta(path)  # a mistyped path is refused before the lock, which would create folders
+    with index_lock(path):
+        meta = read_meta(path)  # again: another writer may have replaced it meanwhile
+        old = meta["calibration"]
+        replaced = {"previous_threshold": meta["threshold"], "previous_method": old.get("method")}
+        meta["threshold"] = threshold
+        meta["calibration"] = {
+            "method": "manual",
+            **replaced,
+            **({"confidence": old["confidence"]} if "confidence" in old else {}),
+        }
+        write_json(path / INDEX_JSON, meta, indent=1, default=_json_default)
+    return {"threshold": threshold, **replaced}
 
 
 def check_meta(meta: dict[str, Any], where: Path) -> None:

@@ -10,9 +10,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from indivaid_core.data import from_identity_folders, from_wildlife_metadata, load_rgb
-from indivaid_core.data.images import DataError
-from indivaid_core.evaluate.features import extract_features
+from indivaid_core.data.adapters import from_identity_folders, from_wildlife_metadata
+from indivaid_core.data.images import DataError, load_rgb
 from indivaid_core.photos import SUFFIXES as IMAGE_SUFFIXES
 from indivaid_core.photos import (
     BadInputWarning,
@@ -161,6 +160,10 @@ def embed_files(
     skipped. `draft` (W, H) decodes JPEGs at a reduced scale no smaller than that, so a JPEG
     over the pixel limit (a 105 MP phone photo) is read too (see data.images.load_rgb).
     """
+    # Here, not at the top: the evaluation package brings matplotlib, and reading a gallery
+    # or listing the queries needs none of it.
+    from indivaid_core.evaluate.features import extract_features
+
     feats: list[torch.Tensor] = []
     ok: list[bool] = []
     errors: dict[str, str] = {}

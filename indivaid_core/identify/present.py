@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is read: refusing needs none of it
+    import pandas as pd
 
 DECIMALS = {"distance": 3, "score": 3, "threshold": 3, "confidence": 2}
 TABLE_ROWS = 20
@@ -15,6 +17,8 @@ TABLE_ROWS = 20
 def people_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The results with distances and scores to 3 decimals and confidences to 2: more digits
     only hide the answer (the features themselves are not that precise)."""
+    import pandas as pd
+
     out = frame.copy()
     for col in out.columns:
         kind = col.split("_", 1)[-1] if col.startswith("top") else col
@@ -36,6 +40,8 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
 
 
 def _answer(row: pd.Series) -> str:
+    import pandas as pd
+
     if row.get("error"):
         return "error: " + str(row["error"])[:60]
     conf = row.get("confidence")

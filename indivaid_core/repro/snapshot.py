@@ -26,12 +26,16 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from indivaid_core.config import Config, ConfigError, load
-from indivaid_core.repro import noise
+
+# pandas (and `noise`, which uses it) are imported where tables are compared, so that
+# `indivaid snapshot --help` and its option checks answer without them.
+if TYPE_CHECKING:
+    import pandas as pd
 
 # What a report is computed from and consists of, relative to data.reports (and data.metrics).
 REPORT_PARTS = (
@@ -143,6 +147,8 @@ def snapshot(
 
 
 def _cells_differ(a: object, b: object, tol: float) -> bool:
+    import pandas as pd
+
     sa, sb = ("" if pd.isna(x) else str(x) for x in (a, b))
     if NUMBER.sub("#", sa) != NUMBER.sub("#", sb):
         return True
@@ -153,6 +159,8 @@ def _cells_differ(a: object, b: object, tol: float) -> bool:
 def _read_table(csv: Path) -> pd.DataFrame:
     """A table as text cells with one-line column names; an empty table (nothing to compare)
     is 0 × 0. Tables with (dataset, metric) columns have two header rows and an index."""
+    import pandas as pd
+
     head = [line for line in csv.read_text().splitlines() if line.strip()][:2]
     if not head:  # pandas writes an empty frame as a bare newline
         return pd.DataFrame()
@@ -217,6 +225,8 @@ def spread_metrics(folder: str | Path, cfg: Config) -> Path:
 
 def _check(args: argparse.Namespace, cfg: Config) -> int:
     """--check / --check-rev: 0 when the report matches (exactly, or within noise), else 1."""
+    from indivaid_core.repro import noise
+
     with tempfile.TemporaryDirectory() as tmp:
         reference = args.check or tables_at_revision(args.check_rev, cfg.data.reports, Path(tmp))
         if args.within_noise:

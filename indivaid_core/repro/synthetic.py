@@ -21,16 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
-from scipy import ndimage
 from tqdm import tqdm
 
 from indivaid_core.repro.bodies import BodyShape, Palette, render_body, sample_pose
 from indivaid_core.repro.captions import caption, coat_attributes
 from indivaid_core.repro.patterns import Pattern, sample_pattern
+
+# pandas and scipy are imported by the functions that use them, so that `indivaid synth
+# --help` (which builds its parser from this module's presets) answers without them.
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUPERSAMPLE = 2  # render at 2x and box-downsample: cheap anti-aliasing
 
@@ -297,6 +301,8 @@ def _photo_patch(rng: np.random.Generator, source: str, size: int) -> np.ndarray
 
 def _procedural(rng: np.random.Generator, size: int) -> np.ndarray:
     """Fractal (multi-octave smoothed) noise mapped onto an earthy two-colour ramp."""
+    from scipy import ndimage
+
     field_ = np.zeros((size, size))
     for octave in range(1, 6):
         sigma = size / 2 ** (octave + 1)
@@ -386,6 +392,8 @@ def render_photo(
     size: int,
 ) -> tuple[Image.Image, dict]:
     """One photo of one individual (`sides`: its pattern per viewpoint); image + conditions."""
+    from scipy import ndimage
+
     nz = preset.nuisance
     n = size * SUPERSAMPLE
     viewpoint = str(rng.choice(preset.viewpoints, p=preset.viewpoint_probs))
@@ -479,6 +487,8 @@ def generate_preset(
     jpeg_quality: int = 85,
 ) -> pd.DataFrame:
     """Write `<out_dir>/images/*.jpg` and `<out_dir>/metadata.csv`; return the table."""
+    import pandas as pd
+
     out_dir = Path(out_dir)
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
