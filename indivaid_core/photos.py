@@ -126,7 +126,8 @@ def tidy_gallery(table: pd.DataFrame, base: str | Path, source: object) -> pd.Da
         [r for r, w in zip(rel, wrong, strict=True) if w],
         tail=f"; accepted: {' '.join(SUFFIXES)}",
     )
-    df = df[[not (h or w) for h, w in zip(hidden, wrong, strict=True)]]
+    keep = [not (h or w) for h, w in zip(hidden, wrong, strict=True)]
+    df = df[pd.Series(keep, index=df.index, dtype=bool)]  # a bare [] would select columns
     resolved = pd.Series([os.path.realpath(base / p) for p in df["path"]], index=df.index)
     dup = pd.Series(list(zip(df["identity"], resolved, strict=True)), index=df.index).duplicated()
     warn(source, "skipped duplicate rows (same identity and photo)", list(df.loc[dup, "path"]))

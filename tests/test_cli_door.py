@@ -362,11 +362,11 @@ def test_write_csv_keeps_numbers_numbers_and_reads_back_exactly(tmp_path):
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_mid_build_is_one_line_and_leaves_nothing_behind(world, tmp_path, sig, status):
-    big = tmp_path / "big"  # enough photos that the build is still embedding when signalled
-    for ident in IDENTITIES:
+    big = tmp_path / "big"  # enough photos that the build embeds for many seconds (a loaded
+    for ident in IDENTITIES:  # machine wakes this test late); the signal cuts it short anyway
         (big / ident).mkdir(parents=True)
         photos = sorted((world / "=gal" / ident).glob("*.jpg"))
-        for i in range(60):
+        for i in range(300):
             os.link(photos[i % len(photos)], big / ident / f"{i}.jpg")
     out = tmp_path / "idx"
     lock = tmp_path / ".idx.indivaid.lock"
@@ -382,19 +382,22 @@ def test_a_signal_mid_build_is_one_line_and_leaves_nothing_behind(world, tmp_pat
         "--device",
         "cpu",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "indivaid_core.cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "indivaid_core.cli", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
     deadline = time.monotonic() + 120
-    while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.5)  # well inside the locked work (loading the model, embedding)
-    assert proc.poll() is None, "the build ended before it could be signalled"
+    while "features" not in log.read_text() and proc.poll() is None:  # embedding, locked
+        assert time.monotonic() < deadline, "the build never started embedding"
+        time.sleep(0.01)
+    assert proc.poll() is None and lock.exists(), "the build ended before it could be signalled"
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = log.read_text()
     assert proc.returncode == status, err
     one_line(err, "nothing was half-written")
     assert not out.exists() and not lock.exists()

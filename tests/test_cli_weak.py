@@ -113,6 +113,19 @@ def test_duplicate_csv_rows_are_counted_and_indexed_once(world, tmp_path, capsys
     assert len(pd.read_csv(out / "gallery.csv")) == 3
 
 
+def test_a_header_only_csv_is_one_line_naming_it(world, tmp_path, capsys):
+    csv = tmp_path / "empty.csv"
+    csv.write_text("identity,path\n")
+    out = tmp_path / "idx"
+    rc, err = run_main(
+        "index", "build", "--checkpoint", world / "model", "--images", csv,
+        "--out", out, "--device", "cpu", capsys=capsys,
+    )  # fmt: skip
+    assert rc == 2 and not out.exists()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(csv) in lines[0] and "no images" in lines[0], err
+
+
 def test_identify_follows_the_same_rule(world, tmp_path, capsys):
     rc, err = run_main(
         "index", "build", "--checkpoint", world / "model", "--images", world / "gal",
