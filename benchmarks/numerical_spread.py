@@ -1,9 +1,10 @@
 """Numerical spread: the same cells, the same seed, another CPU kernel path or thread count.
 
-Retrains stage 1 and stage 2 of each cell at seed 0 under each setting, evaluates it, and
-prints the mAP beside the committed value (reports/ on this machine, byte-identical when the
-setting is the default). Settings:
+Retrains stage 1 and stage 2 of each cell at the given seeds (`--seeds`, default 0) under each
+setting, evaluates it, and prints the mAP beside the committed value (reports/ on this machine,
+byte-identical when the setting is the default). Settings:
 
+- `default`: nothing changed, the control (its delta must be 0);
 - `avx2`: ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (this machine has AVX-512);
 - `stage2_threads2`: stage 2 on 2 threads instead of 1;
 - `stage1_threads2`: stage 1 on 2 threads instead of 1.
@@ -13,6 +14,10 @@ work/spread/<setting>/. Run from the repository root after `dvc repro`:
 
     python benchmarks/numerical_spread.py --datasets synth-stoat synth-tiger synth-seastar \
         --table reports/numerical_spread.csv
+
+With every seed of the report retrained under one setting, `--verdicts SETTING` also re-makes
+the significance table from that setting's per-query results and sets it beside the committed
+one: which verdicts a re-run on another kernel path keeps.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +37,7 @@ from indivaid_core.config import load as load_params
 from indivaid_core.safe_io import atomic_write
 
 SETTINGS = {
+    "default": ({}, {}),  # the control: must reproduce the committed seed 0 exactly
     "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
     "stage2_threads2": ({}, {"stage2.num_threads": 2}),
     "stage1_threads2": ({}, {"stage1.num_threads": 2}),
@@ -38,7 +45,9 @@ SETTINGS = {
 TRAINED = ["image_only", "clipreid", "indivaid"]
 
 
-def worker(setting: str, datasets: list[str], variants: list[str], out: Path) -> None:
+def worker(
+    setting: str, datasets: list[str], variants: list[str], seeds: list[int], out: Path
+) -> None:
 
     from indivaid_core import config
     from indivaid_core.repro.evaluation import evaluate
@@ -54,7 +63,7 @@ def worker(setting: str, datasets: list[str], variants: list[str], out: Path) ->
             "data.work": str(work),
             "data.metrics": str(work / "metrics"),
             "data.reports": str(work / "reports"),
-            "pipeline.seeds": [0],
+            "pipeline.seeds": seeds,
         },
     )
     for ds in datasets:
@@ -64,19 +73,41 @@ def worker(setting: str, datasets: list[str], variants: list[str], out: Path) ->
         for v in variants:
             t0 = time.perf_counter()
             run_stage2(cfg, ds, v)
-            m = evaluate(cfg, ds, v)
-            row = {"setting": setting, "dataset": ds, "variant": v, "mAP": 100 * m.summary["mAP"]}
-            row["seconds"] = round(time.perf_counter() - t0, 1)
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(row, flush=True)
+            per_seed = evaluate(cfg, ds, v).summary["per_seed"]
+            seconds = round((time.perf_counter() - t0) / len(seeds), 1)
+            for seed in seeds:
+                row = {"setting": setting, "dataset": ds, "variant": v, "seed": seed}
+                row |= {"mAP": 100 * per_seed[str(seed)]["mAP"], "seconds": seconds}
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(row, flush=True)
+
+
+def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
+    """The committed significance rows beside the same comparisons re-made from the re-run."""
+    from indivaid_core.repro.significance import significance_table
+
+    rerun = Path("work/spread") / setting / "reports" / "per_query"
+    for ds in datasets:  # the untrained cell is the same on every kernel path
+        shutil.copy(Path("reports/per_query") / ds / "zero_shot.csv", rerun / ds)
+    new = significance_table(rerun, datasets).set_index(["dataset", "comparison"])
+    old = pd.read_csv("reports/tables/significance.csv").set_index(["dataset", "comparison"])
+    cols = ["ΔmAP", "CI low", "CI high", "verdict", "per-seed ΔmAP"]
+    both = old.loc[new.index, cols].join(new[cols], how="inner", rsuffix=f" ({setting})")
+    return both.round(2).reset_index()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=[s for s in SETTINGS if s != "default"],
+        choices=list(SETTINGS),
+    )
     ap.add_argument("--datasets", nargs="+", default=["synth-stoat", "synth-tiger"])
     ap.add_argument("--variants", nargs="+", default=TRAINED)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", type=Path, default=Path("work/spread/spread.jsonl"))
     ap.add_argument(
         "--table",
@@ -84,28 +115,34 @@ def main() -> int:
         help="write the per-cell table here (reports/numerical_spread.csv: the report's caveats "
         "and `indivaid snapshot --within-noise` read it)",
     )
+    ap.add_argument(
+        "--no-run", action="store_true", help="only build the table from the rows in --out"
+    )
+    ap.add_argument("--verdicts", choices=list(SETTINGS), help="compare verdicts (see above)")
+    ap.add_argument("--verdicts-table", type=Path, help="write that comparison here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.datasets, args.variants, args.out)
+        worker(args.worker, args.datasets, args.variants, args.seeds, args.out)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for setting in args.settings:
+    for setting in [] if args.no_run else args.settings:
         env = {**os.environ, **SETTINGS[setting][0]}
         cmd = [sys.executable, __file__, "--worker", setting, "--out", str(args.out)]
         cmd += ["--datasets", *args.datasets, "--variants", *args.variants]
+        cmd += ["--seeds", *map(str, args.seeds)]
         subprocess.run(cmd, env=env, check=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
     profile = load_params("params.yaml").profile  # the report the deltas are against
     table = []
-    for r in rows:  # the committed run's own seed 0: the same seed, the default kernel path
+    for r in rows:  # the committed run's own seed: the same seed, the default kernel path
+        r.setdefault("seed", 0)  # rows written before --seeds
         m = json.loads(Path(f"metrics/eval/{r['dataset']}/{r['variant']}.json").read_text())
-        committed = 100 * m["per_seed"]["0"]["mAP"]
+        committed = 100 * m["per_seed"][str(r["seed"])]["mAP"]
         table.append(
             {
                 **r,
                 "profile": profile,
-                "seed": 0,
                 "committed": round(committed, 2),
                 "rerun": round(r["mAP"], 2),
                 "delta": round(r["mAP"] - committed, 2),
@@ -122,6 +159,12 @@ def main() -> int:
         with atomic_write(args.table) as f:
             frame.to_csv(f, index=False, lineterminator="\n")
         print(f"wrote {args.table}")
+    if args.verdicts:
+        both = rerun_verdicts(args.verdicts, args.datasets)
+        print(both.to_string(index=False))
+        if args.verdicts_table:
+            with atomic_write(args.verdicts_table) as f:
+                both.to_csv(f, index=False, lineterminator="\n")
     return 0
 
 

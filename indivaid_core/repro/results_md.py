@@ -71,10 +71,11 @@ def _spread_md(spread: pd.DataFrame) -> list[str]:
         "",
         "A rerun on the same CPU kernel path gives the same bytes. Elsewhere the last bits of the "
         "kernels differ and training grows them: `seed sd` is the spread over this report's "
-        "seeds; each `Δ` column is the same seed-0 cell retrained with one setting changed "
+        "seeds; each `Δ` column is a seed's cell retrained with one setting changed "
         "(`avx2`: kernels capped at AVX2; `stage2_threads2`: stage 2 on 2 threads instead of "
-        "1), minus this report's seed-0 value (`benchmarks/numerical_spread.py`, "
-        "`reports/numerical_spread.csv`). "
+        "1) minus this report's value for that seed, averaged over the seeds retrained (seed "
+        "0; where all the report's seeds were, it is the shift of the cell's mean) "
+        "(`benchmarks/numerical_spread.py`, `reports/numerical_spread.csv`). "
         "`indivaid snapshot --check-rev HEAD --within-noise reports` checks a rerun against "
         "bands built from both.",
         "",

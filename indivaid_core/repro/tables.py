@@ -131,7 +131,9 @@ def spread_table(
     )
     if Path(numerical_csv).exists():
         num = noise.read_numerical_spread(numerical_csv, profile)
-        wide = num.pivot_table(index=["dataset", "variant"], columns="setting", values="delta")
+        wide = num.pivot_table(  # over the seeds retrained: the shift of their mean
+            index=["dataset", "variant"], columns="setting", values="delta", aggfunc="mean"
+        )
         wide.columns = [f"Δ {c}" for c in wide.columns]
         if len(wide):
             out = out.merge(wide.reset_index(), on=["dataset", "variant"], how="left")
