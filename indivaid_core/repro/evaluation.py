@@ -92,13 +92,13 @@ def _cut(table: pd.DataFrame, root: Path) -> EvalSplit:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """How features are computed beyond what the export records: device, precision, memory
-    layout, which feature and flip TTA, batch size and where decoded images are cached."""
+    """How features are computed beyond what the export records (its architecture,
+    preprocessing and `eval_feature`, which identify reads from it too): device, precision,
+    memory layout, flip TTA, batch size and where decoded images are cached."""
 
     device: str
     amp: bool  # bf16 autocast, on CUDA only
     channels_last: bool
-    feature: str  # combine_outputs' choice: concat, global, proj, concat_bn
     flip: bool
     batch_size: int
     cache_dir: Path
@@ -111,7 +111,6 @@ class FeatureSettings:
             device=cfg.device,
             amp=cfg.stage2.amp,
             channels_last=cfg.model.channels_last,
-            feature=cfg.model.eval_feature,
             flip=cfg.model.flip_tta,
             batch_size=cfg.eval.batch_size,
             cache_dir=Path(cfg.data.work) / "cache",
@@ -156,7 +155,7 @@ def features_for(
         n_rows=len(rows),
         amp=settings.amp,
         flip=settings.flip,
-        feature=settings.feature,
+        feature=spec["eval_feature"],  # what stage 2 exported with, as identify reads it
         cameras=batches.cams is not None,
         channels_last=settings.channels_last,
     )
