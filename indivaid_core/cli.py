@@ -117,7 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train IndivAID on your animals, index a gallery, identify new photos.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_profile(sub)
+    idx = sub.add_parser("index", help="build or grow a gallery index").add_subparsers(
+        dest="index_command", required=True
+    )
+    _add_index_build(idx)
+    _add_index_add(idx)
+    _add_set_threshold(idx)
+    _add_identify(sub)
+    return parser
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="train stage 1, stage 2 or both on a folder of your own animals",
@@ -138,15 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_settings_arguments(t, default=None)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    """`profile`, and the commands handed on to their own modules (snapshot, synth, ...)."""
     pr = sub.add_parser("profile", help="select a params.yaml profile for dvc repro")
     pr.add_argument("name", help="default | full | paper | smoke | any block of `profiles:`")
     pr.add_argument("--params", default="params.yaml")
     for name, what in DELEGATED.items():
         sub.add_parser(name, help=what, add_help=False)
 
-    idx = sub.add_parser("index", help="build or grow a gallery index").add_subparsers(
-        dest="index_command", required=True
-    )
+
+def _add_index_build(idx: argparse._SubParsersAction) -> None:
     b = idx.add_parser(
         "build", help="embed a labelled gallery into a new index", description=PHOTO_POLICY
     )
@@ -182,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_outside_root_argument(b)
     _add_common(b)
 
+
+def _add_index_add(idx: argparse._SubParsersAction) -> None:
     a = idx.add_parser(
         "add", help="add labelled images to an existing index", description=PHOTO_POLICY
     )
@@ -200,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_outside_root_argument(a)
     _add_common(a)
 
+
+def _add_set_threshold(idx: argparse._SubParsersAction) -> None:
     st = idx.add_parser(
         "set-threshold",
         help="save a new-individual threshold chosen by hand in an existing index",
@@ -216,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="distance between unit feature vectors, 0 or more (they run from 0 to 2)",
     )
 
+
+def _add_identify(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "identify", help="identify photos against an index", description=PHOTO_POLICY
     )
@@ -240,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print the summary as JSON, no table")
     _add_common(q)
-    return parser
 
 
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
@@ -258,26 +277,9 @@ def _show_every_skipped_file(command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict | None:
+    """Carry out one parsed command; its result is printed as JSON (identify prints its own)."""
     if args.command == "train":
-        overrides = config.parse_overrides(args.set)
-        door.check_overridden_device(overrides)
-        cfg = config.load_settings(args.params, overrides)
-        door.check_device(cfg.device, f"device: {cfg.device} in {args.params or 'params.yaml'}")
-        from indivaid_core.train.folder import train_on_folder  # torch: after the settings
-
-        result = train_on_folder(
-            cfg,
-            args.images,
-            args.out,
-            args.species,
-            args.variant,
-            args.stage,
-            not args.no_resume,
-            overrides,
-        )
-        if "model" in result:
-            result["next"] = f"indivaid index build --checkpoint {result['model']} --images ..."
-        return result
+        return _train(args)
     if args.command == "profile":
         cells = config.write_cells(args.params, args.name)
         cfg = config.load(args.params)
@@ -292,52 +294,89 @@ def run(args: argparse.Namespace) -> dict | None:
     set_pixel_limit(args.max_pixels, "--max-pixels")
     if args.command == "identify":
         return _identify(args)
-    from indivaid_core.identify import api
-    from indivaid_core.identify.index import check_index_target, index_lock, read_meta
-
     if args.command == "index" and args.index_command == "build":
-        with index_lock(args.out):  # held from the start: a second build is refused at once
-            check_index_target(args.out)
-            model = api.load_model(args.checkpoint, args.device, flip=args.flip)
-            index, report = api.build_index(
-                model,
-                args.images,
-                args.root,
-                args.backend,
-                _backend_params(args),
-                threshold=args.threshold,
-                heldout_fraction=args.calibrate_split,
-                calibration_repeats=args.calibration_repeats,
-                seed=args.seed,
-                batch_size=args.batch_size,
-            )
-            api.save_index(index, args.out, model)
-        return {
-            "index": args.out,
-            **{k: v for k, v in report.items() if k != "errors"},
-            "n_errors": len(report["errors"]),
-            "errors": report["errors"],  # every skipped photo; the warning shows the first few
-        }
+        return _index_build(args)
     if args.command == "index" and args.index_command == "add":
-        read_meta(Path(args.index))  # a mistyped index: refused before its lock makes folders
-        with index_lock(args.index):  # read, grow and write back as one step
-            index, model = api.open_index(args.index, args.checkpoint, args.device)
-            if args.recalibrate:  # refused before any photo is embedded, naming the index
-                api.recalibration_settings(index, args.index)
-            report = api.add_to_index(
-                index, model, args.images, args.root, args.recalibrate, args.batch_size
-            )
-            index.save(args.index)
-        return {
-            "index": args.index,
-            "n_vectors": len(index.gallery),
-            "n_added": report["n_added"],
-            "n_skipped_already_indexed": report["n_skipped"],
-            "n_errors": len(report["errors"]),
-            "errors": report["errors"],
-            "threshold": report["threshold"],
-        }
+        return _index_add(args)
     raise AssertionError(f"unhandled command {args.command} {args.index_command}")
+
+
+def _train(args: argparse.Namespace) -> dict:
+    """Settings first (a bad one is refused before torch loads), then train on the folder."""
+    overrides = config.parse_overrides(args.set)
+    door.check_overridden_device(overrides)
+    cfg = config.load_settings(args.params, overrides)
+    door.check_device(cfg.device, f"device: {cfg.device} in {args.params or 'params.yaml'}")
+    from indivaid_core.train.folder import train_on_folder  # torch: after the settings
+
+    result = train_on_folder(
+        cfg,
+        args.images,
+        args.out,
+        species=args.species,
+        variant=args.variant,
+        stages=args.stage,
+        resume=not args.no_resume,
+        overrides=overrides,
+    )
+    if "model" in result:
+        result["next"] = f"indivaid index build --checkpoint {result['model']} --images ..."
+    return result
+
+
+def _index_build(args: argparse.Namespace) -> dict:
+    """Embed the gallery into a new index, under a lock held from the start (a second build
+    to the same folder is refused at once)."""
+    from indivaid_core.identify import api
+    from indivaid_core.identify.index import check_index_target, index_lock
+
+    with index_lock(args.out):
+        check_index_target(args.out)
+        model = api.load_model(args.checkpoint, args.device, flip=args.flip)
+        index, report = api.build_index(
+            model,
+            args.images,
+            args.root,
+            args.backend,
+            _backend_params(args),
+            threshold=args.threshold,
+            heldout_fraction=args.calibrate_split,
+            calibration_repeats=args.calibration_repeats,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+        api.save_index(index, args.out, model)
+    return {
+        "index": args.out,
+        **{k: v for k, v in report.items() if k != "errors"},
+        "n_errors": len(report["errors"]),
+        "errors": report["errors"],  # every skipped photo; the warning shows the first few
+    }
+
+
+def _index_add(args: argparse.Namespace) -> dict:
+    """Read, grow and write back the index as one step under its lock."""
+    from indivaid_core.identify import api
+    from indivaid_core.identify.index import index_lock, read_meta
+
+    read_meta(Path(args.index))  # a mistyped index: refused before its lock makes folders
+    with index_lock(args.index):
+        index, model = api.open_index(args.index, args.checkpoint, args.device)
+        if args.recalibrate:  # refused before any photo is embedded, naming the index
+            api.recalibration_settings(index, args.index)
+        report = api.add_to_index(
+            index, model, args.images, args.root, args.recalibrate, args.batch_size
+        )
+        index.save(args.index)
+    return {
+        "index": args.index,
+        "n_vectors": len(index.gallery),
+        "n_added": report["n_added"],
+        "n_skipped_already_indexed": report["n_skipped"],
+        "n_errors": len(report["errors"]),
+        "errors": report["errors"],
+        "threshold": report["threshold"],
+    }
 
 
 def _identify(args: argparse.Namespace) -> dict | None:
