@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Names load on first use (PEP 562): `indivaid_core.data.images` (Pillow) or `.adapters`
-# (pandas) no longer drags in `.dataset`'s torch and torchvision, which cost seconds and which
-# `indivaid identify` and every option check before it do not need at that moment.
+# Names load on first use (PEP 562), so importing `indivaid_core.data.images` (Pillow) or
+# `.adapters` (pandas) does not drag in `.dataset`'s torch and torchvision, which cost seconds
+# and which `indivaid identify` and every option check before it do not need at that moment.
 _WHERE = {
     "adapters": (
         "ADAPTERS",

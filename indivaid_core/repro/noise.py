@@ -9,8 +9,8 @@ seed spread `sigma`, at z standard deviations (default 3). `sigma` is the seed s
 over the trained cells of the dataset, read from a snapshot with several seeds, because three
 seeds estimate one cell's spread poorly. Where the numerical spread of a cell was measured
 (`numerical_spread.csv`: the same seed retrained on another kernel path or thread count) and is
-larger, it is used instead: on the old machine's report the pooled seed spread alone flagged a
-cell whose kernel path alone moved it 10 points. Untrained cells (zero-shot, spread 0) get
+larger, it is used instead: a kernel path alone can move a cell by more than its pooled seed
+spread (10 points once). Untrained cells (zero-shot, spread 0) get
 `floor` points. z and floor are arguments, so a stricter or looser check is one flag away.
 """
 
