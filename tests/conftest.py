@@ -9,6 +9,8 @@ modify the table or files should use `tiny_table` (a fresh copy of the table) or
 `tiny_table` (function scope): `(df.copy(), root)` of the same suite.
 `smoke_cfg` (session scope): the repository's params.yaml under its `smoke` profile (a tiny
 random ViT), the one tiny config the tests build models from.
+`tiny_repo` (module scope): the toy training repository of `toy_repo.py`, prepared;
+`in_repo` runs the test inside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import toy_repo
 
 from indivaid_core import config
 from indivaid_core.config import Config
@@ -48,3 +51,14 @@ def tiny_table(tiny_suite) -> tuple[pd.DataFrame, Path]:
 @pytest.fixture(scope="session")
 def smoke_cfg() -> Config:
     return config.load(REPO / "params.yaml", {"profile": "smoke"})
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    return toy_repo.build(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def in_repo(tiny_repo, monkeypatch) -> Path:
+    monkeypatch.chdir(tiny_repo)
+    return tiny_repo

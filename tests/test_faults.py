@@ -42,8 +42,8 @@ from indivaid_core.train.loop import StaleCheckpointWarning
 from indivaid_core.train.stage2 import load_descriptions
 
 REPO = Path(__file__).resolve().parents[1]
-# the toy training repository (tests/toy_repo.py), built for this module
-tiny_repo, in_repo, _cfg = toy_repo.tiny_repo, toy_repo.in_repo, toy_repo.toy_cfg
+# the toy training repository (tests/toy_repo.py; conftest builds it once per module)
+_cfg = toy_repo.toy_cfg
 
 
 class Payload:

@@ -41,8 +41,8 @@ from indivaid_core.train.loop import Interrupted, StaleCheckpointWarning
 from indivaid_core.transforms import eval_transform
 
 REPO = Path(__file__).resolve().parents[1]
-# the toy repository's fixtures and helpers (tests/toy_repo.py)
-tiny_repo, in_repo, _cfg = toy_repo.tiny_repo, toy_repo.in_repo, toy_repo.toy_cfg
+# the toy repository (tests/toy_repo.py; its fixtures tiny_repo and in_repo are in conftest)
+_cfg = toy_repo.toy_cfg
 N_IDS, PER_ID, coat = toy_repo.N_IDS, toy_repo.PER_ID, toy_repo.coat
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 from PIL import Image
 
@@ -30,10 +29,9 @@ def coat(identity: int, flank: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray((255 * img).astype(np.uint8))
 
 
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory) -> Path:
-    """A params.yaml (smoke profile) + a 6-identity wildlife-format dataset, prepared."""
-    root = tmp_path_factory.mktemp("tiny")
+def build(root: Path) -> Path:
+    """A params.yaml (smoke profile) + a 6-identity wildlife-format dataset, prepared, in
+    `root` (conftest's `tiny_repo` fixture builds one per test module)."""
     rng = np.random.default_rng(0)
     rows = []
     (root / "data" / "toy" / "images").mkdir(parents=True)
@@ -92,12 +90,6 @@ def tiny_repo(tmp_path_factory) -> Path:
     finally:
         os.chdir(cwd)
     return root
-
-
-@pytest.fixture
-def in_repo(tiny_repo, monkeypatch):
-    monkeypatch.chdir(tiny_repo)
-    return tiny_repo
 
 
 def toy_cfg(**over) -> config.Config:
