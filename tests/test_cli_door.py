@@ -389,6 +389,9 @@ def test_a_signal_mid_build_is_one_line_and_leaves_nothing_behind(world, tmp_pat
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             text=True,
+            # a shell's background job (`pytest &`, nohup) ignores SIGINT, and the child would
+            # inherit that; a terminal's Ctrl-C reaches a process that has the default action
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     deadline = time.monotonic() + 120
     while "features" not in log.read_text() and proc.poll() is None:  # embedding, locked
