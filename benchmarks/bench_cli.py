@@ -96,7 +96,7 @@ def make_photos(root: Path, profile: str) -> tuple[Path, Path, Path]:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / Path(row["path"]).name).write_bytes((root / "suite" / row["path"]).read_bytes())
     cfg = config.load_settings(None, {"profile": profile})
-    random_export(root / "model", cfg, sorted(table["identity"].unique()), seed=0)
+    random_export(root / "model", cfg.model, sorted(table["identity"].unique()), seed=0)
     return root / "gallery", root / "new", root / "model"
 
 

@@ -40,5 +40,5 @@ def user_folder(root: Path, table: pd.DataFrame, images: Path, cfg: Config) -> P
         (root / "gal" / ident).mkdir(parents=True)
         for rel in rows["path"]:
             shutil.copy(images / rel, root / "gal" / ident / Path(rel).name)
-    random_export(root / "model", cfg, sorted(table["identity"].unique()), seed=0)
+    random_export(root / "model", cfg.model, sorted(table["identity"].unique()), seed=0)
     return root

@@ -54,8 +54,8 @@ def work(tmp_path_factory, tiny_suite, smoke_cfg):
     (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (photos / "notes.txt").write_text("field notes")
     labels = sorted(table["identity"].unique())
-    random_export(root / "model_a", smoke_cfg, labels, seed=0)
-    random_export(root / "model_b", smoke_cfg, labels, seed=1)
+    random_export(root / "model_a", smoke_cfg.model, labels, seed=0)
+    random_export(root / "model_b", smoke_cfg.model, labels, seed=1)
     return root
 
 

@@ -50,7 +50,7 @@ def world(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
         shutil.copy(first, folder / "photo.jpg")
         shutil.copy(second, folder / f"=HYPERLINK({n}).jpg")
         shutil.copy(third, root / "unseen" / (f"={n}+{n}.jpg" if n % 2 else f"q{n}.jpg"))
-    random_export(root / "model", smoke_cfg, IDENTITIES, seed=0)
+    random_export(root / "model", smoke_cfg.model, IDENTITIES, seed=0)
     rc = cli.main(
         ["index", "build", "--checkpoint", str(root / "model"), "--images", str(root / "=gal")]
         + ["--out", str(root / "idx"), "--threshold", "1.0", "--device", "cpu"]

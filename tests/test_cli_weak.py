@@ -56,7 +56,7 @@ def world(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
     shutil.copy(photos[5], gal / NFD / "b.jpg")
     shutil.copy(photos[0], gal / "id02" / "same-as-id00-a.jpg")
     shutil.copy(photos[6], gal / "id02" / "c.jpg")
-    random_export(root / "model", smoke_cfg, ["id00", "id01", NFC, "id02"], seed=0)
+    random_export(root / "model", smoke_cfg.model, ["id00", "id01", NFC, "id02"], seed=0)
     return root
 
 

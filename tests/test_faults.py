@@ -108,7 +108,7 @@ def world(tmp_path_factory, tiny_suite, smoke_cfg):
     root = tmp_path_factory.mktemp("faults")
     cfg = smoke_cfg
     table = pd.read_csv(images / "metadata.csv", dtype={"identity": str})
-    random_export(root / "model", cfg, sorted(table["identity"].unique()), seed=0)
+    random_export(root / "model", cfg.model, sorted(table["identity"].unique()), seed=0)
     model = api.load_model(root / "model", "cpu")
     index, _ = api.build_index(model, images / "metadata.csv", backend="faiss-hnsw", threshold=1.0)
     api.save_index(index, root / "idx", model)

@@ -244,8 +244,8 @@ def suite(tmp_path_factory, tiny_suite, smoke_cfg):
     root = tmp_path_factory.mktemp("identify")
     table, images = tiny_suite
     labels = sorted(table["identity"].unique())
-    a = random_export(root / "model_a", smoke_cfg, labels, seed=0)
-    b = random_export(root / "model_b", smoke_cfg, labels, seed=1)
+    a = random_export(root / "model_a", smoke_cfg.model, labels, seed=0)
+    b = random_export(root / "model_b", smoke_cfg.model, labels, seed=1)
     return {
         "root": root,
         "table": table,

@@ -37,7 +37,7 @@ def user(tmp_path_factory, tiny_suite, smoke_cfg):
         dest = root / ("photos" if i % 3 == 0 else f"gallery/{row['identity']}")
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dest / f"{row['image_id']}.jpg")
-    random_export(root / "model", smoke_cfg, sorted(table["identity"].unique()), seed=0)
+    random_export(root / "model", smoke_cfg.model, sorted(table["identity"].unique()), seed=0)
     args = ["index", "build", "--checkpoint", "model", "--images", "gallery", "--out", "idx"]
     assert main_in(root, *args, "--threshold", "1.0") == 0
     return root

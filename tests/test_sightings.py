@@ -92,7 +92,7 @@ def field(tmp_path_factory, tiny_suite, smoke_cfg) -> Path:
     (root / "new").mkdir()
     first.save(root / "new" / "camera.jpg", exif=exif.tobytes())
     jpeg(root / "new" / "plain.jpg")
-    random_export(root / "model", smoke_cfg, sorted(table["identity"].unique()), seed=0)
+    random_export(root / "model", smoke_cfg.model, sorted(table["identity"].unique()), seed=0)
     build = ["index", "build", "--checkpoint", "model", "--images", "gallery", "--out", "idx"]
     assert identify_in(root, *build, "--threshold", "1.0") == 0
     return root

@@ -13,22 +13,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from indivaid_core.config import Config
+from indivaid_core.config import ModelCfg
 from indivaid_core.model import ReIDEncoder, build_clip_for
-from indivaid_core.train.export import save_export
+from indivaid_core.train.export import write_export
 
 
-def random_export(out_dir: str | Path, cfg: Config, labels: Sequence[str], seed: int = 0) -> Path:
+def random_export(
+    out_dir: str | Path, model: ModelCfg, labels: Sequence[str], seed: int = 0
+) -> Path:
     """Export a randomly initialised encoder exactly as training would (model.json + weights).
 
     Its features carry no identity signal beyond pixel statistics; it exercises the plumbing.
     """
-    m = cfg.model
+    m = model
     torch.manual_seed(seed)
     clip = build_clip_for(m, random_init=True)
     encoder = ReIDEncoder(clip, len(labels), sie_coef=m.sie_coef)
     meta = {"labels": {str(name): i for i, name in enumerate(labels)}, "image_ids": []}
-    save_export(encoder.eval(), clip, cfg, Path(out_dir), meta)
+    write_export(encoder.eval(), clip, m, Path(out_dir), meta)
     return Path(out_dir)
 
 

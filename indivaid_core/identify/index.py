@@ -71,7 +71,7 @@ def model_identity(spec: dict[str, Any], flip: bool, dim: int) -> dict[str, Any]
     """What must match between gallery and query features, taken from an export's model.json."""
     missing = [k for k in IDENTITY_KEYS if k not in spec]
     if missing:
-        raise KeyError(f"model.json lacks {missing}; re-export the model with save_export")
+        raise KeyError(f"model.json lacks {missing}; re-export the model with write_export")
     ident = {k: spec[k] for k in IDENTITY_KEYS}
     ident["image_size"] = list(ident["image_size"])
     ident.update(flip=bool(flip), dim=int(dim))

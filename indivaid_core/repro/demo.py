@@ -57,7 +57,7 @@ def prepare_demo(
                 image_size=tiny_image_size,
             )
         model_dir = random_export(
-            out_dir / "model", cfg, sorted(table["identity"].astype(str).unique()), seed
+            out_dir / "model", cfg.model, sorted(table["identity"].astype(str).unique()), seed
         )
     else:
         model_dir = Paths(cfg, dataset).stage2(variant, cfg.pipeline.seeds[0])

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from indivaid_core.config import Config, ModelCfg
+from indivaid_core.config import ModelCfg
 from indivaid_core.model import ReIDEncoder, build_clip, preprocess_info
 from indivaid_core.safe_io import (
     brief,
@@ -74,13 +74,6 @@ def write_export(
     return path
 
 
-def save_export(
-    encoder: ReIDEncoder, clip_model: torch.nn.Module, cfg: Config, out_dir: Path, meta: dict
-) -> Path:
-    """`write_export` for a caller that holds a whole Config (`identify.demo`)."""
-    return write_export(encoder, clip_model, cfg.model, out_dir, meta)
-
-
 def _is_int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
@@ -132,7 +125,7 @@ def load_export(
     cfg_path = model_dir / CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
-    fix = "re-export the model (rerun its stage 2, or save_export)"
+    fix = "re-export the model (rerun its stage 2, or write_export)"
     spec = read_json(cfg_path, fix, SPEC_KEYS, "model description")
     bad = spec_problem(spec)
     if bad:
