@@ -31,7 +31,13 @@ def make_step(size: int, cfg: config_mod.Config, classes: int = 64):
     fmt = memory_format(True)
     net = net.train().to(memory_format=fmt)
     opt = torch.optim.Adam(
-        param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+        param_groups(
+            net,
+            lr=s2.lr,
+            wd=s2.weight_decay,
+            bias_factor=s2.bias_lr_factor,
+            backbone_factor=s2.backbone_lr_factor,
+        )
     )
     images = torch.randn(s2.p * s2.k, 3, size, size).contiguous(memory_format=fmt)
     labels = torch.arange(s2.p).repeat_interleave(s2.k)

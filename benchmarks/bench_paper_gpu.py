@@ -74,7 +74,9 @@ def stage1_rate(ckpt: Path, device: torch.device, steps: int, batch: int = 64) -
 def stage2_bare_rate(ckpt: Path, device: torch.device, steps: int, batch: int = 64) -> float:
     clip = build_clip("ViT-B-16", f"openai:{ckpt}", (256, 128), 16)
     enc = ReIDEncoder(clip, 100).to(device).train()
-    opt = torch.optim.Adam(param_groups(enc, 5e-6, 1e-4, 2.0, 1.0))
+    opt = torch.optim.Adam(
+        param_groups(enc, lr=5e-6, wd=1e-4, bias_factor=2.0, backbone_factor=1.0)
+    )
     x = torch.randn(batch, 3, 256, 128, device=device)
     y = torch.arange(batch, device=device) // 4
 

@@ -87,7 +87,13 @@ def main() -> None:
     fwd_flops = flops_per_image(net, size, torch.device("cpu"))
     net = net.to(device).train()
     opt = torch.optim.Adam(
-        param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+        param_groups(
+            net,
+            lr=s2.lr,
+            wd=s2.weight_decay,
+            bias_factor=s2.bias_lr_factor,
+            backbone_factor=s2.backbone_lr_factor,
+        )
     )
     w = s2.loss_weights
 

@@ -79,7 +79,13 @@ def main() -> None:
     fmt = memory_format(m.channels_last)
     net = ReIDEncoder(clip, len(labels_of)).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(
-        param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+        param_groups(
+            net,
+            lr=s2.lr,
+            wd=s2.weight_decay,
+            bias_factor=s2.bias_lr_factor,
+            backbone_factor=s2.backbone_lr_factor,
+        )
     )
     # enough batches per round
     sampler = PKSampler(y_all.tolist(), p=s2.p, k=s2.k, seed=0, min_iters_per_epoch=10_000)

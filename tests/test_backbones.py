@@ -219,7 +219,11 @@ def test_freeze_bn_keeps_the_tower_statistics_but_not_the_necks(freeze):
     assert torch.equal(tower_bn.running_mean, before_tower) is freeze
     assert not torch.equal(enc.bn_global.running_mean, before_neck)  # necks always learn
     # the tower's parameters get lr x backbone_factor (biases x bias_factor on top)
-    lrs = {p: g["lr"] for g in param_groups(net, 1.0, 0.0, 2.0, 0.1) for p in g["params"]}
+    lrs = {
+        p: g["lr"]
+        for g in param_groups(net, lr=1.0, wd=0.0, bias_factor=2.0, backbone_factor=0.1)
+        for p in g["params"]
+    }
     assert lrs[enc.visual.trunk.conv_stem.weight] == pytest.approx(0.1)
     assert lrs[enc.head_global.weight] == pytest.approx(1.0)
     assert lrs[tower_bn.bias] == pytest.approx(0.2)

@@ -211,7 +211,9 @@ def test_one_stage2_step_of_vit_b16_on_a_released_layout(trees, clip_b16, name, 
     h = torch.randn(len(labels), dim)  # stage-1 descriptions: one h, two g per identity
     g, g_labels = torch.randn(2 * len(labels), dim), torch.arange(len(labels)).repeat(2)
     net = Stage2Model(enc, AttentionFusion(dim, heads=8)).train()
-    opt = torch.optim.Adam(param_groups(net, LR, WD, BIAS_LR_FACTOR, 1.0))
+    opt = torch.optim.Adam(
+        param_groups(net, lr=LR, wd=WD, bias_factor=BIAS_LR_FACTOR, backbone_factor=1.0)
+    )
     watched = {
         "conv1": enc.visual.conv1.weight,
         "last block": enc.visual.transformer.resblocks[-1].mlp.c_fc.weight,

@@ -54,10 +54,10 @@ def test_uniform_sampler_is_unchanged_by_the_new_mode():
 def test_stage1_epochs_match_the_released_number_of_updates():
     s1 = config.Stage1Cfg(released_batch_size=1)
     # ATRW-like: 3,730 images, 10 released epochs at batch 1 = 37,300 updates
-    epochs, warmup = update_matched_epochs(10, 5, 3730, 64, s1)
+    epochs, warmup = update_matched_epochs(10, 5, n=3730, batch=64, s1=s1)
     assert epochs * (3730 // 64) >= 37300 > (epochs - 1) * (3730 // 64)
     assert warmup == int(np.ceil(5 * 3730 / (3730 // 64)))
-    assert update_matched_epochs(10, 5, 3730, 64, config.Stage1Cfg()) == (10, 5)
+    assert update_matched_epochs(10, 5, n=3730, batch=64, s1=config.Stage1Cfg()) == (10, 5)
 
 
 def test_paper_profile_selects_the_released_recipe():

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torchvision.transforms import v2
 
-from indivaid_core.config import Config
+from indivaid_core.config import Config, EvalCfg
 from indivaid_core.data.dataset import camera_ids
 from indivaid_core.data.decoded import decoded_images
 from indivaid_core.data.splits import validation_view
@@ -219,16 +219,16 @@ def decoded_batches(
 
 
 def score(
-    cfg: Config,
+    e: EvalCfg,
     qf: torch.Tensor,
     gf: torch.Tensor,
     query: pd.DataFrame,
     gallery: pd.DataFrame,
     loo: bool,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Euclidean distances (optionally k-reciprocal re-ranked) and the rank metrics."""
+    """Euclidean distances (optionally k-reciprocal re-ranked) and the rank metrics, with the
+    `eval` section's settings."""
     dist = torch.cdist(qf, gf)
-    e = cfg.eval
     if e.rerank:
         dist = (
             rerank_loo(dist, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
@@ -309,7 +309,9 @@ def evaluate(cfg: Config, dataset: str, variant: str) -> Evaluation:
     val = validation_split(split.table)
     scores, frames, cmcs, first = {}, [], [], None
     for seed in cfg.pipeline.seeds:
-        run = evaluate_seed(cfg, paths, split, train, val, variant, seed, device)
+        run = evaluate_seed(
+            cfg, paths, split, train=train, val=val, variant=variant, seed=seed, device=device
+        )
         scores[seed] = run.scores
         frames.append(run.per_query)
         cmcs.append(np.asarray(run.rank_metrics["cmc"], dtype=float))
@@ -328,6 +330,7 @@ def evaluate_seed(
     cfg: Config,
     paths: Paths,
     split: EvalSplit,
+    *,
     train: pd.DataFrame,
     val: EvalSplit | None,
     variant: str,
@@ -344,10 +347,10 @@ def evaluate_seed(
     seconds = time.perf_counter() - start
     weights = file_sha256(paths.stage2(variant, seed) / WEIGHTS)
     save_features(paths.features(variant, seed), feats, split.test, weights)
-    dist, m = score(cfg, *split.halves(feats), split.query, split.gallery, split.loo)
+    dist, m = score(cfg.eval, *split.halves(feats), split.query, split.gallery, split.loo)
     # Does training fit the individuals it saw? Leave-one-out mAP over the training images.
     train_feats = features_for(encoder, spec, train, split.root, settings=settings)
-    train_map = headline(score(cfg, train_feats, train_feats, train, train, True)[1])["mAP"]
+    train_map = headline(score(cfg.eval, train_feats, train_feats, train, train, True)[1])["mAP"]
     scores = {
         **headline(m),
         "train_mAP": train_map,
@@ -355,7 +358,7 @@ def evaluate_seed(
     }
     if val is not None:
         val_feats = features_for(encoder, spec, val.test, val.root, settings=settings)
-        val_m = score(cfg, *val.halves(val_feats), val.query, val.gallery, val.loo)[1]
+        val_m = score(cfg.eval, *val.halves(val_feats), val.query, val.gallery, val.loo)[1]
         scores["val_mAP"] = headline(val_m)["mAP"]
     frame = per_query_frame(m, split.query).assign(seed=seed)
     return SeedEvaluation(scores, frame, dist, m, feats)

@@ -98,7 +98,7 @@ def robustness_sweep(cfg: Config, dataset: str, variants: list[str]) -> pd.DataF
                     qf = features_for(
                         encoder, spec, split.query, split.root, settings=settings, corrupt=corrupt
                     )
-                _, m = score(cfg, qf, gf, split.query, split.gallery, split.loo)
+                _, m = score(cfg.eval, qf, gf, split.query, split.gallery, split.loo)
                 rows.append(
                     {"variant": variant, "corruption": name, "strength": level, **headline(m)}
                 )

@@ -218,7 +218,7 @@ def run_settings(
 
 
 def update_matched_epochs(
-    epochs: int, warmup: int, n: int, batch: int, s1: Stage1Cfg
+    epochs: int, warmup: int, *, n: int, batch: int, s1: Stage1Cfg
 ) -> tuple[int, int]:
     """(epochs, warmup epochs) that give as many updates as `epochs` at the released batch.
 
@@ -267,7 +267,7 @@ def train_stage1(
         gen = description_generator(run, clip_model, len(data.labels_of), species).to(device)
         s1, n = run.stage1, len(data.labels)
         bs = min(s1.batch_size, n)
-        epochs, warmup = update_matched_epochs(s1.epochs, s1.warmup_epochs, n, bs, s1)
+        epochs, warmup = update_matched_epochs(s1.epochs, s1.warmup_epochs, n=n, batch=bs, s1=s1)
         state = _loop_state(gen, s1, epochs, warmup)
         with maybe_ddp(gen, device) as model:
             meter = run_epochs(
@@ -338,9 +338,9 @@ def description_generator(
     return DescriptionGenerator(
         clip_model,
         n_identities,
-        species,
-        run.model.n_ctx,
-        run.model.meta_net,
+        species=species,
+        n_ctx=run.model.n_ctx,
+        meta_net=run.model.meta_net,
         truncate_text=run.stage1.truncate_text,
         cache_prefix=run.stage1.cache_prefix,
     )

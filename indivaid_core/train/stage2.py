@@ -77,7 +77,7 @@ class Stage2Model(torch.nn.Module):
 
 
 def param_groups(
-    model: torch.nn.Module, lr: float, wd: float, bias_factor: float, backbone_factor: float
+    model: torch.nn.Module, *, lr: float, wd: float, bias_factor: float, backbone_factor: float
 ) -> list[dict]:
     """Biases (and norm shifts) at lr x bias_factor, as in the re-ID baselines; the pretrained
     trunk (`encoder.visual`) at a further x backbone_factor, so a small set does not erase it."""
@@ -381,7 +381,13 @@ def build_data(
 
 def _loop_state(net: Stage2Model, s2: Stage2Cfg) -> LoopState:
     """Adam over the parameter groups, warmup then the multi-step decay."""
-    groups = param_groups(net, s2.lr, s2.weight_decay, s2.bias_lr_factor, s2.backbone_lr_factor)
+    groups = param_groups(
+        net,
+        lr=s2.lr,
+        wd=s2.weight_decay,
+        bias_factor=s2.bias_lr_factor,
+        backbone_factor=s2.backbone_lr_factor,
+    )
     opt = torch.optim.Adam(groups)
     sched = warmup_multistep(opt, s2.warmup_epochs, s2.milestones, s2.gamma)
     return LoopState({"net": net}, opt, sched)
