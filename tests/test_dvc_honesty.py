@@ -61,6 +61,23 @@ NOT_OUTPUT_SETTINGS = {
 }
 
 # The profile mechanism (module docstring): listed by every stage, never matched to reads.
+# Entries that name a whole section although the stage reads only part of it, and why no
+# narrower list can be written. Any other section entry must have every setting under it read,
+# so a single edit re-runs only the stages whose code reads it.
+BROAD_ENTRIES = {
+    "data": "prepare reads each pipeline dataset's block, named by pipeline.datasets; "
+    "dvc.yaml cannot list keys chosen by another setting",
+    "data.datasets.${item}": "the blocks are read by prepare; the stage reads overrides and "
+    "species, which not every dataset block has (DVC refuses a listed key that is missing)",
+    "data.datasets.${item.dataset}": "as data.datasets.${item}",
+    "data.datasets.${cells.scaling_dataset}": "as data.datasets.${item}",
+    "pipeline.text_runs": "a variant reads one text run, named by variants.<v>.text: dvc.yaml "
+    "cannot nest ${} to name it",
+    "variants": "the scaling variants' text runs are named by pipeline.scaling.variants",
+    "pipeline.scaling": "the cells are expanded from it into cells.yaml; one stage of a cell "
+    "reads part",
+}
+
 PROFILE_ENTRIES = ("profile", "profiles.${profile}")
 
 PROFILE = "smoke"
@@ -346,6 +363,7 @@ def _smoke_params(tmp: Path) -> tuple[Path, dict[str, Any]]:
         ablations=["abl_mean"],
     )
     p["scaling"]["dataset"] = DATASET
+    raw["eval"].update(rerank=True, rerank_k1=2, rerank_k2=1)  # its settings: read when on
     raw["profiles"][PROFILE]["pipeline"]["seeds"] = [0]
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -456,12 +474,41 @@ def _problems(dvc: dict[str, Any], stage: str, cells: list[Cell], reads: dict) -
         used |= {
             e for e, r in resolved.items() if any(_covers(r, k) or _covers(k, r) for k in keys)
         }
+    out += _partly_read(stage, cells, reads, entries)
     ran = ", ".join(c.name for c in cells)
     out += [
         f"{stage} lists `{e}` in dvc.yaml, but none of its cells ({ran}) reads it"
         for e in entries
         if e not in PROFILE_ENTRIES and e not in used
     ]
+    return out
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[str]:
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}")
+    else:
+        yield prefix
+
+
+def _partly_read(stage: str, cells: list[Cell], reads: dict, entries: list[str]) -> list[str]:
+    """A section entry (`eval`) whose settings are not all read by the stage: an edit to an
+    unread one would re-run it for nothing. It should list the settings it reads instead."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    keys = set().union(*(reads.get(c.name, set()) for c in cells))
+    out = []
+    for e in entries:
+        if e in PROFILE_ENTRIES or e in BROAD_ENTRIES:
+            continue
+        node: Any = params
+        for part in e.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue  # a leaf, or a templated entry (resolved per cell, matched above)
+        unread = [k for k in _leaves(node, e) if not any(_covers(r, k) for r in keys)]
+        if unread:
+            out.append(f"{stage} lists the section `{e}` but never reads {unread}: list the rest")
     return out
 
 

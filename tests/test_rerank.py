@@ -86,3 +86,15 @@ def test_rerank_rejects_bad_shapes_and_params() -> None:
         rerank_loo(torch.rand(5, 5), k1=20)
     with pytest.raises(ValueError, match="lambda_value"):
         rerank_loo(torch.rand(30, 30), k1=3, lambda_value=1.5)
+
+
+def test_identical_features_rerank_to_zero_distances_not_nan():
+    """Collapsed features (every image the same, e.g. a fully fogged robustness level) made
+    the released normalisation divide 0 by 0, and exact ties can leave an image with no
+    k-reciprocal neighbour (another 0/0). The distances stay finite, and ranking them works."""
+    q, g = torch.ones(5, 8), torch.ones(36, 8)
+    for k1, k2 in [(2, 1), (20, 6)]:
+        d = rerank(torch.cdist(q, g), torch.cdist(q, q), torch.cdist(g, g), k1, k2, 0.3)
+        assert d.shape == (5, 36) and torch.isfinite(d).all()
+        ids = np.arange(36) % 4
+        assert rank_metrics(d, ids[:5], ids, leave_one_out=False)["mAP"] > 0

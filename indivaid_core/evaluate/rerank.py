@@ -65,7 +65,10 @@ def _rerank_full(
     if n <= k1:
         raise ValueError(f"re-ranking needs more than k1={k1} images in total, got {n}")
     d = dist.pow(2)
-    d = (d / d.amax(dim=0, keepdim=True)).T.contiguous()
+    # a column of zeros (every image identical to that one: collapsed or fully fogged
+    # features) stays 0 rather than 0/0 = NaN; any other column divides as released
+    peak = d.amax(dim=0, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+    d = (d / peak).T.contiguous()
     rank = torch.sort(d, dim=1, stable=True).indices
     r, fwd = _reciprocal(rank, k1)
     r_half, fwd_half = _reciprocal(rank, int(np.around(k1 / 2.0)))
@@ -82,7 +85,7 @@ def _rerank_full(
     expanded[rows.expand_as(sel)[sel], half_members[sel]] = True
 
     w = torch.where(expanded, torch.exp(-d), torch.zeros((), device=d.device))
-    v = w / w.sum(1, keepdim=True)
+    v = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # ties: R(i) can be empty
     if k2 > 1:  # local query expansion: mean of the k2 nearest rows (loop over k2, not images)
         v_qe = torch.zeros_like(v)
         for t in range(k2):
