@@ -336,9 +336,9 @@ def _index_build(args: argparse.Namespace) -> dict:
         index, report = api.build_index(
             model,
             args.images,
-            args.root,
-            args.backend,
-            _backend_params(args),
+            root=args.root,
+            backend=args.backend,
+            backend_params=_backend_params(args),
             threshold=args.threshold,
             heldout_fraction=args.calibrate_split,
             calibration_repeats=args.calibration_repeats,
@@ -365,7 +365,12 @@ def _index_add(args: argparse.Namespace) -> dict:
         if args.recalibrate:  # refused before any photo is embedded, naming the index
             api.recalibration_settings(index, args.index)
         report = api.add_to_index(
-            index, model, args.images, args.root, args.recalibrate, args.batch_size
+            index,
+            model,
+            args.images,
+            root=args.root,
+            recalibrate=args.recalibrate,
+            batch_size=args.batch_size,
         )
         index.save(args.index)
     return {
