@@ -67,10 +67,6 @@ NOT_OUTPUT_SETTINGS = {
 BROAD_ENTRIES = {
     "data": "prepare reads each pipeline dataset's block, named by pipeline.datasets; "
     "dvc.yaml cannot list keys chosen by another setting",
-    "data.datasets.${item}": "the blocks are read by prepare; the stage reads overrides and "
-    "species, which not every dataset block has (DVC refuses a listed key that is missing)",
-    "data.datasets.${item.dataset}": "as data.datasets.${item}",
-    "data.datasets.${cells.scaling_dataset}": "as data.datasets.${item}",
     "pipeline.text_runs": "a variant reads one text run, named by variants.<v>.text: dvc.yaml "
     "cannot nest ${} to name it",
     "variants": "the scaling variants' text runs are named by pipeline.scaling.variants",
