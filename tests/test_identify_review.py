@@ -240,3 +240,24 @@ def test_page_text_that_looks_like_a_placeholder_stays_text():
     page = render(frame, gallery, None, "title __DATA__ <b>", index_path="/x/__SCRIPT__")
     assert "title __DATA__ &lt;b&gt;" in page and "/x/__SCRIPT__" in page
     assert page.count('id="data"') == 1
+
+
+def test_most_doubtful_is_nearest_to_changing_its_answer():
+    from indivaid_core.identify.review_page import doubt
+
+    thr = 0.5
+    rows = {
+        "named, just inside the threshold": {"distance": 0.49, "top2_distance": 0.8},
+        "named, close runner-up": {"distance": 0.30, "top2_distance": 0.33},
+        "flagged new, two far candidates tied": {"distance": 0.90, "top2_distance": 0.90},
+        "named, clear": {"distance": 0.20, "top2_distance": 0.70},
+        "unreadable": {"distance": None, "error": "cannot read"},
+    }
+    got = {name: doubt(pd.Series(r), thr) for name, r in rows.items()}
+    assert got["named, just inside the threshold"] == pytest.approx(0.01)
+    assert got["named, close runner-up"] == pytest.approx(0.03)
+    assert got["flagged new, two far candidates tied"] == pytest.approx(0.40)  # not the tie
+    assert got["named, clear"] == pytest.approx(0.30)
+    assert sorted(got, key=got.get) == list(rows)[:2] + ["named, clear"] + list(rows)[2:3] + [
+        "unreadable"
+    ]

@@ -43,12 +43,16 @@ def thumbnail(path: str | Path, size: int = THUMB_PX) -> str | None:
 
 
 def doubt(row: pd.Series, threshold: float | None) -> float:
-    """How close the answer is to changing: the smaller of the top-1's margin to the threshold
-    and its lead over the runner-up (smaller = more doubtful; errors sort last)."""
+    """How close the answer is to changing: the top-1's margin to the threshold and, when the
+    photo is given a name, its lead over the runner-up, whichever is smaller (smaller = more
+    doubtful; errors sort last). A photo flagged new keeps its answer whichever known animal
+    is nearest, so a tie between two far candidates does not make it doubtful."""
     d1 = row.get("distance")
     if row.get("error") or d1 is None or pd.isna(d1):
         return math.inf
     margins = [abs(float(d1) - threshold)] if threshold is not None else []
+    if threshold is not None and float(d1) > threshold:
+        return margins[0]
     d2 = row.get("top2_distance")
     if d2 is not None and pd.notna(d2):
         margins.append(float(d2) - float(d1))
