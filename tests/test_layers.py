@@ -27,6 +27,7 @@ CORE = (
     "indivaid_core.figures_common",  # the tile frame of the core figures, the figure saver
     "indivaid_core.door",  # the command line's argument checks and how a run ends
     "indivaid_core.photos",  # which files the command line reads as photos, and its warnings
+    "indivaid_core.lazy",  # a package's names imported on first use
 )
 # The machinery that reproduces the paper: stage functions, report, figures, snapshot, the
 # synthetic suite.

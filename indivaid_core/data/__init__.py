@@ -6,8 +6,7 @@ The embedded synthetic suite's generator is reproduction machinery:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from indivaid_core.lazy import lazy_names
 
 # Names load on first use (PEP 562), so importing `indivaid_core.data.images` (Pillow) or
 # `.adapters` (pandas) does not drag in `.dataset`'s torch and torchvision, which cost seconds
@@ -33,42 +32,4 @@ _WHERE = {
     ),
     "table": ("query_identities_missing_from_gallery", "validate_table"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the submodule that defines ``name`` when it is first asked for."""
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = [
-    "ADAPTERS",
-    "DataError",
-    "ImageTableDataset",
-    "camera_ids",
-    "camera_map_of",
-    "from_identity_folders",
-    "from_reid_folders",
-    "from_wildlife_class",
-    "from_wildlife_metadata",
-    "label_map_of",
-    "leave_one_out_split",
-    "load_dataset",
-    "load_rgb",
-    "paper_split",
-    "prepare_table",
-    "query_identities_missing_from_gallery",
-    "to_rgb",
-    "train_identities",
-    "train_rows",
-    "validate_table",
-    "wildlife_split",
-]
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)
