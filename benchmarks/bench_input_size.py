@@ -21,7 +21,7 @@ from indivaid_core import config as config_mod
 from indivaid_core.device import memory_format
 from indivaid_core.losses import id_loss, triplet_loss
 from indivaid_core.model import ReIDEncoder, build_clip
-from indivaid_core.train.stage2 import param_groups
+from indivaid_core.train.stage2 import optimizer as stage2_optimizer
 
 
 def make_step(size: int, cfg: config_mod.Config, classes: int = 64):
@@ -30,15 +30,7 @@ def make_step(size: int, cfg: config_mod.Config, classes: int = 64):
     net = ReIDEncoder(build_clip(m.backbone, m.pretrained, (size, size), m.stride or None), classes)
     fmt = memory_format(True)
     net = net.train().to(memory_format=fmt)
-    opt = torch.optim.Adam(
-        param_groups(
-            net,
-            lr=s2.lr,
-            wd=s2.weight_decay,
-            bias_factor=s2.bias_lr_factor,
-            backbone_factor=s2.backbone_lr_factor,
-        )
-    )
+    opt = stage2_optimizer(net, s2)
     images = torch.randn(s2.p * s2.k, 3, size, size).contiguous(memory_format=fmt)
     labels = torch.arange(s2.p).repeat_interleave(s2.k)
 

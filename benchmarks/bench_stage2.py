@@ -29,7 +29,7 @@ from indivaid_core.device import autocast, memory_format, resolve_device
 from indivaid_core.losses import id_loss, triplet_loss
 from indivaid_core.model import ReIDEncoder, build_clip
 from indivaid_core.train.engine import flops_per_image, seed_everything
-from indivaid_core.train.stage2 import param_groups
+from indivaid_core.train.stage2 import optimizer as stage2_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -86,15 +86,7 @@ def main() -> None:
     net = ReIDEncoder(clip, args.num_classes).train()
     fwd_flops = flops_per_image(net, size, torch.device("cpu"))
     net = net.to(device).train()
-    opt = torch.optim.Adam(
-        param_groups(
-            net,
-            lr=s2.lr,
-            wd=s2.weight_decay,
-            bias_factor=s2.bias_lr_factor,
-            backbone_factor=s2.backbone_lr_factor,
-        )
-    )
+    opt = stage2_optimizer(net, s2)
     w = s2.loss_weights
 
     def timed(batch: int, amp: bool, dtype: torch.dtype, nhwc: bool) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from indivaid_core.repro.prepare import read_table, train_split
 from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.engine import seed_everything
 from indivaid_core.train.sampler import PKSampler
-from indivaid_core.train.stage2 import param_groups
+from indivaid_core.train.stage2 import optimizer as stage2_optimizer
 from indivaid_core.transforms import train_transform
 
 
@@ -78,15 +78,7 @@ def main() -> None:
     info = preprocess_info(clip)
     fmt = memory_format(m.channels_last)
     net = ReIDEncoder(clip, len(labels_of)).to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam(
-        param_groups(
-            net,
-            lr=s2.lr,
-            wd=s2.weight_decay,
-            bias_factor=s2.bias_lr_factor,
-            backbone_factor=s2.backbone_lr_factor,
-        )
-    )
+    opt = stage2_optimizer(net, s2)
     # enough batches per round
     sampler = PKSampler(y_all.tolist(), p=s2.p, k=s2.k, seed=0, min_iters_per_epoch=10_000)
     size = tuple(m.image_size)
