@@ -1,8 +1,5 @@
 """Evaluation: features, exact re-ID metrics, re-ranking, open-set identification, figures."""
 
-import importlib
-from typing import Any
-
 from indivaid_core.evaluate.features import (
     FEATURE_KEYS,
     extract_features,
@@ -32,22 +29,22 @@ from indivaid_core.evaluate.results import (
     summarise,
     write_metrics_json,
 )
+from indivaid_core.lazy import lazy_names
 
 # The figures load matplotlib (~0.5 s), which identifying a photo never needs: they are
 # imported on first use (PEP 562).
-FIGURES = (
-    "condition_bars",
-    "distance_distributions",
-    "embedding_map",
-    "pair_distances",
-    "retrieval_grid",
+__getattr__, _, _ = lazy_names(
+    __name__,
+    {
+        "figures": (
+            "condition_bars",
+            "distance_distributions",
+            "embedding_map",
+            "pair_distances",
+            "retrieval_grid",
+        )
+    },
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name not in FIGURES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.figures"), name)
 
 
 __all__ = [
