@@ -505,15 +505,38 @@ CELLS_FILE = "cells.yaml"
 CELL_KEYS = ("datasets", "variants", "ablation_datasets", "ablations")
 
 
+# The stage-2 cells, one DVC foreach item each; a stale file listing other cells is refused.
+TRAINED_KEYS = ("stage2_cells", "ablation_cells")
+
+
+def trained_cells(cfg: Config, datasets: list[str], variants: list[str]) -> dict[str, Any]:
+    """Stage-2 cells keyed `dataset-variant`, as a DVC matrix would name them. Each names the
+    params key of its stage-1 text run, which dvc.yaml cannot spell (no nested `${}`); a cell
+    without one names its variant's block again, which dvc.yaml already lists."""
+    cells = {}
+    for d in datasets:
+        for v in variants:
+            text = cfg.variants[v].text
+            run = f"pipeline.text_runs.{text}" if text != "none" else f"variants.{v}"
+            cells[f"{d}-{v}"] = {"dataset": d, "variant": v, "text_run": run}
+    return cells
+
+
 def cells_of(cfg: Config) -> dict[str, Any]:
     """The content of CELLS_FILE for this (profile-merged) configuration."""
-    cells = {k: list(getattr(cfg.pipeline, k)) for k in CELL_KEYS}
-    scaling = {
-        "scaling_dataset": cfg.pipeline.scaling.dataset or "none",
-        "scaling_datasets": cfg.scaling_datasets(),
-        "scaling_variants": list(cfg.pipeline.scaling.variants),
+    p = cfg.pipeline
+    cells = {k: list(getattr(p, k)) for k in CELL_KEYS}
+    trained = {
+        "stage2_cells": trained_cells(cfg, p.datasets, p.variants),
+        "ablation_cells": trained_cells(cfg, p.ablation_datasets, p.ablations),
     }
-    return {"cells": {"profile": cfg.profile, **cells, **scaling}}
+    scaling = {
+        "scaling_dataset": p.scaling.dataset or "none",
+        "scaling_datasets": cfg.scaling_datasets(),
+        "scaling_variants": list(p.scaling.variants),
+        "scaling_cells": trained_cells(cfg, cfg.scaling_datasets(), p.scaling.variants),
+    }
+    return {"cells": {"profile": cfg.profile, **cells, **trained, **scaling}}
 
 
 def _check_references(cfg: Config) -> Config:
@@ -721,7 +744,7 @@ def load(
     if check_cells and cells_path.exists():
         found = (yaml.safe_load(cells_path.read_text()) or {}).get("cells", {})
         want = cells_of(cfg)["cells"]
-        if any(found.get(k) != want[k] for k in CELL_KEYS):
+        if any(found.get(k) != want[k] for k in CELL_KEYS + TRAINED_KEYS):
             raise ConfigError(
                 f"{cells_path} does not list the cells of profile '{cfg.profile}' in {path} "
                 f"(dvc.yaml builds its stages from it); run `indivaid profile {cfg.profile}`"

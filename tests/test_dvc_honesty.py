@@ -65,13 +65,12 @@ NOT_OUTPUT_SETTINGS = {
 # narrower list can be written. Any other section entry must have every setting under it read,
 # so a single edit re-runs only the stages whose code reads it.
 BROAD_ENTRIES = {
-    "data": "prepare reads each pipeline dataset's block, named by pipeline.datasets; "
-    "dvc.yaml cannot list keys chosen by another setting",
-    "pipeline.text_runs": "a variant reads one text run, named by variants.<v>.text: dvc.yaml "
-    "cannot nest ${} to name it",
-    "variants": "the scaling variants' text runs are named by pipeline.scaling.variants",
-    "pipeline.scaling": "the cells are expanded from it into cells.yaml; one stage of a cell "
-    "reads part",
+    ("prepare", "data.datasets"): "prepare reads the blocks of the datasets pipeline.datasets "
+    "names, less `species` and `overrides`: dvc.yaml cannot list keys another setting chooses",
+    ("scaling_stage1", "pipeline.text_runs"): "a size trains the text runs its variants name "
+    "(variants.<v>.text for each of pipeline.scaling.variants): a list of any length, which "
+    "dvc.yaml's params cannot be",
+    ("scaling_stage1", "variants"): "the same: the `text` of each of pipeline.scaling.variants",
 }
 
 PROFILE_ENTRIES = ("profile", "profiles.${profile}")
@@ -385,7 +384,7 @@ def _cells(raw: dict[str, Any]) -> list[Cell]:
         ("scaling", scaled, scaling["variants"]),
     ):
         cells += [
-            Cell(stage, f"{stage}@{d}-{v}", {**base, "item.dataset": d, "item.variant": v})
+            Cell(stage, f"{stage}@{d}-{v}", {**base, **_cell_item(raw, d, v)})
             for d in datasets
             for v in variants
         ]
@@ -395,6 +394,13 @@ def _cells(raw: dict[str, Any]) -> list[Cell]:
         Cell("scaling_evaluate", f"scaling_evaluate@{d}", {**base, "item": d}) for d in scaled
     ]
     return [*cells, Cell("report", "report", base)]
+
+
+def _cell_item(raw: dict[str, Any], dataset: str, variant: str) -> dict[str, str]:
+    """A stage-2 cell's foreach item, as `indivaid profile` writes it into cells.yaml."""
+    cfg = config.resolve(raw)
+    item = config.trained_cells(cfg, [dataset], [variant])[f"{dataset}-{variant}"]
+    return {f"item.{k}": v for k, v in item.items()}
 
 
 def _template(dvc: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -495,7 +501,7 @@ def _partly_read(stage: str, cells: list[Cell], reads: dict, entries: list[str])
     keys = set().union(*(reads.get(c.name, set()) for c in cells))
     out = []
     for e in entries:
-        if e in PROFILE_ENTRIES or e in BROAD_ENTRIES:
+        if e in PROFILE_ENTRIES or (stage, e) in BROAD_ENTRIES:
             continue
         node: Any = params
         for part in e.split("."):
