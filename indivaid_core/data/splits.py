@@ -211,7 +211,11 @@ def prepare_table(
         checked = leave_one_out_split(checked, test_fraction, seed)
     if val_individuals or train_individuals:
         checked = carve_validation(
-            checked, val_individuals, train_individuals, query_per_identity, seed
+            checked,
+            val_individuals=val_individuals,
+            train_individuals=train_individuals,
+            query_per_identity=query_per_identity,
+            seed=seed,
         )
     check_splits(checked, f"{protocol} split")
     missing = query_identities_missing_from_gallery(checked)

@@ -6,7 +6,8 @@ feature, both taken before the BN necks, concatenated and then L2-normalised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,48 +64,81 @@ def extract_features(
         raise ValueError(f"unknown feature {feature!r}; choose one of {sorted(FEATURE_KEYS)}")
     dev = resolve_device(device)
     fmt = memory_format(channels_last)
-    module = encode if isinstance(encode, torch.nn.Module) else getattr(encode, "__self__", None)
-    was_training = isinstance(module, torch.nn.Module) and module.training
-    if was_training:
-        module.eval()
-    if n_rows is None:
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None:
-            raise ValueError("pass n_rows: the loader has no .dataset to take the length from")
-        n_rows = len(dataset)
-    feats: torch.Tensor | None = None
-    seen = torch.zeros(n_rows, dtype=torch.bool)
-    try:
+    rows = _RowFeatures(_table_length(loader, n_rows))
+    with _eval_mode(encode):
         for batch in tqdm(loader, desc="features", leave=False):
-            for key in ("image", "index", *(("camera",) if cameras else ())):
-                if key not in batch:
-                    raise KeyError(f"loader batch lacks key {key!r}; it has {sorted(batch)}")
-            images = batch["image"].to(dev, non_blocking=True, memory_format=fmt)
-            index = torch.as_tensor(batch["index"]).long().cpu()
-            if index.min() < 0 or index.max() >= n_rows:
-                raise IndexError(
-                    f"batch row index {index.tolist()} outside the table [0, {n_rows})"
-                )
-            extra = (torch.as_tensor(batch["camera"]).long().to(dev),) if cameras else ()
+            images, index, extra = _unpack(batch, dev, fmt, rows.n, cameras=cameras)
             with autocast(dev, amp):
                 f = combine_outputs(encode(images, *extra), feature)
                 if flip:
                     flipped = encode(torch.flip(images, dims=[3]), *extra)
                     f = (f + combine_outputs(flipped, feature)) / 2
-            f = F.normalize(f.float(), dim=1).cpu()
-            if feats is None:
-                feats = torch.zeros(n_rows, f.shape[1], dtype=torch.float32)
-            if seen[index].any():
-                raise ValueError(f"rows {index[seen[index]].tolist()} were yielded twice")
-            feats[index] = f
-            seen[index] = True
+            rows.put(index, F.normalize(f.float(), dim=1).cpu())
+    return rows.result()
+
+
+def _table_length(loader: Iterable[dict], n_rows: int | None) -> int:
+    """`n_rows`, or the length of the loader's dataset when it is not given."""
+    if n_rows is not None:
+        return n_rows
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        raise ValueError("pass n_rows: the loader has no .dataset to take the length from")
+    return len(dataset)
+
+
+@contextmanager
+def _eval_mode(encode: Callable[..., dict]) -> Iterator[None]:
+    """An ``nn.Module`` passed as (or bound to) `encode` in eval mode, its training mode back
+    afterwards even when extraction fails."""
+    module = encode if isinstance(encode, torch.nn.Module) else getattr(encode, "__self__", None)
+    was_training = isinstance(module, torch.nn.Module) and module.training
+    if was_training:
+        module.eval()
+    try:
+        yield
     finally:
         if was_training:
             module.train()
-    if feats is None or not seen.all():
-        missing = torch.nonzero(~seen).flatten()[:10].tolist()
-        raise ValueError(f"the loader never yielded table rows {missing} (first 10 shown)")
-    return feats
+
+
+def _unpack(
+    batch: dict, dev: torch.device, fmt: torch.memory_format, n_rows: int, *, cameras: bool
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(images on `dev`, table rows on the CPU, the extra `encode` arguments) of one batch,
+    refusing a batch without the keys or with rows outside the table."""
+    for key in ("image", "index", *(("camera",) if cameras else ())):
+        if key not in batch:
+            raise KeyError(f"loader batch lacks key {key!r}; it has {sorted(batch)}")
+    images = batch["image"].to(dev, non_blocking=True, memory_format=fmt)
+    index = torch.as_tensor(batch["index"]).long().cpu()
+    if index.min() < 0 or index.max() >= n_rows:
+        raise IndexError(f"batch row index {index.tolist()} outside the table [0, {n_rows})")
+    extra = (torch.as_tensor(batch["camera"]).long().to(dev),) if cameras else ()
+    return images, index, extra
+
+
+class _RowFeatures:
+    """Features put in place by table row; every row must arrive exactly once."""
+
+    def __init__(self, n_rows: int) -> None:
+        self.n = n_rows
+        self.feats: torch.Tensor | None = None
+        self.seen = torch.zeros(n_rows, dtype=torch.bool)
+
+    def put(self, index: torch.Tensor, f: torch.Tensor) -> None:
+        if self.feats is None:
+            self.feats = torch.zeros(self.n, f.shape[1], dtype=torch.float32)
+        if self.seen[index].any():
+            raise ValueError(f"rows {index[self.seen[index]].tolist()} were yielded twice")
+        self.feats[index] = f
+        self.seen[index] = True
+
+    def result(self) -> torch.Tensor:
+        if self.feats is None or not self.seen.all():
+            missing = torch.nonzero(~self.seen).flatten()[:10].tolist()
+            raise ValueError(f"the loader never yielded table rows {missing} (first 10 shown)")
+        return self.feats
 
 
 def save_features(

@@ -43,19 +43,15 @@ def prepare_demo(
     """
     out_dir = Path(out_dir)
     if tiny:
-        csv = Path(cfg.data.root) / cfg.dataset(dataset).path
-        if csv.is_file():
-            table, root = pd.read_csv(csv, dtype={"identity": str}), csv.parent
-            keep = sorted(table["identity"].unique())[:tiny_identities]
-            table = table[table["identity"].isin(keep)]
-        else:
-            root = out_dir / "data"
-            table = generate_preset(
-                root,
-                tiny_preset(dataset, tiny_identities, tiny_images),
-                seed=seed,
-                image_size=tiny_image_size,
-            )
+        table, root = _tiny_table(
+            cfg,
+            dataset,
+            out_dir / "data",
+            identities=tiny_identities,
+            images=tiny_images,
+            image_size=tiny_image_size,
+            seed=seed,
+        )
         model_dir = random_export(
             out_dir / "model", cfg.model, sorted(table["identity"].astype(str).unique()), seed
         )
@@ -65,6 +61,35 @@ def prepare_demo(
         table = full[full["split"].isin(EVAL_SPLITS)]  # test individuals only
         root = Paths.image_root(full)
     gallery, photos = gallery_and_new_photos(table, root, new_fraction, seed=seed)
+    return {"model_dir": Path(model_dir), **_write_demo(out_dir, gallery, photos)}
+
+
+def _tiny_table(
+    cfg: Config,
+    dataset: str,
+    data_dir: Path,
+    *,
+    identities: int,
+    images: int,
+    image_size: int,
+    seed: int,
+) -> tuple[pd.DataFrame, Path]:
+    """(table, image root) of the first `identities` of the embedded suite when `data/` holds
+    it, else of a few-individual set generated into `data_dir`."""
+    csv = Path(cfg.data.root) / cfg.dataset(dataset).path
+    if csv.is_file():
+        table = pd.read_csv(csv, dtype={"identity": str})
+        keep = sorted(table["identity"].unique())[:identities]
+        return table[table["identity"].isin(keep)], csv.parent
+    table = generate_preset(
+        data_dir, tiny_preset(dataset, identities, images), seed=seed, image_size=image_size
+    )
+    return table, data_dir
+
+
+def _write_demo(out_dir: Path, gallery: pd.DataFrame, photos: pd.DataFrame) -> dict:
+    """Copy the new photos into `out_dir/new_photos` (a fresh folder) and write the gallery
+    CSV; their paths and the photos' true identities."""
     photos_dir = out_dir / "new_photos"
     if photos_dir.exists():
         shutil.rmtree(photos_dir)
@@ -82,9 +107,4 @@ def prepare_demo(
             "is_new": photos["is_new"],
         }
     )
-    return {
-        "model_dir": Path(model_dir),
-        "gallery_csv": gallery_csv,
-        "photos_dir": photos_dir,
-        "truth": truth,
-    }
+    return {"gallery_csv": gallery_csv, "photos_dir": photos_dir, "truth": truth}

@@ -33,9 +33,10 @@ from indivaid_core.train.pretrain import pretrain_clip
 
 def _render(args: tuple) -> pd.DataFrame:
     out, name, seed, scale, size = args
-    return synthetic.generate_preset(
-        Path(out) / name, synthetic.PRESETS[name], seed, scale, size
-    ).assign(preset=name, root=str(Path(out) / name))
+    table = synthetic.generate_preset(
+        Path(out) / name, synthetic.PRESETS[name], seed=seed, scale=scale, image_size=size
+    )
+    return table.assign(preset=name, root=str(Path(out) / name))
 
 
 def make_corpus(p: PretrainCfg, out: Path) -> pd.DataFrame:
@@ -161,29 +162,21 @@ def run_pretrain(p: PretrainCfg, work: Path, models: Path, num_workers: int = 0)
     t_corpus = time.perf_counter() - t0
     size = (p.image_size, p.image_size)
     images = torch.from_numpy(
-        decoded_images(table, corpus_dir, size, "tensor", None, num_workers, train=False)
+        decoded_images(
+            table,
+            corpus_dir,
+            image_size=size,
+            backend="tensor",
+            cache_dir=None,
+            num_workers=num_workers,
+            train=False,
+        )
     )
     held = heldout_split(table, p.heldout_fraction, p.seed).to_numpy()
     model = build_clip(p.backbone, p.init, size)
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
-    tokens = tokenizer(table.loc[~held, "caption"].tolist())
-    t1 = time.perf_counter()
-    train_idx = torch.from_numpy(np.flatnonzero(~held))
-    history = pretrain_clip(
-        model,
-        images[train_idx],
-        tokens,
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        image_lr_factor=p.image_lr_factor,
-        weight_decay=p.weight_decay,
-        warmup_steps=p.warmup_steps,
-        pad=p.pad,
-        seed=p.seed,
-        num_threads=p.num_threads,
-    )
-    t_train = time.perf_counter() - t1
+    captions = table.loc[~held, "caption"].tolist()
+    train_images = images[torch.from_numpy(np.flatnonzero(~held))]
+    history, t_train = _train(p, model, captions, train_images)
     out = models / Path(SYNTHCLIP_FILE).parent.name
     out.mkdir(parents=True, exist_ok=True)
     weights = out / Path(SYNTHCLIP_FILE).name
@@ -196,29 +189,68 @@ def run_pretrain(p: PretrainCfg, work: Path, models: Path, num_workers: int = 0)
     metrics = {
         "synthclip": alignment_report(saved, held_table, held_images),
         "untrained_text": alignment_report(control, held_table, held_images),
-        "corpus": {
-            "photos": len(table),
-            "individuals": int(table["identity"].nunique()),
-            "heldout_photos": int(held.sum()),
-            "heldout_individuals": int(held_table["identity"].nunique()),
-            "species": sorted(table["noun"].unique()),
-            "seed": p.seed,
-            "render_seconds": round(t_corpus, 1),
-        },
-        "train": {
-            "steps": len(history),
-            "epochs": p.epochs,
-            "batch_size": p.batch_size,
-            "seconds": round(t_train, 1),
-            "first_loss": history[0]["loss"] if history else None,
-            "last_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
-            "threads": p.num_threads,
-        },
+        "corpus": _corpus_facts(p, table, held_table, render_seconds=t_corpus),
+        "train": _train_facts(p, history, seconds=t_train),
     }
     write_json(out / "metrics.json", metrics, indent=1)
     write_json(out / "history.json", history)
     write_text(out / "MODEL_CARD.md", model_card(p, metrics))
-    return PretrainResult(metrics, history, held_table, held_images, saved)
+    return PretrainResult(
+        metrics, history, heldout=held_table, heldout_images=held_images, model=saved
+    )
+
+
+def _train(
+    p: PretrainCfg, model: torch.nn.Module, captions: list[str], images: torch.Tensor
+) -> tuple[list[dict], float]:
+    """open_clip's contrastive loss over the captioned training photos; the loss history and
+    the seconds it took."""
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+    tokens = tokenizer(captions)
+    t1 = time.perf_counter()
+    history = pretrain_clip(
+        model,
+        images,
+        tokens,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        image_lr_factor=p.image_lr_factor,
+        weight_decay=p.weight_decay,
+        warmup_steps=p.warmup_steps,
+        pad=p.pad,
+        seed=p.seed,
+        num_threads=p.num_threads,
+    )
+    return history, time.perf_counter() - t1
+
+
+def _corpus_facts(
+    p: PretrainCfg, table: pd.DataFrame, held_table: pd.DataFrame, *, render_seconds: float
+) -> dict:
+    """What the model saw and what was held out of it, for the metrics and the card."""
+    return {
+        "photos": len(table),
+        "individuals": int(table["identity"].nunique()),
+        "heldout_photos": len(held_table),
+        "heldout_individuals": int(held_table["identity"].nunique()),
+        "species": sorted(table["noun"].unique()),
+        "seed": p.seed,
+        "render_seconds": round(render_seconds, 1),
+    }
+
+
+def _train_facts(p: PretrainCfg, history: list[dict], *, seconds: float) -> dict:
+    """How long the training ran and where its loss went (the last 20 steps averaged)."""
+    return {
+        "steps": len(history),
+        "epochs": p.epochs,
+        "batch_size": p.batch_size,
+        "seconds": round(seconds, 1),
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+        "threads": p.num_threads,
+    }
 
 
 def model_card(p: PretrainCfg, m: dict) -> str:

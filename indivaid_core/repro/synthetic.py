@@ -391,24 +391,69 @@ def render_photo(
     scene: np.ndarray | None,
     size: int,
 ) -> tuple[Image.Image, dict]:
-    """One photo of one individual (`sides`: its pattern per viewpoint); image + conditions."""
-    from scipy import ndimage
+    """One photo of one individual (`sides`: its pattern per viewpoint); image + conditions.
 
-    nz = preset.nuisance
+    The steps draw from `rng` in a fixed order (body, backdrop, occlusion, light, camera), so
+    one seed gives one photo."""
     n = size * SUPERSAMPLE
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
+    viewpoint, mask, colour = _posed_body(rng, preset, sides, xs=xs, ys=ys)
+    bg, background = _backdrop(rng, preset, scene, n)
+    img = np.where(mask[..., None], colour, bg)
+    img, level = _occlude(rng, preset, img)
+    img, night = _light(rng, preset.nuisance, img, xs=xs, ys=ys)
+    out = _camera_output(rng, preset.nuisance, img, size=size, night=night)
+    meta = {
+        "viewpoint": viewpoint,
+        "daynight": "night" if night else "day",
+        "occlusion": level,
+        "bbox": _bbox(mask, size),
+    }
+    if background is not None:
+        meta["background"] = background
+    return out, meta
+
+
+def _posed_body(
+    rng: np.random.Generator,
+    preset: Preset,
+    sides: dict[str, Pattern],
+    *,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(viewpoint, mask, colour): the animal seen from a random side, posed and placed on
+    the supersampled pixel grid `xs`, `ys`."""
+    nz = preset.nuisance
+    n = xs.shape[0]
     viewpoint = str(rng.choice(preset.viewpoints, p=preset.viewpoint_probs))
-    pattern = sides[viewpoint]
     flip = -1.0 if viewpoint == "left" else 1.0
     pose = sample_pose(rng, nz.pose, preset.shape.arms)
     h = _homography(rng, nz, n, flip)
-    ys, xs = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
     canon = np.linalg.inv(h) @ np.stack([xs.ravel(), ys.ravel(), np.ones(n * n)])
     cx, cy = (canon[:2] / canon[2]).reshape(2, n, n)
     if preset.shape.kind != "star":
         cy = cy - 0.12  # centre the body-plus-legs box rather than the trunk
-    contrast = rng.uniform(*nz.contrast)
-    mask, colour = render_body(cx, cy, preset.shape, pose, pattern, preset.palette, contrast)
+    mask, colour = render_body(
+        cx,
+        cy,
+        shape=preset.shape,
+        pose=pose,
+        pattern=sides[viewpoint],
+        palette=preset.palette,
+        contrast=rng.uniform(*nz.contrast),
+    )
+    return viewpoint, mask, colour
 
+
+def _backdrop(
+    rng: np.random.Generator, preset: Preset, scene: np.ndarray | None, n: int
+) -> tuple[np.ndarray, str | None]:
+    """An (n, n) background, out of focus and duller than the animal, and its source (None
+    when it is a crop of the camera's fixed `scene`, whose source the caller knows)."""
+    from scipy import ndimage
+
+    nz = preset.nuisance
     background = None
     if scene is None:
         bg, background = _scene(rng, preset, n)
@@ -419,15 +464,23 @@ def render_photo(
     if bg_sigma > 0.3:
         bg = ndimage.gaussian_filter(bg, (bg_sigma, bg_sigma, 0))
     mean = bg.mean(axis=(0, 1))
-    bg = mean + nz.bg_contrast * (bg - mean)
-    img = np.where(mask[..., None], colour, bg)
+    return mean + nz.bg_contrast * (bg - mean), background
 
-    level = str(rng.choice(["none", "low", "high"], p=nz.occlusion))
+
+def _occlude(rng: np.random.Generator, preset: Preset, img: np.ndarray) -> tuple[np.ndarray, str]:
+    """The image with vegetation drawn over it (at 8 bits, as PIL draws), and the level."""
+    level = str(rng.choice(["none", "low", "high"], p=preset.nuisance.occlusion))
     pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
     _vegetation(rng, pil, level, np.asarray(preset.vegetation))
-    img = np.asarray(pil, dtype=np.float64) / 255.0
+    return np.asarray(pil, dtype=np.float64) / 255.0, level
 
-    # Illumination: gain, a directional gradient, a colour cast.
+
+def _light(
+    rng: np.random.Generator, nz: Nuisance, img: np.ndarray, *, xs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """Illumination (gain, a directional gradient, a colour cast), underwater haze and the
+    infrared night flash; returns the image and whether it is a night shot."""
+    n = xs.shape[0]
     phi = rng.uniform(0, 2 * np.pi)
     ramp = ((xs - n / 2) * np.cos(phi) + (ys - n / 2) * np.sin(phi)) / n
     img = (
@@ -443,6 +496,16 @@ def render_photo(
         r2 = ((xs - n / 2) ** 2 + (ys - n / 2) ** 2) / (n / 2) ** 2
         lum = np.clip(lum * rng.uniform(1.0, 1.6) * (1 - 0.45 * r2), 0, 1) ** 0.8
         img = np.repeat(lum[..., None], 3, axis=2)
+    return img, night
+
+
+def _camera_output(
+    rng: np.random.Generator, nz: Nuisance, img: np.ndarray, *, size: int, night: bool
+) -> Image.Image:
+    """What the sensor records: blur, box-downsampling to `size`, then noise (stronger and
+    grey at night)."""
+    from scipy import ndimage
+
     sigma = rng.uniform(0, nz.blur) * SUPERSAMPLE
     if sigma > 0.3:
         img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
@@ -453,29 +516,115 @@ def render_photo(
     arr = arr + rng.normal(0, rng.uniform(0, nz.noise) * (1.5 if night else 1.0), arr.shape)
     if night:
         arr = np.repeat(arr.mean(axis=2, keepdims=True), 3, axis=2)
-    out = Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8))
 
+
+def _bbox(mask: np.ndarray, size: int) -> list[int]:
+    """[x, y, width, height] of the animal at output `size`; all zero when it is out of frame."""
     small = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
     rows, cols = np.flatnonzero(small.any(axis=1)), np.flatnonzero(small.any(axis=0))
-    bbox = (
-        [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-        if rows.size
-        else [0, 0, 0, 0]
-    )
-    meta = {
-        "viewpoint": viewpoint,
-        "daynight": "night" if night else "day",
-        "occlusion": level,
-        "bbox": bbox,
-    }
-    if background is not None:
-        meta["background"] = background
-    return out, meta
+    if not rows.size:
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _n_images(rng: np.random.Generator, preset: Preset) -> int:
     n = np.exp(rng.normal(np.log(preset.images_median), preset.images_sigma))
     return int(np.clip(round(n), *preset.images))
+
+
+#: A camera's fixed scene is this much larger than the frame, so each photo can be a crop of
+#: it shifted a little (`_backdrop`).
+_SCENE_MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class _Individual:
+    """One individual's identity: its coat per viewpoint, the words for it, its encounters."""
+
+    ident: int
+    sides: dict[str, Pattern]
+    coats: dict[str, dict]
+    encounters: np.ndarray  # the dates it was seen on (datetime.date objects)
+
+
+def _plan(preset: Preset, seed: int, scale: float) -> list[tuple[_Individual, int]]:
+    """(individual, photo number) for every photo of the preset, each individual drawn from
+    its own stream, so a larger `scale` leaves the existing ones as they were."""
+    key = _stable_id(preset.name)
+    start = dt.date.fromisoformat(preset.dates[0])
+    span = (dt.date.fromisoformat(preset.dates[1]) - start).days
+    plan = []
+    for ident in range(max(2, round(preset.n_identities * scale))):
+        rng = np.random.default_rng([seed, key, 0, ident])
+        sides = {v: sample_pattern(preset.pattern, rng) for v in preset.viewpoints}
+        encounters = start + dt.timedelta(days=1) * rng.integers(0, span, rng.integers(1, 4))
+        coats = {v: coat_attributes(preset.pattern, p) for v, p in sides.items()}
+        individual = _Individual(ident, sides, coats, encounters)
+        plan.extend((individual, k) for k in range(_n_images(rng, preset)))
+    return plan
+
+
+@dataclass
+class _PresetWriter:
+    """What every photo of one preset shares: where it is written, its seed, the scene of each
+    camera (drawn once, on the camera's first photo)."""
+
+    out_dir: Path
+    preset: Preset
+    seed: int
+    image_size: int
+    jpeg_quality: int
+    scenes: dict[int, tuple[np.ndarray, str]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> int:
+        return _stable_id(self.preset.name)
+
+    def clear(self) -> None:
+        """An empty `images/` folder: a smaller regeneration must not leave extra files."""
+        images = self.out_dir / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        for stale in images.glob("*.jpg"):
+            stale.unlink()
+
+    def scene(self, camera: int) -> tuple[np.ndarray | None, str]:
+        """The camera's fixed scene and its source; (None, "") where scenes are per photo."""
+        if not self.preset.fixed_scenes:
+            return None, ""
+        if camera not in self.scenes:
+            srng = np.random.default_rng([self.seed, self.key, 2, camera])
+            size = int(self.image_size * SUPERSAMPLE * _SCENE_MARGIN)
+            self.scenes[camera] = _scene(srng, self.preset, size)
+        return self.scenes[camera]
+
+    def photo(self, individual: _Individual, k: int) -> dict:
+        """Render and save photo `k` of `individual`; its metadata row."""
+        preset, ident = self.preset, individual.ident
+        rng = np.random.default_rng([self.seed, self.key, 1, ident, k])
+        camera = int(rng.integers(preset.n_cameras))
+        scene, background = self.scene(camera)
+        img, meta = render_photo(preset, individual.sides, rng, scene=scene, size=self.image_size)
+        meta.setdefault("background", background)
+        image_id = f"{preset.species}_{ident:04d}_{k:03d}"
+        path = f"images/{image_id}.jpg"
+        img.save(self.out_dir / path, format="JPEG", quality=self.jpeg_quality)
+        date = individual.encounters[rng.integers(len(individual.encounters))].isoformat()
+        coat = individual.coats[meta["viewpoint"]]
+        words = {**meta, "background": SCENE_WORDS[meta["background"]]}
+        crng = np.random.default_rng([self.seed, self.key, 3, ident, k])  # captions' own stream
+        return {
+            "image_id": image_id,
+            "identity": f"{preset.species}{ident:04d}",
+            "path": path,
+            "date": date,
+            "species": preset.species,
+            "camera": camera,
+            **meta,
+            "pattern": preset.pattern,
+            **{f"coat_{a}": v for a, v in coat.items()},
+            "caption": caption(preset.noun, preset.pattern, coat=coat, photo=words, rng=crng),
+        }
 
 
 def generate_preset(
@@ -489,60 +638,14 @@ def generate_preset(
     """Write `<out_dir>/images/*.jpg` and `<out_dir>/metadata.csv`; return the table."""
     import pandas as pd
 
-    out_dir = Path(out_dir)
-    images = out_dir / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for stale in images.glob("*.jpg"):  # a smaller regeneration must not leave extra files
-        stale.unlink()
-    key = _stable_id(preset.name)
-    n_ids = max(2, round(preset.n_identities * scale))
-    start = dt.date.fromisoformat(preset.dates[0])
-    span = (dt.date.fromisoformat(preset.dates[1]) - start).days
-    margin = 1.1 if preset.fixed_scenes else 1.0
-    scenes: dict[int, tuple[np.ndarray, str]] = {}
-    plan = []
-    for ident in range(n_ids):
-        rng = np.random.default_rng([seed, key, 0, ident])
-        sides = {v: sample_pattern(preset.pattern, rng) for v in preset.viewpoints}
-        encounters = start + dt.timedelta(days=1) * rng.integers(0, span, rng.integers(1, 4))
-        coats = {v: coat_attributes(preset.pattern, p) for v, p in sides.items()}
-        plan.extend((ident, k, sides, coats, encounters) for k in range(_n_images(rng, preset)))
-
-    rows = []
-    for ident, k, sides, coats, encounters in tqdm(plan, desc=preset.name, unit="img"):
-        rng = np.random.default_rng([seed, key, 1, ident, k])
-        camera = int(rng.integers(preset.n_cameras))
-        scene = None
-        if preset.fixed_scenes:
-            if camera not in scenes:
-                srng = np.random.default_rng([seed, key, 2, camera])
-                scenes[camera] = _scene(srng, preset, int(image_size * SUPERSAMPLE * margin))
-            scene, background = scenes[camera]
-        img, meta = render_photo(preset, sides, rng, scene, image_size)
-        meta.setdefault("background", background if scene is not None else "")
-        image_id = f"{preset.species}_{ident:04d}_{k:03d}"
-        path = f"images/{image_id}.jpg"
-        img.save(out_dir / path, format="JPEG", quality=jpeg_quality)
-        date = encounters[rng.integers(len(encounters))].isoformat()
-        coat = coats[meta["viewpoint"]]
-        words = {**meta, "background": SCENE_WORDS[meta["background"]]}
-        crng = np.random.default_rng([seed, key, 3, ident, k])  # captions: a stream of their own
-        rows.append(
-            {
-                "image_id": image_id,
-                "identity": f"{preset.species}{ident:04d}",
-                "path": path,
-                "date": date,
-                "species": preset.species,
-                "camera": camera,
-                **meta,
-                "pattern": preset.pattern,
-                **{f"coat_{a}": v for a, v in coat.items()},
-                "caption": caption(preset.noun, preset.pattern, coat, words, crng),
-            }
-        )
+    writer = _PresetWriter(
+        Path(out_dir), preset, seed=seed, image_size=image_size, jpeg_quality=jpeg_quality
+    )
+    writer.clear()
+    plan = _plan(preset, seed, scale)
+    rows = [writer.photo(ind, k) for ind, k in tqdm(plan, desc=preset.name, unit="img")]
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / "metadata.csv", index=False, lineterminator="\n")
+    df.to_csv(writer.out_dir / "metadata.csv", index=False, lineterminator="\n")
     return df
 
 
@@ -562,7 +665,12 @@ def generate_suite(
         raise KeyError(f"unknown synthetic preset(s) {unknown}; valid: {sorted(table)}")
     return {
         name: generate_preset(
-            Path(out_dir) / name, table[name], seed, scale, image_size, jpeg_quality
+            Path(out_dir) / name,
+            table[name],
+            seed=seed,
+            scale=scale,
+            image_size=image_size,
+            jpeg_quality=jpeg_quality,
         )
         for name in presets
     }
@@ -586,7 +694,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--jpeg-quality", type=int, default=85)
     args = ap.parse_args(argv)
     tables = generate_suite(
-        args.out, args.presets, args.seed, args.scale, args.image_size, args.jpeg_quality
+        args.out,
+        args.presets,
+        seed=args.seed,
+        scale=args.scale,
+        image_size=args.image_size,
+        jpeg_quality=args.jpeg_quality,
     )
     for name, df in tables.items():
         print(f"{name}: {df.identity.nunique()} individuals, {len(df)} images")

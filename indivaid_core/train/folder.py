@@ -7,10 +7,11 @@ Every image trains; there is no test split, because the point is a model to iden
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indivaid_core.config import Config, ConfigError, deep_merge, nested
+from indivaid_core.config import Config, ConfigError, VariantCfg, deep_merge, nested
 from indivaid_core.data.adapters import load_dataset
 from indivaid_core.data.images import DataError, set_pixel_limit
 from indivaid_core.data.table import check_inside_root
@@ -91,9 +92,33 @@ def train_on_folder(
         raise ConfigError(f"stages must be both, stage1 or stage2, got {stages!r}")
     if variant not in cfg.variants:
         raise ConfigError(f"unknown variant {variant!r}; valid: {sorted(cfg.variants)}")
+    table, root = training_photos(cfg, images)
+    run = _FolderRun(table, root, Path(out), resume)
+    text = cfg.variants[variant].text
+    stage1_cfg, stage2_cfg = run_configs(cfg, variant, overrides or {})
+    first = text != "none" and stages in ("both", "stage1")
+    if first:
+        check_prompt_fits(stage1_cfg, species)
+    result: dict[str, Any] = {"images": len(table), "individuals": int(table.identity.nunique())}
+    run.out.mkdir(parents=True, exist_ok=True)
+    # The whole run folder for the whole run: a second `train` to this --out (other settings
+    # or not) is refused at once, instead of rewriting stage1 while the first is in stage 2.
+    with folder_lock(run.out, f"training run folder {run.out}"):
+        if first:
+            result["stage1"] = run.stage1(stage1_cfg, species)
+        if stages in ("both", "stage2"):
+            result["stage2"] = run.stage2(stage2_cfg, cfg.variants[variant])
+            result["model"] = str(run.out / "model")
+    return result
+
+
+def training_photos(cfg: Config, images: str | Path) -> tuple[Any, Path]:
+    """(table, image root) of the usable photos under `images`, refused unless they show at
+    least two individuals (nothing to tell apart otherwise) and, unless the settings allow
+    it, lie inside the root (a CSV sent by someone may point at any file)."""
     set_pixel_limit(cfg.data.max_pixels)
     table, root = read_folder(images)
-    if not cfg.data.allow_outside_root:  # a CSV sent by someone may point at any file
+    if not cfg.data.allow_outside_root:
         fix = "--set data.allow_outside_root=true reads them anyway"
         check_inside_root(table, root, str(images), fix)
     table = usable_photos(table, root, images)
@@ -102,41 +127,46 @@ def train_on_folder(
             f"{images}: needs at least 2 individuals with usable photos, "
             f"found {table.identity.nunique()}"
         )
-    out = Path(out)
-    text = cfg.variants[variant].text
-    stage1_cfg, stage2_cfg = run_configs(cfg, variant, overrides or {})
-    first = text != "none" and stages in ("both", "stage1")
-    if first:
-        check_prompt_fits(stage1_cfg, species)
-    result: dict[str, Any] = {"images": len(table), "individuals": int(table.identity.nunique())}
-    out.mkdir(parents=True, exist_ok=True)
-    # The whole run folder for the whole run: a second `train` to this --out (other settings
-    # or not) is refused at once, instead of rewriting stage1 while the first is in stage 2.
-    with folder_lock(out, f"training run folder {out}"):
-        if first:
-            s1 = train_stage1(
-                Stage1Run.of(stage1_cfg),
-                train_table=table,
-                image_root=root,
-                species=species,
-                out_dir=out / "stage1",
-                cache_dir=out / "cache",
-                resume=resume,
-            )
-            result["stage1"] = {k: s1[k] for k in ("epochs", "final_loss") if k in s1}
-        if stages in ("both", "stage2"):
-            if text != "none" and not (out / "stage1" / "descriptions.safetensors").exists():
-                raise DataError(f"{out / 'stage1'}: no stage-1 run; train with --stage both first")
-            s2 = train_stage2(
-                Stage2Run.of(stage2_cfg),
-                train_table=table,
-                image_root=root,
-                out_dir=out / "model",
-                stage1_dir=out / "stage1" if text != "none" else None,
-                train=cfg.variants[variant].train,
-                resume=resume,
-                cache_dir=out / "cache",
-            )
-            result["stage2"] = {k: s2[k] for k in ("epochs", "final_loss") if k in s2}
-            result["model"] = str(out / "model")
-    return result
+    return table, root
+
+
+@dataclass(frozen=True)
+class _FolderRun:
+    """What both stages train on and where they write: <out>/stage1, <out>/model and the
+    shared <out>/cache."""
+
+    table: Any
+    root: Path
+    out: Path
+    resume: bool
+
+    def stage1(self, cfg: Config, species: str) -> dict[str, Any]:
+        """Train the description generator; its epochs and final loss."""
+        s1 = train_stage1(
+            Stage1Run.of(cfg),
+            train_table=self.table,
+            image_root=self.root,
+            species=species,
+            out_dir=self.out / "stage1",
+            cache_dir=self.out / "cache",
+            resume=self.resume,
+        )
+        return {k: s1[k] for k in ("epochs", "final_loss") if k in s1}
+
+    def stage2(self, cfg: Config, variant: VariantCfg) -> dict[str, Any]:
+        """Train (or export) the model, on this folder's stage 1 when the variant has text;
+        its epochs and final loss."""
+        stage1_dir = self.out / "stage1"
+        if variant.text != "none" and not (stage1_dir / "descriptions.safetensors").exists():
+            raise DataError(f"{stage1_dir}: no stage-1 run; train with --stage both first")
+        s2 = train_stage2(
+            Stage2Run.of(cfg),
+            train_table=self.table,
+            image_root=self.root,
+            out_dir=self.out / "model",
+            stage1_dir=stage1_dir if variant.text != "none" else None,
+            train=variant.train,
+            resume=self.resume,
+            cache_dir=self.out / "cache",
+        )
+        return {k: s2[k] for k in ("epochs", "final_loss") if k in s2}

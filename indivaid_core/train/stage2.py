@@ -214,30 +214,59 @@ def train_stage2(
             cache_dir=cache_dir,
             info=info,
         )
-        state = _loop_state(parts.net, run.stage2)
-        settings = run_settings(run, train_table, camera_map, parts.stage1_file, image_root)
-        with maybe_ddp(parts.net, device) as model:
-            model.train()
-            meter = run_epochs(
-                state,
-                epochs=run.stage2.epochs,
-                batches=data.batches,
-                step=Stage2Step(
-                    model, data, parts.text, run=run, clip=parts.clip_model, device=device
-                ),
-                checkpoint=out_dir / "checkpoint.pt",
-                log_dir=out_dir / "plots",
-                desc="stage2",
-                settings=settings,
-                resume=resume,
-                interrupt_after_steps=interrupt_after_steps,
-            )
-        result = _trained_metrics(
-            parts, data, epochs=run.stage2.epochs, state=state, meter=meter, device=device
+        settings = run_settings(
+            run,
+            train_table,
+            camera_map=camera_map,
+            stage1_file=parts.stage1_file,
+            image_root=image_root,
+        )
+        result = _fine_tune(
+            run,
+            parts,
+            data,
+            settings=settings,
+            out_dir=out_dir,
+            device=device,
+            resume=resume,
+            interrupt_after_steps=interrupt_after_steps,
         )
         if info.is_main:
             _write_trained(parts, run.model, out_dir, result)
         return result
+
+
+def _fine_tune(
+    run: Stage2Run,
+    parts: Stage2Parts,
+    data: Stage2Data,
+    *,
+    settings: dict[str, Any],
+    out_dir: Path,
+    device: torch.device,
+    resume: bool,
+    interrupt_after_steps: int,
+) -> dict[str, Any]:
+    """The stage-2 epochs, on the network wrapped for DDP when distributed, resuming the
+    checkpoint in `out_dir` when it was made with the same `settings`; the run's metrics."""
+    state = _loop_state(parts.net, run.stage2)
+    with maybe_ddp(parts.net, device) as model:
+        model.train()
+        meter = run_epochs(
+            state,
+            epochs=run.stage2.epochs,
+            batches=data.batches,
+            step=Stage2Step(model, data, parts.text, run=run, clip=parts.clip_model, device=device),
+            checkpoint=out_dir / "checkpoint.pt",
+            log_dir=out_dir / "plots",
+            desc="stage2",
+            settings=settings,
+            resume=resume,
+            interrupt_after_steps=interrupt_after_steps,
+        )
+    return _trained_metrics(
+        parts, data, epochs=run.stage2.epochs, state=state, meter=meter, device=device
+    )
 
 
 def _sie_camera_map(model: ModelCfg, camera_map: dict[str, int] | None) -> dict[str, int] | None:
