@@ -533,7 +533,6 @@ def cells_of(cfg: Config) -> dict[str, Any]:
     scaling = {
         "scaling_dataset": p.scaling.dataset or "none",
         "scaling_datasets": cfg.scaling_datasets(),
-        "scaling_variants": list(p.scaling.variants),
         "scaling_cells": trained_cells(cfg, cfg.scaling_datasets(), p.scaling.variants),
     }
     return {"cells": {"profile": cfg.profile, **cells, **trained, **scaling}}

@@ -63,6 +63,31 @@ def test_one_switch_selects_the_paper_cells(tmp_path):
         config.load(params, {"profile": "default"})
 
 
+def test_each_trained_cell_names_the_text_run_it_reads(tmp_path):
+    """dvc.yaml lists `${item.text_run}` per stage-2 cell: the key must be the variant's run,
+    and a cells.yaml naming another run (params.yaml edited after) is refused."""
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    config.write_cells(params)
+    cells = yaml.safe_load((tmp_path / config.CELLS_FILE).read_text())["cells"]
+    assert cells["stage2_cells"]["synth-tiger-indivaid"] == {
+        "dataset": "synth-tiger",
+        "variant": "indivaid",
+        "text_run": "pipeline.text_runs.meta-ctx4",
+    }
+    assert cells["ablation_cells"]["synth-stoat-abl_ctx2"]["text_run"] == "pipeline.text_runs.ctx2"
+    # no text run: the variant's own block, which dvc.yaml lists anyway
+    assert cells["stage2_cells"]["synth-stoat-zero_shot"]["text_run"] == "variants.zero_shot"
+    assert set(cells["scaling_cells"]) == {
+        f"synth-tiger-n{n}-{v}" for n in (8, 16, 32) for v in ("image_only", "clipreid", "indivaid")
+    }
+    params.write_text(
+        params.read_text().replace("indivaid: {text: meta-ctx4}", "indivaid: {text: ctx2}")
+    )
+    with pytest.raises(config.ConfigError, match="run `indivaid profile default`"):
+        config.load(params)
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [
