@@ -162,15 +162,18 @@ def frozen_features(
     image_root: Path,
     cache_dir: Path,
     device: torch.device,
+    key: str | None = None,
 ) -> np.memmap:
-    """The training rows' E_I features for this run's settings, from the cache when present."""
+    """The training rows' E_I features for this run's settings, from the cache when present.
+
+    `key` is `cache_key`'s value when the caller has it: it reads every photo to compute it."""
     return image_feature_cache(
         clip_model,
         train_table.reset_index(drop=True),
         image_root=image_root,
         image_size=tuple(run.model.image_size),
         cache_dir=cache_dir,
-        key=cache_key(to_dict(run.model), train_table, image_root),
+        key=key or cache_key(to_dict(run.model), train_table, image_root),
         batch_size=run.stage1.feature_batch_size,
         device=device,
         num_workers=run.num_workers,
@@ -197,6 +200,7 @@ def warm_feature_cache(
             image_root=image_root,
             cache_dir=cache_dir,
             device=device,
+            key=key,
         )
 
 
