@@ -106,3 +106,24 @@ def test_input_frame_is_not_modified(tiny_table):
     before = df.copy()
     validate_table(df, root, check_images=False)
     pd.testing.assert_frame_equal(df, before)
+
+
+def test_a_photo_replaced_under_its_name_changes_the_prepared_table(tmp_path, monkeypatch):
+    """DVC sees a dataset's photos through its prepared table (the stages downstream depend on
+    `work/tables/<dataset>.csv`): a photo swapped in under the same name must change it."""
+    import toy_repo
+
+    from indivaid_core import config
+    from indivaid_core.repro.paths import Paths
+    from indivaid_core.repro.prepare import prepare
+
+    monkeypatch.chdir(toy_repo.build(tmp_path))
+    cfg = config.load("params.yaml")
+    before = pd.read_csv(Paths(cfg, "toy").table)
+    first, other = (before["image_root"][0] + "/" + before["path"][i] for i in (0, 1))
+    with open(first, "wb") as f, open(other, "rb") as g:
+        f.write(g.read())
+    after = prepare(cfg, "toy")
+    changed = [c for c in before if not before[c].astype(str).equals(after[c].astype(str))]
+    assert changed == ["file_sha256"]
+    assert after["file_sha256"][0] == after["file_sha256"][1] != before["file_sha256"][0]

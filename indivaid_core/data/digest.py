@@ -13,15 +13,24 @@ def files_digest(table: Any, root: str | Path) -> str:
     """sha256 over the content of every row's image file, in row order: replacing a photo
     but keeping its name changes the digest (a missing file counts as such)."""
     h = hashlib.sha256()
+    for digest in file_digests(table, root):
+        h.update(digest.encode() + b"|")
+    return h.hexdigest()
+
+
+def file_digests(table: Any, root: str | Path) -> list[str]:
+    """Each row's image file sha256 ("missing" for a file that is not there). The prepared
+    tables carry them, so DVC re-runs a dataset's stages when a photo changes under its name."""
+    out = []
     for rel in table["path"].astype(str):
         file = Path(root) / rel
         try:
             st = file.stat()
         except OSError:
-            h.update(b"missing|")
+            out.append("missing")
             continue
-        h.update(_file_sha256(str(file), st.st_size, st.st_mtime_ns, st.st_ino).encode() + b"|")
-    return h.hexdigest()
+        out.append(_file_sha256(str(file), st.st_size, st.st_mtime_ns, st.st_ino))
+    return out
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -9,6 +9,7 @@ import pandas as pd
 from indivaid_core.config import Config
 from indivaid_core.data import load_dataset, prepare_table, train_rows
 from indivaid_core.data.adapters import read_metadata_csv
+from indivaid_core.data.digest import file_digests
 from indivaid_core.repro.paths import Paths
 from indivaid_core.safe_io import write_csv
 
@@ -33,6 +34,7 @@ def prepare(cfg: Config, dataset: str) -> pd.DataFrame:
         train_individuals=ds.train_individuals,
     )
     df["image_root"] = str(Path(root))
+    df["file_sha256"] = file_digests(df, root)  # the table changes when a photo does
     write_csv(df, paths.table, index=False)
     return df
 
