@@ -1,16 +1,20 @@
 """`indivaid` as a person feels it: start-up, time to the first answer, photos/s (issue 31, item 7).
 
 Side by side in one run, medians over --repeats:
-  start-up        `python -c pass` and `python -c "import torch"` as yardsticks, then, per source
-                  tree, `import indivaid_core.cli`, `indivaid --help` and the help of identify,
-                  snapshot and synth, each a fresh process.
-  first answer    per source tree, `indivaid identify --index IDX one.jpg` against a 100-photo
+  start-up        yardsticks: `python -c pass`, `import torch`, `import open_clip, pandas` (the
+                  libraries an answer runs on: torch, torchvision, timm, open_clip); then, in
+                  turn with each source tree, the same import with the garbage collector paused
+                  as `indivaid` pauses it (the floor of a first answer), `import
+                  indivaid_core.cli`, `indivaid --help` and the help of identify, snapshot and
+                  synth, each a fresh process.
+  first answer    per source tree, `indivaid identify --index IDX one.jpg` against a 160-photo
                   gallery in a fresh process; the seconds of it spent importing (`-X importtime`,
                   the top-level imports summed, in a second run); how soon it refuses an
                   existing --out and a missing --index; and, in process, opening the index and
-                  loading the model, so the share that is start-up can be read off.
+                  loading the model (and, within it, `load_export`), so the share that is
+                  start-up can be read off.
   photos/s        `api.identify` of the new photos (the model loaded once) against galleries of
-                  100 and 10,000 photos, exact and FAISS, and the search alone (queries/s).
+                  160 and 10,000 photos, exact and FAISS, and the search alone (queries/s).
 `--compare DIR` times a second source tree (a folder holding another version's `indivaid_core`,
 e.g. `git archive HEAD indivaid_core | tar -x -C DIR`) beside this one, each measurement taken
 in turn for both so that the load of a shared machine falls on both alike; both read the same
@@ -18,8 +22,8 @@ index. `--tree DIR` times another tree in this one's place (e.g. one change alon
 are rendered synthetic tigers; the model is a randomly initialised export of the packaged
 settings' backbone (--profile; lite0 by default): the same computation as a trained one. The
 10,000-photo gallery is synthesised, not embedded (embedding 10,000 photos takes minutes on a
-2-core machine and measures the model, not the index): the 100 real gallery vectors plus 9,900
-unit vectors clustered around 990 random identity centres, at the model's dimension, with the
+2-core machine and measures the model, not the index): the 160 real gallery vectors plus 9,840
+unit vectors clustered around 984 random identity centres, at the model's dimension, with the
 real index's threshold and confidence model.
 Run: python benchmarks/bench_cli.py [--repeats 5] [--profile default] [--compare DIR]
      [--tree DIR] [--skip-throughput]
@@ -46,11 +50,13 @@ from indivaid_core.identify import api
 from indivaid_core.identify.demo import random_export
 from indivaid_core.identify.index import GalleryIndex
 from indivaid_core.repro.synthetic import generate_preset, tiny_preset
+from indivaid_core.train.export import load_export
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parents[1]
-IDENTITIES, PER_IDENTITY = 25, 4  # 100 gallery photos, one new photo per identity
+IDENTITIES, PER_IDENTITY = 40, 4  # 160 gallery photos, one new photo per identity
 ANSWER = "identify 1 photo: first answer"
+FLOOR = "import open_clip, pandas, collector paused"
 IMPORTS = "  of which importing (-X importtime)"
 
 
@@ -87,7 +93,7 @@ def median_wall(cmd: list[str], repeats: int, cwd: Path | None = None) -> float:
 
 
 def make_photos(root: Path, profile: str) -> tuple[Path, Path, Path]:
-    """Gallery folders (100 photos), a folder of new photos, and a model export."""
+    """Gallery folders (160 photos), a folder of new photos, and a model export."""
     generate_preset(root / "suite", tiny_preset("synth-tiger", IDENTITIES, PER_IDENTITY + 1))
     table = pd.read_csv(root / "suite" / "metadata.csv", dtype={"identity": str})
     new = table.groupby("identity").head(1).index
@@ -129,10 +135,15 @@ def with_backend(index: GalleryIndex, backend: str) -> GalleryIndex:
     )
 
 
+LIBRARIES = "import open_clip, pandas"  # what identify runs on (torch, torchvision, timm too)
+PAUSED = "import gc; gc.disable(); import open_clip, pandas; gc.freeze()"  # as cli._loading
+
+
 def yardsticks(repeats: int) -> dict[str, float]:
     return {
         "python -c pass": median_wall([PYTHON, "-c", "pass"], repeats),
         "python -c 'import torch'": median_wall([PYTHON, "-c", "import torch"], repeats),
+        f"python -c '{LIBRARIES}'": median_wall([PYTHON, "-c", LIBRARIES], repeats),
     }
 
 
@@ -146,14 +157,15 @@ def side_by_side(root: Path, photo: Path, trees: dict[str, Path], repeats: int) 
         flags = ["--no-page", "--device", "cpu", *out]
         return [*launch, "identify", "--index", index, str(photo), *flags]
 
-    answer = identify("idx100", "--out", "one.csv", "--force", "--json")
+    answer = identify("idx", "--out", "one.csv", "--force", "--json")
     runs = {  # name: (command, exit status it must end with)
+        FLOOR: ([PYTHON, "-c", PAUSED], 0),  # the same in every tree: the load both trees meet
         "import indivaid_core.cli": ([PYTHON, "-c", "import indivaid_core.cli"], 0),
         "indivaid --help": ([*launch, "--help"], 0),
         "indivaid identify --help": ([*launch, "identify", "--help"], 0),
         "indivaid snapshot --help": ([*launch, "snapshot", "--help"], 0),
         "indivaid synth --help": ([*launch, "synth", "--help"], 0),
-        "identify refuses an existing --out": (identify("idx100", "--out", "exists.csv"), 2),
+        "identify refuses an existing --out": (identify("idx", "--out", "exists.csv"), 2),
         "identify refuses a missing --index": (identify("no.index", "--out", "two.csv"), 2),
         ANSWER: (answer, 0),
     }
@@ -172,9 +184,17 @@ def side_by_side(root: Path, photo: Path, trees: dict[str, Path], repeats: int) 
     )
 
 
-def model_load(root: Path, repeats: int) -> float:
-    """Opening the index and loading its model, in process (this tree)."""
-    return median_time(lambda: api.open_index(root / "idx100", device="cpu"), repeats)
+def model_load(root: Path, repeats: int) -> dict[str, float]:
+    """Opening the index and loading its model, in process (this tree), and `load_export` of
+    the same model alone (the image tower, without the index and the hash check)."""
+    return {
+        "open index + load model (in process)": median_time(
+            lambda: api.open_index(root / "idx", device="cpu"), repeats
+        ),
+        "  of which load_export (in process)": median_time(
+            lambda: load_export(root / "model", "cpu"), repeats
+        ),
+    }
 
 
 def throughput(
@@ -204,9 +224,11 @@ def throughput(
 def print_ratios(start: dict[str, float], table: pd.DataFrame, load: float) -> None:
     torch_s = start["python -c 'import torch'"]
     mine = table.iloc[:, 0]
+    floor = mine[FLOOR]
     print("\nratios (this tree)")
     print(f"  indivaid --help / import torch:           {mine['indivaid --help'] / torch_s:.2f}")
     print(f"  first answer / import torch:              {mine[ANSWER] / torch_s:.2f}")
+    print(f"  first answer / the libraries' floor:      {mine[ANSWER] / floor:.2f}")
     print(f"  importing / first answer:                 {mine[IMPORTS] / mine[ANSWER]:.2f}")
     print(f"  open index + load model / first answer:   {load / mine[ANSWER]:.2f}")
 
@@ -246,7 +268,7 @@ def main() -> None:
         gallery, new, model_dir = make_photos(root, args.profile)
         model = api.load_model(model_dir, "cpu")
         real, _ = api.build_index(model, gallery, threshold=1.0)
-        api.save_index(real, root / "idx100", model)
+        api.save_index(real, root / "idx", model)
         start = yardsticks(args.repeats)
         table = side_by_side(root, sorted(new.iterdir())[0], trees, args.repeats)
         load = model_load(root, args.repeats)
@@ -258,8 +280,9 @@ def main() -> None:
     if len(trees) > 1:
         shown["this / other"] = table.iloc[:, 0] / table.iloc[:, 1]
     print(shown.to_string(float_format=lambda v: f"{v:6.2f}"))
-    print(f"  {'open index + load model (in process)':<44} {load:6.2f} s")
-    print_ratios(start, table, load)
+    for name, seconds in load.items():
+        print(f"  {name:<44} {seconds:6.2f} s")
+    print_ratios(start, table, load["open index + load model (in process)"])
     if rates is not None:
         print(f"\nthroughput ({IDENTITIES} new photos, top-5, one process):")
         print(rates.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))

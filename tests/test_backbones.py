@@ -25,7 +25,7 @@ from indivaid_core.model import (
     load_lite0_imagenet,
     preprocess_info,
 )
-from indivaid_core.model.backbones import lite0_checkpoint_path
+from indivaid_core.model.backbones import build_image_tower, lite0_checkpoint_path
 from indivaid_core.train.stage2 import Stage2Model, param_groups
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -101,6 +101,25 @@ def test_vit_non_square_overlapping_patches():
     assert out["global"].shape == (2, 64) and out["proj"].shape == (2, 32)
     with pytest.raises(ValueError, match="patch grid"):
         enc(torch.randn(2, 3, 224, 224))
+
+
+@pytest.mark.parametrize(
+    "backbone, size, stride", [("lite0", (80, 64), None), ("tiny-vit", (64, 48), 12)]
+)
+def test_image_tower_alone_is_the_tower_of_build_clip(backbone, size, stride):
+    """build_image_tower (identify's export loading) makes the modules and random draws of
+    build_clip's image tower, without its text tower."""
+    alone = build_image_tower(backbone, size, stride)
+    whole = build_clip(backbone, None, size, stride).visual
+    assert repr(alone) == repr(whole)
+    mine, theirs = alone.state_dict(), whole.state_dict()
+    assert list(mine) == list(theirs)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(alone.eval()(images), whole.eval()(images))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_image_tower("no-such-net", size)
 
 
 def test_checkpoint_pos_embed_is_interpolated_to_the_new_grid(tmp_path):

@@ -4,6 +4,7 @@ the model or the gallery is wrong."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -161,6 +162,9 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
     assert rc == 0, err
     summary = json.loads(out)
     assert summary["n_new_individual"] == 0 and summary["recall_queries"] == 1  # threshold 5 > 2
+    # cli._loading paused the collector and froze the start-up; called in process, cli.main
+    # leaves the caller's collector as it found it
+    assert gc.isenabled() and gc.get_freeze_count() == 0
     res = pd.read_csv(tmp_path / "r.csv")
     assert res.loc[0, "predicted_identity"] == "tiger_new" and res.loc[0, "distance"] < 1e-3
 
@@ -176,6 +180,7 @@ def test_add_threshold_backend_and_bad_galleries(work, capsys, tmp_path):
 
     rc, _, err = main("identify", "--index", tmp_path / "nope", "x.jpg")
     assert rc == 2 and "not a gallery index" in err
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # a refusal too
 
 
 def test_train_on_own_folder_then_index_and_identify(work, tmp_path):

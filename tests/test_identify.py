@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from indivaid_core.config import ModelCfg
 from indivaid_core.identify import (
     BACKENDS,
     BadInputWarning,
@@ -333,6 +334,46 @@ def test_mismatched_checkpoint_and_unreadable_gallery_are_refused(suite, tmp_pat
     pd.DataFrame({"identity": ["a", "b"], "path": ["x.jpg", "x.jpg"]}).to_csv(bad_csv, index=False)
     with pytest.warns(BadInputWarning), pytest.raises(EmptyGalleryError, match="none of the 2"):
         build_index(model_a, bad_csv)
+
+
+@pytest.mark.parametrize(
+    "backbone, size, stride, quick_gelu",
+    [
+        ("tiny-vit", [48, 32], 12, False),
+        ("tiny-vit", [32, 32], 0, True),
+        ("lite0", [64, 64], 0, False),
+    ],
+)
+def test_an_export_reloads_to_the_features_it_was_trained_with(
+    tmp_path, backbone, size, stride, quick_gelu
+):
+    """load_export rebuilds the image tower alone, from model.json: the reloaded encoder
+    computes exactly the exported one's features, QuickGELU (OpenAI weights) included."""
+    import open_clip
+
+    from indivaid_core.model import ReIDEncoder
+    from indivaid_core.model.backbones import set_vit_stride
+    from indivaid_core.train.export import load_export, write_export
+
+    torch.manual_seed(3)
+    clip = open_clip.create_model(
+        backbone, pretrained=None, force_image_size=tuple(size), force_quick_gelu=quick_gelu
+    )
+    if stride:
+        set_vit_stride(clip.visual, stride)
+    encoder = ReIDEncoder(clip, 3).eval()
+    with torch.no_grad():  # trained-looking necks: not the defaults a rebuild starts from
+        for p in encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model_cfg = ModelCfg(backbone=backbone, pretrained="none", image_size=size, stride=stride)
+    write_export(encoder, clip, model_cfg, tmp_path, {"labels": {"a": 0, "b": 1, "c": 2}})
+    loaded, spec = load_export(tmp_path)
+    assert spec.get("quick_gelu", False) is quick_gelu
+    images = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = loaded(images), encoder(images)
+    for key in ("global", "proj", "global_bn", "proj_bn"):
+        assert torch.equal(got[key], want[key]), key
 
 
 def test_tampered_export_is_refused(suite, tmp_path):

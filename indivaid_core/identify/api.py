@@ -88,17 +88,22 @@ class LoadedModel:
 
 def load_model(model_dir: str | Path, device: str = "auto", flip: bool = False) -> LoadedModel:
     """Load an export and check its weights file against the hash in its model.json."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from indivaid_core.evaluate.features import FEATURE_KEYS
     from indivaid_core.train.export import CONFIG, WEIGHTS, file_sha256, load_export
 
     model_dir = Path(model_dir)
-    encoder, spec = load_export(model_dir, "cpu")
+    # Hashing releases the GIL: the check overlaps the build (~350 MB for a ViT-B-16 export).
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(file_sha256, model_dir / WEIGHTS)
+        encoder, spec = load_export(model_dir, "cpu")
+        actual = digest.result()
     if spec.get("camera_map"):
         raise GalleryIndexError(
             f"{model_dir}: this export uses SIE camera embeddings, which need the camera id of "
             "every photo; identify works with camera-free exports (train with model.sie_coef: 0)"
         )
-    actual = file_sha256(model_dir / WEIGHTS)
     if spec.get("weights_sha256") != actual:
         raise UnreadableFileError(
             f"{model_dir / WEIGHTS}: sha256 {actual[:12]}… differs from the "

@@ -21,6 +21,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.convert import convert_state_dict
+from open_clip.model import (
+    QuickGELU,
+    _build_vision_tower,  # what CLIP.__init__ builds its tower with
+)
 from open_clip.pretrained import (
     download_pretrained,
     get_pretrained_cfg,
@@ -352,6 +356,58 @@ def _resolve_weights(backbone: str, pretrained: str) -> tuple[Checkpoint, dict]:
     )
 
 
+def _model_cfg(backbone: str) -> dict:
+    """open_clip's config of `backbone`, a copy (ValueError naming the backbones it knows)."""
+    if backbone not in open_clip.list_models():
+        raise ValueError(
+            f"unknown backbone {backbone!r}; open_clip knows {open_clip.list_models()}"
+        )
+    return open_clip.get_model_config(backbone)
+
+
+def _weights_for(
+    backbone: str, weights: str | None, is_lite0: bool
+) -> tuple[Checkpoint | None, dict]:
+    """(checkpoint to load after the build, open_clip pretrained cfg of its tag) for
+    `weights`; the packaged lite0 trunk and no weights need neither."""
+    if weights == LITE0_TAG:
+        if not is_lite0:
+            raise ValueError(f"pretrained={LITE0_TAG!r} needs a {LITE0_TIMM_NAME} backbone")
+        return None, {}
+    if weights is None:
+        return None, {}
+    return _resolve_weights(backbone, weights)
+
+
+def _preprocess_overrides(is_lite0: bool, tag_cfg: dict, openai_weights: bool) -> dict | None:
+    """The preprocessing open_clip is told to attach: lite0's [-1, 1] scaling, a tag's own
+    statistics, or CLIP-ReID's for OpenAI weights (None: open_clip's defaults)."""
+    if openai_weights:
+        return {"mean": CLIPREID_MEAN, "std": CLIPREID_STD, "interpolation": "bilinear"}
+    force_pp = {"mean": LITE0_MEAN, "std": LITE0_STD} if is_lite0 else {}
+    force_pp.update({k: tag_cfg[k] for k in ("mean", "std", "interpolation") if k in tag_cfg})
+    return force_pp or None
+
+
+@contextmanager
+def _seeded(init_seed: int | None):
+    """The CPU generator seeded with `init_seed` inside, restored after (None: untouched),
+    so that the random parts of a model are the same in every stage that builds it."""
+    with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        if init_seed is not None:  # CPU generator only: fork_rng restores no other
+            torch.default_generator.manual_seed(init_seed)
+        yield
+
+
+def _set_stride(visual: nn.Module, stride: int | None, backbone: str) -> None:
+    """The ViT patch-conv step (0 or None: the patch size, as params.yaml says)."""
+    if not stride:
+        return
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(f"stride applies to ViT image towers; {backbone!r} is not one")
+    set_vit_stride(visual, int(stride))
+
+
 def build_clip(
     backbone: str = "lite0",
     pretrained: str | None = LITE0_TAG,
@@ -374,47 +430,22 @@ def build_clip(
         that every pipeline stage rebuilds the same model; None draws from the global RNG.
     The preprocessing to use is attached to the model; read it with `preprocess_info(model)`.
     """
-    if backbone not in open_clip.list_models():
-        raise ValueError(
-            f"unknown backbone {backbone!r}; open_clip knows {open_clip.list_models()}"
-        )
+    is_lite0 = _model_cfg(backbone)["vision_cfg"].get("timm_model_name") == LITE0_TIMM_NAME
     image_size = (int(image_size[0]), int(image_size[1]))
     weights = None if pretrained is None or str(pretrained).lower() == "none" else str(pretrained)
-    vision_cfg = open_clip.get_model_config(backbone)["vision_cfg"]
-    is_lite0 = vision_cfg.get("timm_model_name") == LITE0_TIMM_NAME
-
-    ckpt, tag_cfg, force_pp = None, {}, {}
-    if weights == LITE0_TAG:
-        if not is_lite0:
-            raise ValueError(f"pretrained={LITE0_TAG!r} needs a {LITE0_TIMM_NAME} backbone")
-    elif weights is not None:
-        ckpt, tag_cfg = _resolve_weights(backbone, weights)
+    ckpt, tag_cfg = _weights_for(backbone, weights, is_lite0)
     openai_weights = ckpt is not None and ckpt.openai
-    if is_lite0:
-        force_pp = {"mean": LITE0_MEAN, "std": LITE0_STD}
-    for k in ("mean", "std", "interpolation"):
-        if k in tag_cfg:
-            force_pp[k] = tag_cfg[k]
-    if openai_weights:
-        force_pp = {"mean": CLIPREID_MEAN, "std": CLIPREID_STD, "interpolation": "bilinear"}
-
     # open_clip always gets pretrained=None here and warns "initialized randomly", also when
     # this module loads the weights next or an export's weights follow (evaluation, identify)
-    seeded = torch.random.fork_rng(devices=[], enabled=init_seed is not None)
-    with _quiet_random_init_warning(), seeded:
-        if init_seed is not None:  # CPU generator only: fork_rng restores no other
-            torch.default_generator.manual_seed(init_seed)
+    with _quiet_random_init_warning(), _seeded(init_seed):
         model = open_clip.create_model(
             backbone,
             pretrained=None,
             force_image_size=image_size,
             force_quick_gelu=openai_weights or bool(tag_cfg.get("quick_gelu", False)),
-            force_preprocess_cfg=force_pp or None,
+            force_preprocess_cfg=_preprocess_overrides(is_lite0, tag_cfg, openai_weights),
         )
-    if stride:  # 0 or None: the patch size, as params.yaml says
-        if not isinstance(model.visual, VisionTransformer):
-            raise ValueError(f"stride applies to ViT image towers; {backbone!r} is not one")
-        set_vit_stride(model.visual, int(stride))
+    _set_stride(model.visual, stride, backbone)
     if weights == LITE0_TAG:
         load_lite0_imagenet(model.visual.trunk)
     elif ckpt is not None:
@@ -422,6 +453,44 @@ def build_clip(
     if openai_weights:
         model.visual.indivaid_resize_backend = "pil"
     return model
+
+
+def build_image_tower(
+    backbone: str,
+    image_size: tuple[int, int],
+    stride: int | None = None,
+    init_seed: int | None = 0,
+    quick_gelu: bool = False,
+) -> nn.Module:
+    """The image tower of `build_clip(backbone, None, image_size, stride, init_seed)`, built
+    without the rest of the CLIP model, for loading an export (whose weights replace all of
+    it): the text tower is most of the build (lite0's 12.6M-parameter token table), and
+    evaluation and identification never run it. open_clip's own tower builder makes the same
+    modules that `open_clip.create_model` does, with the same random draws (the tower is
+    built first); tests/test_backbones.py compares the two. `quick_gelu` as the trained model
+    had it (`uses_quick_gelu`): OpenAI weights train with it, and weights cannot show it. No
+    preprocessing is attached: an export records its own.
+    """
+    cfg = _model_cfg(backbone)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    vision_cfg = {**cfg["vision_cfg"], "image_size": image_size}
+    is_timm = "timm_model_name" in vision_cfg
+    if is_timm:  # as create_model without pretrained weights: no download
+        vision_cfg["timm_model_pretrained"] = False
+    with _seeded(init_seed):
+        visual = _build_vision_tower(
+            cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu or bool(cfg.get("quick_gelu"))
+        )
+    if is_timm and hasattr(visual, "set_input_size"):  # as create_model given an image size
+        visual.set_input_size(image_size)
+    _set_stride(visual, stride, backbone)
+    return visual
+
+
+def uses_quick_gelu(tower: nn.Module) -> bool:
+    """Whether a ViT tower was built with QuickGELU (OpenAI weights), which its weights cannot
+    show: an export records it so the rebuild computes the same features."""
+    return any(isinstance(m, QuickGELU) for m in tower.modules())
 
 
 def build_clip_for(model_cfg: ModelCfg, random_init: bool = False) -> open_clip.CLIP:

@@ -46,7 +46,7 @@ class ReIDEncoder(nn.Module):
 
     def __init__(
         self,
-        clip_model: open_clip.CLIP,
+        clip_model: open_clip.CLIP | nn.Module,
         num_classes: int,
         num_cameras: int = 0,
         sie_coef: float = 0.0,
@@ -56,7 +56,7 @@ class ReIDEncoder(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        visual = clip_model.visual
+        visual = getattr(clip_model, "visual", clip_model)  # a CLIP model or its tower alone
         self.visual = visual
         if isinstance(visual, VisionTransformer):
             self.kind = "vit"

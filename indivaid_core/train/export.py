@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from indivaid_core.config import ModelCfg
-from indivaid_core.model import ReIDEncoder, build_clip, preprocess_info
+from indivaid_core.model import ReIDEncoder, preprocess_info
+from indivaid_core.model.backbones import build_image_tower, uses_quick_gelu
 from indivaid_core.safe_io import (
     brief,
     load_safetensors,
@@ -69,6 +70,8 @@ def write_export(
     }
     if info.resize_backend != "tensor":  # CLIP-ReID's PIL resize (OpenAI weights)
         spec["resize_backend"] = info.resize_backend
+    if uses_quick_gelu(encoder.visual):  # OpenAI weights: the rebuild must use it too
+        spec["quick_gelu"] = True
     path = out_dir / CONFIG
     write_json(path, spec, indent=1, sort_keys=True)
     return path
@@ -101,6 +104,7 @@ def spec_problem(spec: dict[str, Any]) -> str | None:
         "mean": (_is_triple(spec.get("mean", [0, 0, 0]), 0), "3 finite numbers"),
         "std": (_is_triple(spec.get("std", [1, 1, 1]), 1e-12), "3 finite numbers > 0"),
         "eval_feature": (spec.get("eval_feature", "concat") in EVAL_FEATURES, str(EVAL_FEATURES)),
+        "quick_gelu": (isinstance(spec.get("quick_gelu", False), bool), "true or false"),
     }
     for key, (ok, expected) in checks.items():
         if not ok:
@@ -117,38 +121,66 @@ def _is_triple(value: Any, low: float) -> bool:
     )
 
 
-def load_export(
-    model_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[ReIDEncoder, dict]:
-    """Rebuild the encoder from model.json (random init, no download) and load the weights."""
-    model_dir = Path(model_dir)
+FIX = "re-export the model (rerun its stage 2, or write_export)"
+
+
+def read_spec(model_dir: Path) -> dict[str, Any]:
+    """model.json, its values checked before anything is built from them."""
     cfg_path = model_dir / CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: not an exported model folder (no {CONFIG})")
-    fix = "re-export the model (rerun its stage 2, or write_export)"
-    spec = read_json(cfg_path, fix, SPEC_KEYS, "model description")
+    spec = read_json(cfg_path, FIX, SPEC_KEYS, "model description")
     bad = spec_problem(spec)
     if bad:
-        raise unreadable(cfg_path, "model description", bad, fix)
+        raise unreadable(cfg_path, "model description", bad, FIX)
+    return spec
+
+
+def _quick_gelu(spec: dict[str, Any]) -> bool:
+    """An export written before model.json said: only OpenAI weights train with QuickGELU,
+    and only they carry CLIP-ReID's PIL resize."""
+    return bool(spec.get("quick_gelu", spec.get("resize_backend") == "pil"))
+
+
+def _encoder(spec: dict[str, Any], cfg_path: Path) -> ReIDEncoder:
+    """The encoder model.json describes, randomly initialised, over the image tower alone:
+    the weights that follow replace all of it, and no caller runs the text tower."""
     try:
-        clip_model = build_clip(
-            spec["backbone"], None, tuple(spec["image_size"]), spec["stride"] or None
+        tower = build_image_tower(
+            spec["backbone"],
+            tuple(spec["image_size"]),
+            spec["stride"] or None,
+            quick_gelu=_quick_gelu(spec),
         )
-        encoder = ReIDEncoder(
-            clip_model,
+        return ReIDEncoder(
+            tower,
             spec["num_classes"],
             num_cameras=len(spec.get("camera_map") or {}),
             sie_coef=spec["sie_coef"],
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise unreadable(cfg_path, "model description", f"bad value: {err}", fix) from err
-    state = load_safetensors(model_dir / WEIGHTS, fix, what="model weights file")
+        raise unreadable(cfg_path, "model description", f"bad value: {err}", FIX) from err
+
+
+def _load_weights(encoder: ReIDEncoder, path: Path) -> None:
+    """The export's weights into `encoder`; every tensor must fit and none may be missing."""
+    state = load_safetensors(path, FIX, what="model weights file")
     try:
         missing, unexpected = encoder.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of another shape than model.json describes
         detail = f"its tensors do not fit {CONFIG}: {brief(err)}"
-        raise unreadable(model_dir / WEIGHTS, "model weights file", detail, fix) from err
+        raise unreadable(path, "model weights file", detail, FIX) from err
     if missing or unexpected:
         detail = f"it does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        raise unreadable(model_dir / WEIGHTS, "model weights file", detail, fix)
+        raise unreadable(path, "model weights file", detail, FIX)
+
+
+def load_export(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[ReIDEncoder, dict]:
+    """Rebuild the encoder from model.json (random init, no download) and load the weights."""
+    model_dir = Path(model_dir)
+    spec = read_spec(model_dir)
+    encoder = _encoder(spec, model_dir / CONFIG)
+    _load_weights(encoder, model_dir / WEIGHTS)
     return encoder.to(device).eval(), spec
