@@ -93,7 +93,7 @@ def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
     new = significance_table(rerun, datasets).set_index(["dataset", "comparison"])
     old = pd.read_csv("reports/tables/significance.csv").set_index(["dataset", "comparison"])
     cols = ["ΔmAP", "CI low", "CI high", "verdict", "per-seed ΔmAP"]
-    both = old.loc[new.index, cols].join(new[cols], how="inner", rsuffix=f" ({setting})")
+    both = old.loc[new.index, cols].join(new[cols], how="inner", suffixes=("", f" ({setting})"))
     return both.round(2).reset_index()
 
 
