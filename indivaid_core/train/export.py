@@ -124,7 +124,7 @@ def _is_triple(value: Any, low: float) -> bool:
 FIX = "re-export the model (rerun its stage 2, or write_export)"
 
 
-def read_spec(model_dir: Path) -> dict[str, Any]:
+def _read_spec(model_dir: Path) -> dict[str, Any]:
     """model.json, its values checked before anything is built from them."""
     cfg_path = model_dir / CONFIG
     if not cfg_path.exists():
@@ -180,7 +180,7 @@ def load_export(
 ) -> tuple[ReIDEncoder, dict]:
     """Rebuild the encoder from model.json (random init, no download) and load the weights."""
     model_dir = Path(model_dir)
-    spec = read_spec(model_dir)
+    spec = _read_spec(model_dir)
     encoder = _encoder(spec, model_dir / CONFIG)
     _load_weights(encoder, model_dir / WEIGHTS)
     return encoder.to(device).eval(), spec
