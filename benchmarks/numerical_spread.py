@@ -17,7 +17,8 @@ work/spread/<setting>/. Run from the repository root after `dvc repro`:
 
 With every seed of the report retrained under one setting, `--verdicts SETTING` also re-makes
 the significance table from that setting's per-query results and sets it beside the committed
-one: which verdicts a re-run on another kernel path keeps.
+one: which verdicts a re-run on another kernel path keeps. `--pooled SETTING ...` makes the
+table once more over the committed runs and those settings' runs together, each run a seed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,6 +99,31 @@ def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
     return both.round(2).reset_index()
 
 
+def pooled_verdicts(settings: list[str], datasets: list[str]) -> pd.DataFrame:
+    """The significance table over every run measured: the committed seeds and those of each
+    re-run setting, each run a seed of its own (seed s of the k-th setting is 100 k + s).
+
+    A kernel path or thread count sends training down another trajectory, as a seed does, so
+    the runs are pooled as seeds. Same-seed runs share their start and sampling order; that
+    correlation, if any, makes the pooled interval too narrow, not too wide.
+    """
+    from indivaid_core.repro.significance import significance_table
+    from indivaid_core.repro.tables import read_per_query
+
+    arms = [Path("reports/per_query")]
+    arms += [Path("work/spread") / s / "reports" / "per_query" for s in settings]
+    with tempfile.TemporaryDirectory() as tmp:
+        for ds in datasets:
+            (Path(tmp) / ds).mkdir()
+            for v in [*TRAINED, "zero_shot"]:  # zero_shot: the same on every path
+                frames = []
+                for k, arm in enumerate(arms):
+                    frame = read_per_query((arms[0] if v == "zero_shot" else arm) / ds / f"{v}.csv")
+                    frames.append(frame.assign(seed=100 * k + frame["seed"]))
+                pd.concat(frames).to_csv(Path(tmp) / ds / f"{v}.csv", index=False)
+        return significance_table(tmp, datasets).round(2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -120,6 +147,14 @@ def main() -> int:
     )
     ap.add_argument("--verdicts", choices=list(SETTINGS), help="compare verdicts (see above)")
     ap.add_argument("--verdicts-table", type=Path, help="write that comparison here")
+    ap.add_argument(
+        "--pooled",
+        nargs="+",
+        choices=list(SETTINGS),
+        help="verdicts over the committed runs and "
+        "these settings' runs together, each run a seed (all seeds of each must have run)",
+    )
+    ap.add_argument("--pooled-table", type=Path, help="write the pooled table here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -152,20 +187,23 @@ def main() -> int:
         ["profile", "setting", "dataset", "variant", "seed", "committed", "rerun", "delta"]
         + ["seconds"]
     ]
-    print(frame.to_string(index=False))
     deltas = frame["delta"].abs()
+    show(frame, args.table)
     print(f"median |delta| {deltas.median():.1f} points, max {deltas.max():.1f} (n={len(frame)})")
-    if args.table:
-        with atomic_write(args.table) as f:
-            frame.to_csv(f, index=False, lineterminator="\n")
-        print(f"wrote {args.table}")
     if args.verdicts:
-        both = rerun_verdicts(args.verdicts, args.datasets)
-        print(both.to_string(index=False))
-        if args.verdicts_table:
-            with atomic_write(args.verdicts_table) as f:
-                both.to_csv(f, index=False, lineterminator="\n")
+        show(rerun_verdicts(args.verdicts, args.datasets), args.verdicts_table)
+    if args.pooled:
+        show(pooled_verdicts(args.pooled, args.datasets), args.pooled_table)
     return 0
+
+
+def show(frame: pd.DataFrame, path: Path | None) -> None:
+    """Print a table, and write it whole to `path` when one is given."""
+    print(frame.to_string(index=False))
+    if path:
+        with atomic_write(path) as f:
+            frame.to_csv(f, index=False, lineterminator="\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def run_candidate(params: str, dataset: str, variant: str, text: str, out: Path)
         "try": text or "(params.yaml)",
         "val mAP": summary["mAP"],
         "val R1": summary["R1"],
+        "val mAP per seed": [round(r["mAP"], 4) for r in summary["per_seed"].values()],
         "seconds": round(wall, 1),
     }
 

@@ -221,6 +221,7 @@ class Stage2Cfg:
     bias_lr_factor: float = 2.0
     backbone_lr_factor: float = 1.0
     freeze_bn: bool = False
+    frozen_groups: int = 0  # the image tower's first layer groups do not train
     warmup_epochs: int = 1
     milestones: list[int] = field(default_factory=lambda: [6])
     gamma: float = 0.1
@@ -236,7 +237,7 @@ class Stage2Cfg:
     processes: int = 1  # CPU: the seeds of a cell trained side by side; 1 = one after another
 
     def __post_init__(self) -> None:
-        _at_least("stage2", self, num_threads=0, processes=1)
+        _at_least("stage2", self, num_threads=0, processes=1, frozen_groups=0)
         _at_least("stage2", self, epochs=1, iters_per_epoch=0, min_iters_per_epoch=0, p=2, k=1)
         _at_least("stage2", self, warmup_epochs=0, weight_decay=0.0, margin=0.0)
         _positive("stage2", self, "bias_lr_factor", "gamma")

@@ -25,7 +25,11 @@ from indivaid_core.model import (
     load_lite0_imagenet,
     preprocess_info,
 )
-from indivaid_core.model.backbones import build_image_tower, lite0_checkpoint_path
+from indivaid_core.model.backbones import (
+    build_image_tower,
+    layer_groups,
+    lite0_checkpoint_path,
+)
 from indivaid_core.train.stage2 import Stage2Model, param_groups
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -246,3 +250,38 @@ def test_freeze_bn_keeps_the_tower_statistics_but_not_the_necks(freeze):
     assert lrs[enc.visual.trunk.conv_stem.weight] == pytest.approx(0.1)
     assert lrs[enc.head_global.weight] == pytest.approx(1.0)
     assert lrs[tower_bn.bias] == pytest.approx(0.2)
+
+
+def test_frozen_groups_leave_the_first_blocks_and_their_statistics_as_they_were():
+    """stage2.frozen_groups: 4 freezes lite0's stem and its first three blocks: after a training
+    step their weights and BatchNorm statistics are unchanged, the rest learns, and the
+    optimiser is not handed them."""
+    torch.manual_seed(0)
+    enc = ReIDEncoder(build_clip("lite0", None, (64, 64)), 3)
+    assert layer_groups(enc.visual) == 17
+    net = Stage2Model(enc, None, frozen_groups=4).train()
+    trunk = enc.visual.trunk
+    frozen = [trunk.conv_stem, trunk.bn1, trunk.blocks[0], trunk.blocks[1]]
+    before = {k: v.clone() for k, v in trunk.state_dict().items()}
+    groups = param_groups(net, lr=0.1, wd=0.0, bias_factor=1.0, backbone_factor=1.0)
+    opt = torch.optim.SGD(groups, lr=0.1)
+    out = net(torch.randn(6, 3, 64, 64) * 3 + 1)
+    (out["logits"][0].logsumexp(1).sum() + out["global"].pow(2).sum()).backward()
+    opt.step()
+    after = trunk.state_dict()
+    frozen_ids = {id(p) for m in frozen for p in m.parameters()}
+    assert frozen_ids and not any(id(p) in frozen_ids for g in groups for p in g["params"])
+    for key, value in before.items():
+        in_frozen = key.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1."))
+        assert torch.equal(after[key], value) is in_frozen, key
+    assert trunk.blocks[2][0].bn1.training and not trunk.blocks[1][1].bn1.training
+
+
+def test_frozen_groups_are_counted_as_open_clip_counts_them():
+    vit = build_clip("tiny-vit", None, (32, 32)).visual
+    assert layer_groups(vit) == len(vit.transformer.resblocks) + 2
+    enc = ReIDEncoder(build_clip("lite0", None, (64, 64)), 3)
+    with pytest.raises(ValueError, match="17 layer groups, not 18"):
+        Stage2Model(enc, None, frozen_groups=18)
+    every = Stage2Model(ReIDEncoder(build_clip("lite0", None, (64, 64)), 3), None, frozen_groups=17)
+    assert not any(p.requires_grad for p in every.encoder.visual.trunk.parameters())

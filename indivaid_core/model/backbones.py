@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,32 @@ def _grid_of(n_patches: int, target: tuple[int, int]) -> tuple[int, int]:
             "nor a square grid, so it cannot be interpolated"
         )
     return side, side
+
+
+def layer_groups(visual: nn.Module) -> int:
+    """How many layer groups open_clip's `lock` sees in an image tower, first to last."""
+    if isinstance(visual, VisionTransformer):  # the stem, each block (the last with ln_post), proj
+        return len(visual.transformer.resblocks) + 2
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None and hasattr(trunk, "group_matcher"):  # timm: lite0's stem, its 16 blocks
+        from timm.models import group_parameters
+
+        return len(group_parameters(trunk, trunk.group_matcher()))
+    raise ValueError(f"a {type(visual).__name__} tower has no layer groups to freeze")
+
+
+def freeze_leading_groups(visual: nn.Module, n: int) -> None:
+    """Stop the first `n` layer groups of the tower from training (open_clip's `lock`, which
+    counts the groups left to train from the end). Their BatchNorm statistics are kept frozen
+    by the training module, which knows when it is in train mode."""
+    if n == 0:
+        return
+    total = layer_groups(visual)
+    if n > total:
+        raise ValueError(f"the {type(visual).__name__} tower has {total} layer groups, not {n}")
+    with warnings.catch_warnings():  # open_clip's lock imports timm's old module path
+        warnings.filterwarnings("ignore", "Importing from timm.models.helpers", FutureWarning)
+        visual.lock(unlocked_groups=total - n, freeze_bn_stats=False)
 
 
 def load_clip_checkpoint(model: open_clip.CLIP, checkpoint: Checkpoint | str) -> None:

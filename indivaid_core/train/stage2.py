@@ -25,6 +25,7 @@ from indivaid_core.data.images import DataError
 from indivaid_core.device import DistInfo, autocast, memory_format, resolve_device
 from indivaid_core.losses import i2t_ce_loss, id_loss, triplet_loss
 from indivaid_core.model import AttentionFusion, ReIDEncoder, build_clip_for, preprocess_info
+from indivaid_core.model.backbones import freeze_leading_groups
 from indivaid_core.safe_io import load_safetensors, read_json, save_torch, write_json
 from indivaid_core.train.augment import BatchAugment
 from indivaid_core.train.engine import (
@@ -51,21 +52,30 @@ class Stage2Model(torch.nn.Module):
     With `freeze_bn`, the pretrained trunk's BatchNorm layers stay in eval mode while
     training: they keep their ImageNet statistics (their affine weights still learn), because
     re-estimating them from a few hundred augmented images is what shifts the features most.
+    `frozen_groups` stops the tower's first layer groups from training (`stage2.frozen_groups`);
+    their BatchNorm layers keep their statistics too, so a frozen block computes what it did.
     """
 
     def __init__(
-        self, encoder: ReIDEncoder, fusion: AttentionFusion | None, freeze_bn: bool = False
+        self,
+        encoder: ReIDEncoder,
+        fusion: AttentionFusion | None,
+        freeze_bn: bool = False,
+        frozen_groups: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.fusion = fusion
         self.freeze_bn = freeze_bn
+        freeze_leading_groups(encoder.visual, frozen_groups)
 
     def train(self, mode: bool = True) -> Stage2Model:
         super().train(mode)
-        if mode and self.freeze_bn:
+        if mode:
             for module in self.encoder.visual.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (
+                    self.freeze_bn or _is_frozen(module)
+                ):
                     module.eval()
         return self
 
@@ -74,6 +84,12 @@ class Stage2Model(torch.nn.Module):
         if self.fusion is not None:
             out["z"] = self.fusion(h, g, g_labels)[0]
         return out
+
+
+def _is_frozen(module: torch.nn.Module) -> bool:
+    """True when the module has parameters and none of them trains."""
+    params = list(module.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def param_groups(
@@ -310,7 +326,10 @@ def build_model(
     )
     desc = load_descriptions(stage1_dir, labels_of) if stage1_dir is not None else None
     fusion = _fusion(encoder, m) if desc else None
-    net = Stage2Model(encoder, fusion, run.stage2.freeze_bn)
+    try:
+        net = Stage2Model(encoder, fusion, run.stage2.freeze_bn, run.stage2.frozen_groups)
+    except ValueError as err:
+        raise ConfigError(f"stage2.frozen_groups: {err}") from None
     net = net.to(device, memory_format=memory_format(m.channels_last))
     meta = {
         "labels": labels_of,
