@@ -547,7 +547,10 @@ def _check_references(cfg: Config) -> Config:
             f"stage2.augment.pad: {cfg.stage2.augment.pad} pixels is more than half of "
             f"model.image_size {list(cfg.model.image_size)}"
         )
-    for ds in dict.fromkeys([*p.datasets, *p.ablation_datasets, *cfg.data.datasets]):
+    # the datasets this profile runs: another profile's dataset may hold overrides that only
+    # make sense with that profile's settings (synth-stoat's steps, the paper's sampler)
+    runs = [*p.datasets, *p.ablation_datasets, *([p.scaling.dataset] if p.scaling.dataset else [])]
+    for ds in dict.fromkeys(runs):
         try:
             cfg.for_run(ds)  # validates the dataset's overrides, with their ranges
         except ConfigError as exc:
