@@ -278,8 +278,18 @@ def test_frozen_groups_leave_the_first_blocks_and_their_statistics_as_they_were(
 
 
 def test_frozen_groups_are_counted_as_open_clip_counts_them():
+    """On a ViT, freezing all groups but the last leaves only `proj` training (open_clip's last
+    group), and freezing the first leaves the blocks training: the count matches `lock`'s."""
     vit = build_clip("tiny-vit", None, (32, 32)).visual
-    assert layer_groups(vit) == len(vit.transformer.resblocks) + 2
+    total = layer_groups(vit)
+    assert total == len(vit.transformer.resblocks) + 2
+    enc = ReIDEncoder(build_clip("tiny-vit", None, (32, 32)), 3)
+    Stage2Model(enc, None, frozen_groups=total - 1)
+    assert [n for n, p in enc.visual.named_parameters() if p.requires_grad] == ["proj"]
+    enc = ReIDEncoder(build_clip("tiny-vit", None, (32, 32)), 3)
+    Stage2Model(enc, None, frozen_groups=1)
+    assert not enc.visual.conv1.weight.requires_grad and not enc.visual.ln_pre.weight.requires_grad
+    assert all(p.requires_grad for p in enc.visual.transformer.parameters())
     enc = ReIDEncoder(build_clip("lite0", None, (64, 64)), 3)
     with pytest.raises(ValueError, match="17 layer groups, not 18"):
         Stage2Model(enc, None, frozen_groups=18)
