@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import re
 import shlex
@@ -502,10 +503,16 @@ def _partly_read(stage: str, cells: list[Cell], reads: dict, entries: list[str])
     return out
 
 
+@functools.cache
+def _params() -> dict[str, Any]:
+    """params.yaml as written, parsed once for every stage's entries."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def _unread(entry: str, keys: set[str]) -> list[str]:
     """The settings under a section entry of params.yaml that none of `keys` covers (none for
     a leaf, or a templated entry: those are resolved per cell and matched in _problems)."""
-    node: Any = yaml.safe_load((REPO / "params.yaml").read_text())
+    node: Any = _params()
     for part in entry.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     if not isinstance(node, dict):
