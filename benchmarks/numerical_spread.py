@@ -7,7 +7,10 @@ byte-identical when the setting is the default). Settings:
 - `default`: nothing changed, the control (its delta must be 0);
 - `avx2`: ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (this machine has AVX-512);
 - `stage2_threads2`: stage 2 on 2 threads instead of 1;
-- `stage1_threads2`: stage 1 on 2 threads instead of 1.
+- `stage1_threads2`: stage 1 on 2 threads instead of 1;
+- `stage2_steps16`: not a kernel path but a recipe check: stage 2 at 16 steps an epoch (what
+  validation preferred on the scaling study's smaller sides; keep its rows out of the table
+  `snapshot --within-noise` reads).
 
 Each setting runs in its own process (the variables must be set before torch loads), into
 work/spread/<setting>/. Run from the repository root after `dvc repro`:
@@ -43,6 +46,7 @@ SETTINGS = {
     "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
     "stage2_threads2": ({}, {"stage2.num_threads": 2}),
     "stage1_threads2": ({}, {"stage1.num_threads": 2}),
+    "stage2_steps16": ({}, {"stage2.min_iters_per_epoch": 16}),
 }
 TRAINED = ["image_only", "clipreid", "indivaid"]
 
@@ -91,7 +95,9 @@ def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
 
     rerun = Path("work/spread") / setting / "reports" / "per_query"
     for ds in datasets:  # the untrained cell is the same on every kernel path
-        shutil.copy(Path("reports/per_query") / ds / "zero_shot.csv", rerun / ds)
+        zero_shot = Path("reports/per_query") / ds / "zero_shot.csv"
+        if zero_shot.exists():  # the scaling study's sides have none
+            shutil.copy(zero_shot, rerun / ds)
     new = significance_table(rerun, datasets).set_index(["dataset", "comparison"])
     old = pd.read_csv("reports/tables/significance.csv").set_index(["dataset", "comparison"])
     cols = ["ΔmAP", "CI low", "CI high", "verdict", "per-seed ΔmAP"]
@@ -99,29 +105,86 @@ def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
     return both.round(2).reset_index()
 
 
-def pooled_verdicts(settings: list[str], datasets: list[str]) -> pd.DataFrame:
-    """The significance table over every run measured: the committed seeds and those of each
-    re-run setting, each run a seed of its own (seed s of the k-th setting is 100 k + s).
+def pooled_per_query(settings: list[str], datasets: list[str], folder: Path) -> None:
+    """Write into `folder` each cell's per-query rows over the committed runs and those of
+    each re-run setting, each run a seed of its own (seed s of the k-th setting is 100 k + s).
 
     A kernel path or thread count sends training down another trajectory, as a seed does, so
     the runs are pooled as seeds. Same-seed runs share their start and sampling order; that
-    correlation, if any, makes the pooled interval too narrow, not too wide.
+    correlation, if any, makes the pooled interval too narrow, not too wide. The `default`
+    setting at seeds the report has not run adds plain extra seeds on this kernel path.
     """
-    from indivaid_core.repro.significance import significance_table
     from indivaid_core.repro.tables import read_per_query
 
     arms = [Path("reports/per_query")]
     arms += [Path("work/spread") / s / "reports" / "per_query" for s in settings]
+    for ds in datasets:
+        (folder / ds).mkdir(parents=True, exist_ok=True)
+        for v in [*TRAINED, "zero_shot"]:  # zero_shot: the same on every path
+            frames = []
+            for k, arm in enumerate(arms):
+                frame = read_per_query((arms[0] if v == "zero_shot" else arm) / ds / f"{v}.csv")
+                frames.append(frame.assign(seed=100 * k + frame["seed"]))
+            pd.concat(frames).to_csv(folder / ds / f"{v}.csv", index=False)
+
+
+def pooled_verdicts(settings: list[str], datasets: list[str]) -> pd.DataFrame:
+    """The significance table over every run measured (`pooled_per_query`)."""
+    from indivaid_core.repro.significance import significance_table
+
     with tempfile.TemporaryDirectory() as tmp:
-        for ds in datasets:
-            (Path(tmp) / ds).mkdir()
-            for v in [*TRAINED, "zero_shot"]:  # zero_shot: the same on every path
-                frames = []
-                for k, arm in enumerate(arms):
-                    frame = read_per_query((arms[0] if v == "zero_shot" else arm) / ds / f"{v}.csv")
-                    frames.append(frame.assign(seed=100 * k + frame["seed"]))
-                pd.concat(frames).to_csv(Path(tmp) / ds / f"{v}.csv", index=False)
+        pooled_per_query(settings, datasets, Path(tmp))
         return significance_table(tmp, datasets).round(2)
+
+
+def power_curve(settings: list[str], datasets: list[str]) -> pd.DataFrame:
+    """Each comparison of two trained variants over the first S pooled runs, S = 3 … all: its
+    interval, verdict and detectable difference, to see what more seeds buy as measured."""
+    from indivaid_core.evaluate import statistics as stats
+    from indivaid_core.repro.significance import COMPARISONS, read_pair
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pooled_per_query(settings, datasets, Path(tmp))
+        for ds in datasets:
+            for a, b in [c for c in COMPARISONS if "zero_shot" not in c]:
+                pair = read_pair(Path(tmp, ds, f"{a}.csv"), Path(tmp, ds, f"{b}.csv"))
+                diff, seeds, _ = stats.paired_matrix(*pair)  # committed seeds come first
+                for n in range(stats.MIN_SEEDS, len(seeds) + 1):
+                    r = stats.two_level_bootstrap(diff[:n])
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "comparison": f"{a} − {b}",
+                            "runs": n,
+                            "ΔmAP": 100 * r["diff"],
+                            "CI low": 100 * r["lo"],
+                            "CI high": 100 * r["hi"],
+                            "verdict": stats.verdict(r),
+                            "detectable Δ": 100 * stats.detectable_difference(diff[:n])["mdd"],
+                        }
+                    )
+    return pd.DataFrame(rows).round(2)
+
+
+def plot_power_curve(curve: pd.DataFrame, path: Path) -> None:
+    """Detectable difference against runs, one line per comparison, with the 3-point aim."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (ds, comp), g in curve.groupby(["dataset", "comparison"], sort=False):
+        ax.plot(g["runs"], g["detectable Δ"], marker="o", label=f"{ds}: {comp}")
+    ax.axhline(3.0, color="grey", linestyle="--", linewidth=1, label="3 points (issue 30's aim)")
+    ax.set(xlabel="training runs (seeds) per cell", ylabel="detectable Δ mAP (95 %, 80 % power)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main() -> int:
@@ -129,7 +192,7 @@ def main() -> int:
     ap.add_argument(
         "--settings",
         nargs="+",
-        default=[s for s in SETTINGS if s != "default"],
+        default=["avx2", "stage2_threads2", "stage1_threads2"],  # the kernel paths
         choices=list(SETTINGS),
     )
     ap.add_argument("--datasets", nargs="+", default=["synth-stoat", "synth-tiger"])
@@ -155,6 +218,11 @@ def main() -> int:
         "these settings' runs together, each run a seed (all seeds of each must have run)",
     )
     ap.add_argument("--pooled-table", type=Path, help="write the pooled table here")
+    ap.add_argument(
+        "--power-curve",
+        type=Path,
+        help="write the comparisons over the first S pooled runs here (.csv, and a .png beside)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -173,6 +241,8 @@ def main() -> int:
     for r in rows:  # the committed run's own seed: the same seed, the default kernel path
         r.setdefault("seed", 0)  # rows written before --seeds
         m = json.loads(Path(f"metrics/eval/{r['dataset']}/{r['variant']}.json").read_text())
+        if str(r["seed"]) not in m["per_seed"]:  # an extra seed (`--pooled default`): no twin
+            continue
         committed = 100 * m["per_seed"][str(r["seed"])]["mAP"]
         table.append(
             {
@@ -183,17 +253,20 @@ def main() -> int:
                 "delta": round(r["mAP"] - committed, 2),
             }
         )
-    frame = pd.DataFrame(table)[
-        ["profile", "setting", "dataset", "variant", "seed", "committed", "rerun", "delta"]
-        + ["seconds"]
-    ]
-    deltas = frame["delta"].abs()
-    show(frame, args.table)
-    print(f"median |delta| {deltas.median():.1f} points, max {deltas.max():.1f} (n={len(frame)})")
+    columns = ["profile", "setting", "dataset", "variant", "seed", "committed", "rerun", "delta"]
+    frame = pd.DataFrame(table, columns=[*columns, "seconds"])
+    if len(frame):
+        deltas = frame["delta"].abs()
+        show(frame, args.table)
+        print(f"median |delta| {deltas.median():.1f}, max {deltas.max():.1f} (n={len(frame)})")
     if args.verdicts:
         show(rerun_verdicts(args.verdicts, args.datasets), args.verdicts_table)
     if args.pooled:
         show(pooled_verdicts(args.pooled, args.datasets), args.pooled_table)
+    if args.power_curve:
+        curve = power_curve(args.pooled or [], args.datasets)
+        show(curve, args.power_curve)
+        plot_power_curve(curve, args.power_curve.with_suffix(".png"))
     return 0
 
 
