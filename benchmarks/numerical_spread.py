@@ -99,7 +99,9 @@ def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
         if zero_shot.exists():  # the scaling study's sides have none
             shutil.copy(zero_shot, rerun / ds)
     new = significance_table(rerun, datasets).set_index(["dataset", "comparison"])
-    old = pd.read_csv("reports/tables/significance.csv").set_index(["dataset", "comparison"])
+    # the committed per-query rows, re-made the same way (the same resampling seed as the
+    # report's table), so the scaling study's sides compare too
+    old = significance_table("reports/per_query", datasets).set_index(["dataset", "comparison"])
     cols = ["ΔmAP", "CI low", "CI high", "verdict", "per-seed ΔmAP"]
     both = old.loc[new.index, cols].join(new[cols], how="inner", suffixes=("", f" ({setting})"))
     return both.round(2).reset_index()
