@@ -219,3 +219,44 @@ def test_scaling_sentences_read_a_negative_result_as_such():
     diff.loc[0, ["CI low", "CI high"]] = [-2.5, -0.5]
     gap = scaling_sentences(scaling, diff)[1]
     assert "excludes 0 at n = 8, but with 1 seed per cell" in gap and "not decidable" in gap
+
+
+def _train_record(cfg: config_mod.Config, dataset: str, variant: str, n_ids: int, n_images: int):
+    """What stage 2 records about a trained cell: its images, identities and batch."""
+    path = Path(cfg.data.metrics) / "train" / dataset / f"{variant}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"trained": True, "n_images": n_images, "n_identities": n_ids, "global_batch": 32}
+    path.write_text(json.dumps({**record, "wall_time_s": 1.0}))
+
+
+@pytest.mark.parametrize("equal", [False, True])
+def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal):
+    from indivaid_core.train.sampler import PKSampler
+
+    cfg = _config(tmp_path)
+    per_query = _write_main_cells(cfg, {})
+    sizes = dict(zip(cfg.pipeline.scaling.train_individuals, cfg.scaling_datasets(), strict=True))
+    largest = cfg.dataset(cfg.pipeline.scaling.dataset).train_individuals
+    sizes[largest] = cfg.pipeline.scaling.dataset
+    images = {n: 320 if equal else 20 * n for n in sizes}  # 32 a batch: 10 steps, or 20n/32
+    for n, name in sizes.items():
+        for k, v in enumerate(cfg.pipeline.scaling.variants):
+            if name != cfg.pipeline.scaling.dataset:
+                _write_per_query(per_query, name, v, 0.4, seed=100 * n + k)
+                _write_metrics(Path(cfg.data.metrics), name, v, 0.4)
+            _train_record(cfg, name, v, n, images[n])
+    md = _results_md(cfg, tmp_path)
+
+    lines = [line for line in md.splitlines() if line.startswith("Training steps an epoch")]
+    if equal:
+        assert lines == []  # nothing to warn about
+        return
+    for n, name in sizes.items():  # what the sampler itself would run, 4 images an identity
+        s2 = cfg.variant(cfg.pipeline.scaling.variants[0], name).stage2
+        labels = [i % n for i in range(images[n])]
+        sampler = PKSampler(labels, p=8, k=4, **_epoch_settings(s2))
+        assert f"{len(sampler)} at n = {n}" in lines[0]
+
+
+def _epoch_settings(s2) -> dict:
+    return {"iters_per_epoch": s2.iters_per_epoch, "min_iters_per_epoch": s2.min_iters_per_epoch}

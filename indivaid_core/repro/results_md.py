@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from indivaid_core.config import Config
+from indivaid_core.config import Config, scaled_name
 from indivaid_core.evaluate import statistics as stats
 from indivaid_core.repro import text_space
 from indivaid_core.repro.significance import significance_sentences
 from indivaid_core.repro.tables import Report
 from indivaid_core.safe_io import write_text
+from indivaid_core.train.sampler import steps_per_epoch
 
 # Quoted from the paper (arXiv 2410.22927), never computed here.
 PAPER_QUOTE = {
@@ -144,7 +145,39 @@ def _scaling_md(cfg: Config, rep: Report) -> list[str]:
         to_markdown(scaling_wide(scaling)),
         "",
         *scaling_sentences(scaling, rep.scaling_differences),
+        *_steps_sentence(cfg, rep),
         "",
+    ]
+
+
+def _steps_sentence(cfg: Config, rep: Report) -> list[str]:
+    """Training steps an epoch at each size, when they differ: a point of the curve measures
+    its number of individuals and its number of steps together, and a reader should know."""
+    s = cfg.pipeline.scaling
+    names = {n: scaled_name(s.dataset, n) for n in s.train_individuals}
+    names |= {n: s.dataset for n in set(rep.scaling["train_individuals"]) - set(names)}
+    steps = {}
+    for n, name in sorted(names.items()):
+        rows = rep.metrics[rep.metrics["dataset"] == name] if len(rep.metrics) else rep.metrics
+        for variant, train in zip(rows.get("variant", []), rows.get("train", []), strict=True):
+            if isinstance(train, dict) and train.get("trained") and "n_images" in train:
+                s2 = cfg.variant(variant, name).stage2
+                if s2.sampler == "pk":  # the clipreid sampler sets its own length
+                    steps[n] = steps_per_epoch(
+                        train["n_images"],
+                        train["global_batch"],
+                        s2.iters_per_epoch,
+                        s2.min_iters_per_epoch,
+                    )
+                break
+    if len(set(steps.values())) < 2:
+        return []
+    listing = ", ".join(f"{k} at n = {n}" for n, k in steps.items())
+    return [
+        f"Training steps an epoch differ by size ({listing}: a pass over the side's images, at "
+        "least `stage2.min_iters_per_epoch`), so each point measures its number of individuals "
+        "and its number of steps together. Whether a side had enough steps is a question for "
+        "its validation individuals (`benchmarks/validation_sweep.py`; `docs/results.md`)."
     ]
 
 

@@ -14,6 +14,16 @@ from dataclasses import KW_ONLY, dataclass
 import numpy as np
 
 
+def steps_per_epoch(
+    n_images: int, global_batch: int, iters_per_epoch: int = 0, min_iters_per_epoch: int = 0
+) -> int:
+    """A `pk` epoch's length: `iters_per_epoch`, else one pass over the images, at least
+    `min_iters_per_epoch` (the report reads it too, to say what each training side got)."""
+    if iters_per_epoch:
+        return iters_per_epoch
+    return max(1, -(-n_images // global_batch), min_iters_per_epoch)
+
+
 def sample_seed(seed: int, epoch: int, batch: int, slot: int) -> int:
     """A per-sample augmentation seed that does not depend on the rank or worker layout."""
     return int(np.random.SeedSequence([seed, epoch, batch, slot]).generate_state(1)[0])
@@ -71,10 +81,9 @@ class PKSampler:
     def __len__(self) -> int:
         if self.mode == "clipreid":
             return len(self.global_batches(self.epoch))
-        if self.iters_per_epoch:
-            return self.iters_per_epoch
-        one_pass = int(np.ceil(len(self.labels) / self.global_batch))
-        return max(1, one_pass, self.min_iters_per_epoch)
+        return steps_per_epoch(
+            len(self.labels), self.global_batch, self.iters_per_epoch, self.min_iters_per_epoch
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to replay and how many of its batches are already done."""
