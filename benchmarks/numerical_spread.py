@@ -21,7 +21,10 @@ work/spread/<setting>/. Run from the repository root after `dvc repro`:
 With every seed of the report retrained under one setting, `--verdicts SETTING` also re-makes
 the significance table from that setting's per-query results and sets it beside the committed
 one: which verdicts a re-run on another kernel path keeps. `--pooled SETTING ...` makes the
-table once more over the committed runs and those settings' runs together, each run a seed.
+table once more over the committed runs and those settings' runs together, each run a seed;
+`--pooled default` after `--settings default --seeds 3 4 …` adds plain extra seeds on this
+kernel path. `--power-curve FILE.csv` lists each comparison over the first S pooled runs and
+draws its detectable difference against S (FILE.png).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ SETTINGS = {
     "stage1_threads2": ({}, {"stage1.num_threads": 2}),
     "stage2_steps16": ({}, {"stage2.min_iters_per_epoch": 16}),
 }
+KERNEL_PATHS = ["avx2", "stage2_threads2", "stage1_threads2"]  # what --table measures
+RECIPE_CHECKS = {"stage2_steps16"}  # never in the table `snapshot --within-noise` reads
 TRAINED = ["image_only", "clipreid", "indivaid"]
 
 
@@ -91,18 +96,20 @@ def worker(
 
 
 def rerun_verdicts(setting: str, datasets: list[str]) -> pd.DataFrame:
-    """The committed significance rows beside the same comparisons re-made from the re-run."""
+    """Each comparison made from the committed per-query rows beside the same comparison made
+    from the re-run's (the same seeds; the scaling study's sides compare too)."""
     from indivaid_core.repro.significance import significance_table
 
+    cfg = load_params("params.yaml")
+    n, seed = cfg.eval.bootstrap, cfg.seed  # the report's own resampling
     rerun = Path("work/spread") / setting / "reports" / "per_query"
     for ds in datasets:  # the untrained cell is the same on every kernel path
         zero_shot = Path("reports/per_query") / ds / "zero_shot.csv"
         if zero_shot.exists():  # the scaling study's sides have none
             shutil.copy(zero_shot, rerun / ds)
-    new = significance_table(rerun, datasets).set_index(["dataset", "comparison"])
-    # the committed per-query rows, re-made the same way (the same resampling seed as the
-    # report's table), so the scaling study's sides compare too
-    old = significance_table("reports/per_query", datasets).set_index(["dataset", "comparison"])
+    new = significance_table(rerun, datasets, n, seed).set_index(["dataset", "comparison"])
+    old = significance_table("reports/per_query", datasets, n, seed)
+    old = old.set_index(["dataset", "comparison"])
     cols = ["ΔmAP", "CI low", "CI high", "verdict", "per-seed ΔmAP"]
     both = old.loc[new.index, cols].join(new[cols], how="inner", suffixes=("", f" ({setting})"))
     return both.round(2).reset_index()
@@ -123,15 +130,22 @@ def pooled_per_query(settings: list[str], datasets: list[str], folder: Path) -> 
     arms += [Path("work/spread") / s / "reports" / "per_query" for s in settings]
     for ds in datasets:
         (folder / ds).mkdir(parents=True, exist_ok=True)
-        frames = {v: [] for v in [*TRAINED, "zero_shot"]}
-        untrained = read_per_query(arms[0] / ds / "zero_shot.csv")  # the same on every path
-        untrained = untrained[untrained["seed"] == untrained["seed"].min()]
+        frames = {v: [] for v in TRAINED}
+        committed = set(read_per_query(arms[0] / ds / f"{TRAINED[0]}.csv")["seed"])
         for k, arm in enumerate(arms):
             for v in TRAINED:
                 frame = read_per_query(arm / ds / f"{v}.csv")
+                if k and settings[k - 1] == "default":  # a committed seed again is a copy
+                    frame = frame[~frame["seed"].isin(committed)]
+                if (frame["seed"] >= 100).any():
+                    raise ValueError(f"{arm / ds / v}: seeds of 100 or more clash with 100 k + s")
                 frames[v].append(frame.assign(seed=100 * k + frame["seed"]))
-            for seed in sorted(set(frames[TRAINED[0]][-1]["seed"])):  # one copy per run
-                frames["zero_shot"].append(untrained.assign(seed=seed))
+        untrained = arms[0] / ds / "zero_shot.csv"  # the same on every path
+        if untrained.exists():  # the scaling study's sides have none
+            zero = read_per_query(untrained)
+            zero = zero[zero["seed"] == zero["seed"].min()]
+            runs = sorted(set(pd.concat(frames[TRAINED[0]])["seed"]))  # one copy per run
+            frames["zero_shot"] = [zero.assign(seed=seed) for seed in runs]
         for v, parts in frames.items():
             pd.concat(parts).to_csv(folder / ds / f"{v}.csv", index=False)
 
@@ -160,7 +174,8 @@ def power_curve(settings: list[str], datasets: list[str]) -> pd.DataFrame:
         for ds in datasets:
             for a, b in [c for c in COMPARISONS if "zero_shot" not in c]:
                 pair = read_pair(Path(tmp, ds, f"{a}.csv"), Path(tmp, ds, f"{b}.csv"))
-                diff, seeds, _ = stats.paired_matrix(*pair)  # committed seeds come first
+                # paired_matrix sorts the seeds: the committed ones (below 100) come first
+                diff, seeds, _ = stats.paired_matrix(*pair)
                 every = stats.detectable_difference(diff)  # the variance of all the runs
                 z = norm.ppf(0.975) + norm.ppf(0.8)  # 95 %, 80 % power, as the table's
                 for n in range(stats.MIN_SEEDS, len(seeds) + 1):
@@ -184,7 +199,8 @@ def power_curve(settings: list[str], datasets: list[str]) -> pd.DataFrame:
 
 def plot_power_curve(curve: pd.DataFrame, path: Path) -> None:
     """Detectable difference against runs, one line per comparison, with the 3-point aim:
-    solid from the first S runs' own variance, dotted from the variance of all of them."""
+    solid from the first S runs' own variance, dotted from the variance of all of them (its
+    query term is the all-runs one, so its left end is a little optimistic)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +227,7 @@ def main() -> int:
     ap.add_argument(
         "--settings",
         nargs="+",
-        default=["avx2", "stage2_threads2", "stage1_threads2"],  # the kernel paths
+        default=KERNEL_PATHS,
         choices=list(SETTINGS),
     )
     ap.add_argument("--datasets", nargs="+", default=["synth-stoat", "synth-tiger"])
@@ -255,6 +271,9 @@ def main() -> int:
         cmd += ["--seeds", *map(str, args.seeds)]
         subprocess.run(cmd, env=env, check=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    kinds = {r["setting"] in RECIPE_CHECKS for r in rows}
+    if len(kinds) > 1:
+        sys.exit(f"{args.out}: recipe checks and kernel paths mixed; give each its own --out")
     profile = load_params("params.yaml").profile  # the report the deltas are against
     table = []
     for r in rows:  # the committed run's own seed: the same seed, the default kernel path

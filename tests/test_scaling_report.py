@@ -221,7 +221,9 @@ def test_scaling_sentences_read_a_negative_result_as_such():
     assert "excludes 0 at n = 8, but with 1 seed per cell" in gap and "not decidable" in gap
 
 
-def _train_record(cfg: config_mod.Config, dataset: str, variant: str, n_ids: int, n_images: int):
+def _train_record(
+    cfg: config_mod.Config, dataset: str, variant: str, n_ids: int, n_images: int
+) -> None:
     """What stage 2 records about a trained cell: its images, identities and batch."""
     path = Path(cfg.data.metrics) / "train" / dataset / f"{variant}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,12 +253,16 @@ def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal):
     if equal:
         assert lines == []  # nothing to warn about
         return
-    for n, name in sizes.items():  # what the sampler itself would run, 4 images an identity
+    expected = []
+    for n, name in sorted(sizes.items()):  # what the sampler itself runs on such a side
         s2 = cfg.variant(cfg.pipeline.scaling.variants[0], name).stage2
         labels = [i % n for i in range(images[n])]
-        sampler = PKSampler(labels, p=8, k=4, **_epoch_settings(s2))
-        assert f"{len(sampler)} at n = {n}" in lines[0]
-
-
-def _epoch_settings(s2) -> dict:
-    return {"iters_per_epoch": s2.iters_per_epoch, "min_iters_per_epoch": s2.min_iters_per_epoch}
+        sampler = PKSampler(
+            labels,
+            p=8,
+            k=4,
+            iters_per_epoch=s2.iters_per_epoch,
+            min_iters_per_epoch=s2.min_iters_per_epoch,
+        )
+        expected.append(f"{len(sampler)} at n = {n}")
+    assert lines[0].startswith(f"Training steps an epoch differ by size ({', '.join(expected)}:")

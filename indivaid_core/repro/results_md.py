@@ -156,29 +156,36 @@ def _steps_sentence(cfg: Config, rep: Report) -> list[str]:
     s = cfg.pipeline.scaling
     names = {n: scaled_name(s.dataset, n) for n in s.train_individuals}
     names |= {n: s.dataset for n in set(rep.scaling["train_individuals"]) - set(names)}
-    steps = {}
-    for n, name in sorted(names.items()):
-        rows = rep.metrics[rep.metrics["dataset"] == name] if len(rep.metrics) else rep.metrics
-        for variant, train in zip(rows.get("variant", []), rows.get("train", []), strict=True):
-            if isinstance(train, dict) and train.get("trained") and "n_images" in train:
-                s2 = cfg.variant(variant, name).stage2
-                if s2.sampler == "pk":  # the clipreid sampler sets its own length
-                    steps[n] = steps_per_epoch(
-                        train["n_images"],
-                        train["global_batch"],
-                        s2.iters_per_epoch,
-                        s2.min_iters_per_epoch,
-                    )
-                break
-    if len(set(steps.values())) < 2:
+    steps = {n: _side_steps(cfg, rep.metrics, name) for n, name in sorted(names.items())}
+    steps = {n: k for n, k in steps.items() if k is not None}
+    if len({k for ks in steps.values() for k in ks}) < 2:
         return []
-    listing = ", ".join(f"{k} at n = {n}" for n, k in steps.items())
+    listing = ", ".join(f"{'/'.join(map(str, sorted(k)))} at n = {n}" for n, k in steps.items())
     return [
         f"Training steps an epoch differ by size ({listing}: a pass over the side's images, at "
         "least `stage2.min_iters_per_epoch`), so each point measures its number of individuals "
         "and its number of steps together. Whether a side had enough steps is a question for "
         "its validation individuals (`benchmarks/validation_sweep.py`; `docs/results.md`)."
     ]
+
+
+def _side_steps(cfg: Config, metrics: pd.DataFrame, dataset: str) -> set[int] | None:
+    """The steps an epoch of the dataset's trained `pk` cells, from what stage 2 recorded;
+    None when none recorded it (the clipreid sampler sets its own length: left out)."""
+    rows = metrics[metrics["dataset"] == dataset] if len(metrics) else metrics
+    found = set()
+    for variant, train in zip(rows.get("variant", []), rows.get("train", []), strict=True):
+        s2 = cfg.variant(variant, dataset).stage2
+        if isinstance(train, dict) and train.get("trained") and s2.sampler == "pk":
+            found.add(
+                steps_per_epoch(
+                    train["n_images"],
+                    train["global_batch"],
+                    s2.iters_per_epoch,
+                    s2.min_iters_per_epoch,
+                )
+            )
+    return found or None
 
 
 def scaling_wide(scaling: pd.DataFrame) -> pd.DataFrame:
