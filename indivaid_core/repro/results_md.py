@@ -170,21 +170,22 @@ def _steps_sentence(cfg: Config, rep: Report) -> list[str]:
 
 
 def _side_steps(cfg: Config, metrics: pd.DataFrame, dataset: str) -> set[int] | None:
-    """The steps an epoch of the dataset's trained `pk` cells, from what stage 2 recorded;
-    None when none recorded it (the clipreid sampler sets its own length: left out)."""
+    """The steps an epoch of the dataset's trained cells, from what stage 2 recorded and the
+    stage-2 epoch settings with the dataset's overrides; None when none recorded it, or when
+    the clipreid sampler sets its own length."""
+    epoch = ("sampler", "iters_per_epoch", "min_iters_per_epoch")  # only what it reads
+    s2 = {k: getattr(cfg.stage2, k) for k in epoch}
+    s2 |= {k: v for k, v in cfg.dataset(dataset).overrides.get("stage2", {}).items() if k in epoch}
+    if s2["sampler"] != "pk":
+        return None
     rows = metrics[metrics["dataset"] == dataset] if len(metrics) else metrics
-    found = set()
-    for variant, train in zip(rows.get("variant", []), rows.get("train", []), strict=True):
-        s2 = cfg.variant(variant, dataset).stage2
-        if isinstance(train, dict) and train.get("trained") and s2.sampler == "pk":
-            found.add(
-                steps_per_epoch(
-                    train["n_images"],
-                    train["global_batch"],
-                    s2.iters_per_epoch,
-                    s2.min_iters_per_epoch,
-                )
-            )
+    found = {
+        steps_per_epoch(
+            t["n_images"], t["global_batch"], s2["iters_per_epoch"], s2["min_iters_per_epoch"]
+        )
+        for t in rows.get("train", [])
+        if isinstance(t, dict) and t.get("trained")
+    }
     return found or None
 
 
