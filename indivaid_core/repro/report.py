@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from indivaid_core.config import Config, scaled_name
+from indivaid_core.config import Config
 from indivaid_core.data.table import CONDITIONS
 from indivaid_core.figures_common import save_figure
 from indivaid_core.repro import significance, tables
@@ -54,7 +54,7 @@ def build_report(cfg: Config, numerical_csv: Path = NUMERICAL_SPREAD_CSV) -> Rep
     per_query = Path(cfg.data.reports) / "per_query"
     n, seed = cfg.eval.bootstrap, cfg.seed
     base, study = cfg.pipeline.scaling.dataset, list(cfg.pipeline.scaling.variants)
-    sizes = scaling_sizes(cfg, metrics)
+    sizes = tables.scaling_sizes(cfg, metrics)
     return Report(
         metrics=metrics,
         main=tables.main_table(metrics, datasets, ("mAP", "R1"), variants),
@@ -71,28 +71,6 @@ def build_report(cfg: Config, numerical_csv: Path = NUMERICAL_SPREAD_CSV) -> Rep
         scaling=tables.scaling_table(per_query, base, sizes, study, n, seed),
         scaling_differences=scaling_differences(per_query, base, sizes, n, seed),
     )
-
-
-def scaling_sizes(cfg: Config, metrics: pd.DataFrame) -> list[tuple[int, str]]:
-    """(training individuals, dataset) of each point of the scaling study, largest last.
-
-    The largest point is the base dataset's main cells, at the number of individuals its
-    training runs counted (metrics/train); without one it is left out, never guessed.
-    """
-    s = cfg.pipeline.scaling
-    if not s.dataset:
-        return []
-    sizes = [(n, scaled_name(s.dataset, n)) for n in s.train_individuals]
-    full = _trained_individuals(metrics, s.dataset)
-    return sorted(sizes + ([(full, s.dataset)] if full else []))
-
-
-def _trained_individuals(metrics: pd.DataFrame, dataset: str) -> int:
-    """Training individuals the dataset's trained cells report (0 when none reports it)."""
-    if not len(metrics):
-        return 0
-    train = metrics.loc[metrics["dataset"] == dataset, "train"]
-    return max((t.get("n_identities", 0) for t in train if isinstance(t, dict)), default=0)
 
 
 def scaling_differences(

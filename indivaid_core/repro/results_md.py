@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from indivaid_core.config import Config, scaled_name
+from indivaid_core.config import Config
 from indivaid_core.evaluate import statistics as stats
 from indivaid_core.repro import text_space
 from indivaid_core.repro.significance import significance_sentences
-from indivaid_core.repro.tables import Report
+from indivaid_core.repro.tables import Report, scaling_sizes
 from indivaid_core.safe_io import write_text
 from indivaid_core.train.sampler import steps_per_epoch
 
@@ -153,10 +153,8 @@ def _scaling_md(cfg: Config, rep: Report) -> list[str]:
 def _steps_sentence(cfg: Config, rep: Report) -> list[str]:
     """Training steps an epoch at each size, when they differ: a point of the curve measures
     its number of individuals and its number of steps together, and a reader should know."""
-    s = cfg.pipeline.scaling
-    names = {n: scaled_name(s.dataset, n) for n in s.train_individuals}
-    names |= {n: s.dataset for n in set(rep.scaling["train_individuals"]) - set(names)}
-    steps = {n: _side_steps(cfg, rep.metrics, name) for n, name in sorted(names.items())}
+    sizes = scaling_sizes(cfg, rep.metrics)  # the report's own points, largest last
+    steps = {n: _side_steps(cfg, rep.metrics, name) for n, name in sizes}
     steps = {n: k for n, k in steps.items() if k is not None}
     if len({k for ks in steps.values() for k in ks}) < 2:
         return []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from indivaid_core.config import Config, scaled_name
 from indivaid_core.evaluate import statistics as stats
 from indivaid_core.repro import noise
 
@@ -201,6 +202,28 @@ def map_interval(per_query: pd.DataFrame, n_resamples: int, seed: int) -> dict[s
 
 
 SCALING_COLUMNS = ["dataset", "variant", "train_individuals", "mAP", "CI low", "CI high", "seeds"]
+
+
+def scaling_sizes(cfg: Config, metrics: pd.DataFrame) -> list[tuple[int, str]]:
+    """(training individuals, dataset) of each point of the scaling study, largest last.
+
+    The largest point is the base dataset's main cells, at the number of individuals its
+    training runs counted (metrics/train); without one it is left out, never guessed.
+    """
+    s = cfg.pipeline.scaling
+    if not s.dataset:
+        return []
+    sizes = [(n, scaled_name(s.dataset, n)) for n in s.train_individuals]
+    full = _trained_individuals(metrics, s.dataset)
+    return sorted(sizes + ([(full, s.dataset)] if full else []))
+
+
+def _trained_individuals(metrics: pd.DataFrame, dataset: str) -> int:
+    """Training individuals the dataset's trained cells report (0 when none reports it)."""
+    if not len(metrics):
+        return 0
+    train = metrics.loc[metrics["dataset"] == dataset, "train"]
+    return max((t.get("n_identities", 0) for t in train if isinstance(t, dict)), default=0)
 
 
 def scaling_table(
