@@ -150,50 +150,44 @@ def pooled_per_query(settings: list[str], datasets: list[str], folder: Path) -> 
             pd.concat(parts).to_csv(folder / ds / f"{v}.csv", index=False)
 
 
-def pooled_verdicts(settings: list[str], datasets: list[str]) -> pd.DataFrame:
-    """The significance table over every run measured (`pooled_per_query`)."""
+def pooled_verdicts(pooled: Path, datasets: list[str]) -> pd.DataFrame:
+    """The significance table over every run measured (`pooled_per_query`'s folder)."""
     from indivaid_core.repro.significance import significance_table
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pooled_per_query(settings, datasets, Path(tmp))
-        return significance_table(tmp, datasets).round(2)
+    return significance_table(pooled, datasets).round(2)
 
 
-def power_curve(settings: list[str], datasets: list[str]) -> pd.DataFrame:
+def power_curve(pooled: Path, datasets: list[str]) -> pd.DataFrame:
     """Each comparison of two trained variants over the first S pooled runs, S = 3 … all: its
     interval, verdict and detectable difference (from those S runs, and from all the runs'
     variance at S seeds), to see what more seeds buy as measured."""
-    from scipy.stats import norm
-
     from indivaid_core.evaluate import statistics as stats
     from indivaid_core.repro.significance import COMPARISONS, read_pair
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        pooled_per_query(settings, datasets, Path(tmp))
-        for ds in datasets:
-            for a, b in [c for c in COMPARISONS if "zero_shot" not in c]:
-                pair = read_pair(Path(tmp, ds, f"{a}.csv"), Path(tmp, ds, f"{b}.csv"))
-                # paired_matrix sorts the seeds: the committed ones (below 100) come first
-                diff, seeds, _ = stats.paired_matrix(*pair)
-                every = stats.detectable_difference(diff)  # the variance of all the runs
-                z = norm.ppf(0.975) + norm.ppf(0.8)  # 95 %, 80 % power, as the table's
-                for n in range(stats.MIN_SEEDS, len(seeds) + 1):
-                    se = math.sqrt(every["s2_seed"] / n + every["s2_query"] / diff.shape[1])
-                    r = stats.two_level_bootstrap(diff[:n])
-                    rows.append(
-                        {
-                            "dataset": ds,
-                            "comparison": f"{a} − {b}",
-                            "runs": n,
-                            "ΔmAP": 100 * r["diff"],
-                            "CI low": 100 * r["lo"],
-                            "CI high": 100 * r["hi"],
-                            "verdict": stats.verdict(r),
-                            "detectable Δ": 100 * stats.detectable_difference(diff[:n])["mdd"],
-                            "detectable Δ, all runs' variance": 100 * z * se,
-                        }
-                    )
+    z = stats._z_sum(0.05, 0.8)  # 95 %, 80 % power, the table's own formula
+    for ds in datasets:
+        for a, b in [c for c in COMPARISONS if "zero_shot" not in c]:
+            pair = read_pair(pooled / ds / f"{a}.csv", pooled / ds / f"{b}.csv")
+            # paired_matrix sorts the seeds: the committed ones (below 100) come first
+            diff, seeds, _ = stats.paired_matrix(*pair)
+            every = stats.detectable_difference(diff)  # the variance of all the runs
+            for n in range(stats.MIN_SEEDS, len(seeds) + 1):
+                se = math.sqrt(every["s2_seed"] / n + every["s2_query"] / diff.shape[1])
+                r = stats.two_level_bootstrap(diff[:n])
+                rows.append(
+                    {
+                        "dataset": ds,
+                        "comparison": f"{a} − {b}",
+                        "runs": n,
+                        "ΔmAP": 100 * r["diff"],
+                        "CI low": 100 * r["lo"],
+                        "CI high": 100 * r["hi"],
+                        "verdict": stats.verdict(r),
+                        "detectable Δ": 100 * stats.detectable_difference(diff[:n])["mdd"],
+                        "detectable Δ, all runs' variance": 100 * z * se,
+                    }
+                )
     return pd.DataFrame(rows).round(2)
 
 
@@ -299,12 +293,15 @@ def main() -> int:
         print(f"median |delta| {deltas.median():.1f}, max {deltas.max():.1f} (n={len(frame)})")
     if args.verdicts:
         show(rerun_verdicts(args.verdicts, args.datasets), args.verdicts_table)
-    if args.pooled:
-        show(pooled_verdicts(args.pooled, args.datasets), args.pooled_table)
-    if args.power_curve:
-        curve = power_curve(args.pooled or [], args.datasets)
-        show(curve, args.power_curve)
-        plot_power_curve(curve, args.power_curve.with_suffix(".png"))
+    if args.pooled or args.power_curve:
+        with tempfile.TemporaryDirectory() as tmp:  # the pooled per-query rows, made once
+            pooled_per_query(args.pooled or [], args.datasets, Path(tmp))
+            if args.pooled:
+                show(pooled_verdicts(Path(tmp), args.datasets), args.pooled_table)
+            if args.power_curve:
+                curve = power_curve(Path(tmp), args.datasets)
+                show(curve, args.power_curve)
+                plot_power_curve(curve, args.power_curve.with_suffix(".png"))
     return 0
 
 
