@@ -306,6 +306,10 @@ class ScalingCfg:
     dataset: str = ""  # "" = no study
     train_individuals: list[int] = field(default_factory=list)
     variants: list[str] = field(default_factory=list)
+    # `<dataset>-n<N>` -> settings merged over the dataset's overrides: a side may need its
+    # own (its steps an epoch). Every side run needs an entry ({} for none), so each side's
+    # stages can list their own in dvc.yaml.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if any(n < 2 for n in self.train_individuals):
@@ -330,9 +334,16 @@ class PipelineCfg:
     ablations: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     robustness_variants: list[str] = field(default_factory=lambda: ["zero_shot", "indivaid"])
+    robustness_datasets: list[str] | None = None  # None: every one of `datasets`
     attention_variant: str = "indivaid"
+    attention_datasets: list[str] | None = None
     text_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     scaling: ScalingCfg = field(default_factory=ScalingCfg)
+
+    def datasets_for(self, key: str) -> list[str]:
+        """`robustness_datasets` or `attention_datasets` as a list (None: every dataset)."""
+        chosen = getattr(self, key)
+        return list(self.datasets if chosen is None else chosen)
 
 
 @dataclass
@@ -391,7 +402,7 @@ class Config:
         """Base <- dataset overrides <- stage-1 text run <- `patch` (later wins)."""
         merged = to_dict(self)
         if dataset is not None:
-            merged = deep_merge(merged, self.dataset(dataset).overrides)
+            merged = deep_merge(merged, self.overrides_of(dataset))
         if text != "none":
             if text not in self.pipeline.text_runs:
                 raise ConfigError(
@@ -399,6 +410,23 @@ class Config:
                 )
             merged = deep_merge(merged, self.pipeline.text_runs[text])
         return from_dict(deep_merge(merged, patch or {}), "params")
+
+    def overrides_of(self, dataset: str) -> dict[str, Any]:
+        """The dataset's overrides; a scaling side's own merged over its dataset's."""
+        base = self.dataset(dataset).overrides
+        if dataset in self.data.datasets:
+            return base
+        return deep_merge(base, self.side_overrides(dataset))
+
+    def side_overrides(self, name: str) -> dict[str, Any]:
+        """A scaling side's own overrides (`pipeline.scaling.overrides`)."""
+        sides = self.pipeline.scaling.overrides
+        if name not in sides:
+            raise ConfigError(
+                f"pipeline.scaling.overrides: no entry for '{name}' (every side of "
+                "pipeline.scaling.train_individuals needs one; {} for none)"
+            )
+        return sides[name]
 
     def dataset(self, name: str) -> DatasetCfg:
         if name in self.data.datasets:
@@ -504,6 +532,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # selected profile; params.yaml stays the only place these lists are set.
 CELLS_FILE = "cells.yaml"
 CELL_KEYS = ("datasets", "variants", "ablation_datasets", "ablations")
+# the datasets whose corruption sweep and attention figures run (None in params: every one)
+FIGURE_KEYS = ("robustness_datasets", "attention_datasets")
 
 
 # The stage-2 cells, one DVC foreach item each; a stale file listing other cells is refused.
@@ -527,6 +557,7 @@ def cells_of(cfg: Config) -> dict[str, Any]:
     """The content of CELLS_FILE for this (profile-merged) configuration."""
     p = cfg.pipeline
     cells = {k: list(getattr(p, k)) for k in CELL_KEYS}
+    cells |= {k: p.datasets_for(k) for k in FIGURE_KEYS}
     trained = {
         "stage2_cells": trained_cells(cfg, p.datasets, p.variants),
         "ablation_cells": trained_cells(cfg, p.ablation_datasets, p.ablations),
@@ -571,6 +602,10 @@ def _check_references(cfg: Config) -> Config:
     for name in p.robustness_variants:
         if name not in p.variants:
             raise ConfigError(_unknown("pipeline.robustness_variants", name, p.variants))
+    for key in FIGURE_KEYS:
+        for name in p.datasets_for(key):
+            if name not in p.datasets:
+                raise ConfigError(_unknown(f"pipeline.{key}", name, p.datasets))
     if p.attention_variant not in p.variants:
         raise ConfigError(_unknown("pipeline.attention_variant", p.attention_variant, p.variants))
     if extra := [d for d in p.ablation_datasets if d not in p.datasets]:
@@ -599,6 +634,16 @@ def _check_scaling(cfg: Config) -> None:
             f"pipeline.scaling.train_individuals: {s.train_individuals} must stay below "
             f"data.datasets.{s.dataset}.train_individuals ({largest})"
         )
+    sides = cfg.scaling_datasets()
+    for key in s.overrides:  # a side not run in this profile may keep its entry
+        if not re.fullmatch(rf"{re.escape(s.dataset)}-n\d+", key):
+            raise ConfigError(_unknown("pipeline.scaling.overrides", key, sides))
+    for side in sides:
+        cfg.side_overrides(side)  # every side run has an entry
+        try:
+            cfg.for_run(side)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline.scaling.overrides.{side}: {exc}") from exc
 
 
 def nested(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -747,7 +792,7 @@ def load(
     if check_cells and cells_path.exists():
         found = (yaml.safe_load(cells_path.read_text()) or {}).get("cells", {})
         want = cells_of(cfg)["cells"]
-        if any(found.get(k) != want[k] for k in CELL_KEYS + TRAINED_KEYS):
+        if any(found.get(k) != want[k] for k in CELL_KEYS + FIGURE_KEYS + TRAINED_KEYS):
             raise ConfigError(
                 f"{cells_path} does not list the cells of profile '{cfg.profile}' in {path} "
                 f"(dvc.yaml builds its stages from it); run `indivaid profile {cfg.profile}`"

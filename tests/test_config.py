@@ -134,6 +134,44 @@ def test_the_scaling_study_names_datasets_that_resolve_to_their_base():
         cfg.dataset(f"{base}-n9")  # not a size of the study
 
 
+def test_a_scaling_side_merges_its_own_overrides_over_its_datasets():
+    over = {
+        "pipeline.scaling.overrides.synth-tiger-n16": {"stage2": {"epochs": 3}},
+        "data.datasets.synth-tiger.overrides": {"stage2": {"epochs": 5, "lr": 1e-3}},
+    }
+    cfg = config.load(REPO / "params.yaml", over)
+    run = cfg.for_run("synth-tiger-n16").stage2
+    assert (run.epochs, run.lr) == (3, 1e-3)  # the side's wins; the dataset's still applies
+    assert cfg.for_run("synth-tiger-n8").stage2.epochs == 5
+    assert cfg.for_run("synth-tiger").stage2.epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        (
+            {"pipeline.scaling.overrides.synth-tiger-n16.stage2.epochs": 0},
+            r"overrides\.synth-tiger-n16.*epochs",
+        ),
+        ({"pipeline.scaling.overrides.synth-tiger-n16.stage3": {}}, "did you mean 'stage2'"),
+        ({"pipeline.scaling.overrides.synth-tigre-n16": {}}, "synth-tigre-n16"),
+        ({"pipeline.scaling.train_individuals": [8, 16, 24]}, "no entry for 'synth-tiger-n24'"),
+        ({"pipeline.robustness_datasets": ["synth-tigre"]}, "robustness_datasets.synth-tigre"),
+        ({"pipeline.attention_datasets": ["ATRW"]}, "attention_datasets.ATRW"),
+    ],
+)
+def test_bad_side_and_figure_settings_are_refused_naming_the_key(override, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(REPO / "params.yaml", override, check_cells=False)
+
+
+def test_figure_datasets_default_to_every_dataset():
+    cfg = config.load(REPO / "params.yaml", {"pipeline.robustness_datasets": None}, False)
+    cells = config.cells_of(cfg)["cells"]
+    assert cells["robustness_datasets"] == cfg.pipeline.datasets
+    assert cells["attention_datasets"] == ["synth-tiger"]
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [

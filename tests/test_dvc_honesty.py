@@ -72,6 +72,8 @@ BROAD_ENTRIES = {
     "(variants.<v>.text for each of pipeline.scaling.variants): a list of any length, which "
     "dvc.yaml's params cannot be",
     ("scaling_stage1", "variants"): "the same: the `text` of each of pipeline.scaling.variants",
+    ("report", "pipeline.scaling.overrides"): "the entries of the sides "
+    "pipeline.scaling.train_individuals names; another profile's sides may keep theirs",
 }
 
 PROFILE_ENTRIES = ("profile", "profiles.${profile}")
@@ -355,10 +357,15 @@ def _smoke_params(tmp: Path) -> tuple[Path, dict[str, Any]]:
         datasets=[DATASET],
         variants=["zero_shot", "indivaid"],
         robustness_variants=["zero_shot", "indivaid"],
+        robustness_datasets=[DATASET],
+        attention_datasets=[DATASET],
         ablation_datasets=[DATASET],
         ablations=["abl_mean"],
     )
     p["scaling"]["dataset"] = DATASET
+    smoke_scaling = raw["profiles"][PROFILE]["pipeline"]["scaling"]
+    sides = [config.scaled_name(DATASET, n) for n in smoke_scaling["train_individuals"]]
+    p["scaling"]["overrides"] = smoke_scaling["overrides"] = {s: {} for s in sides}
     raw["eval"].update(rerank=True, rerank_k1=2, rerank_k2=1)  # its settings: read when on
     raw["profiles"][PROFILE]["pipeline"]["seeds"] = [0]
     path = tmp / "params.yaml"
@@ -390,8 +397,12 @@ def _cells(raw: dict[str, Any]) -> list[Cell]:
             Cell(stage, f"{stage}@{key}", {**base, **{f"item.{k}": v for k, v in item.items()}})
             for key, item in items.items()
         ]
-    for stage in ("evaluate", "robustness", "attention"):
-        cells += [Cell(stage, f"{stage}@{d}", {**base, "item": d}) for d in p["datasets"]]
+    for stage, key in (
+        ("evaluate", "datasets"),
+        ("robustness", "robustness_datasets"),
+        ("attention", "attention_datasets"),
+    ):
+        cells += [Cell(stage, f"{stage}@{d}", {**base, "item": d}) for d in p[key]]
     cells += [
         Cell("scaling_evaluate", f"scaling_evaluate@{d}", {**base, "item": d}) for d in scaled
     ]

@@ -61,9 +61,16 @@ def test_dvc_repro_smoke_profile(tmp_path):
     }
     params["pipeline"]["robustness_variants"] = ["zero_shot", "indivaid"]
     params["pipeline"].update(
-        variants=["zero_shot", "indivaid"], ablation_datasets=[], ablations=[]
+        variants=["zero_shot", "indivaid"],
+        ablation_datasets=[],
+        ablations=[],
+        robustness_datasets=["synth-stoat"],
+        attention_datasets=["synth-stoat"],
     )
     params["pipeline"]["scaling"]["dataset"] = "synth-stoat"  # smoke: n4, indivaid
+    sides = {"synth-stoat-n4": {}}  # each side run needs its entry, and only this study's
+    params["pipeline"]["scaling"]["overrides"] = sides
+    params["profiles"]["smoke"]["pipeline"]["scaling"]["overrides"] = sides
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     config.write_cells(repo / "params.yaml")  # what `indivaid profile smoke` does
 

@@ -231,11 +231,18 @@ def _train_record(
     path.write_text(json.dumps({**record, "wall_time_s": 1.0}))
 
 
-@pytest.mark.parametrize("equal", [False, True])
-def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal):
+@pytest.mark.parametrize(
+    ("equal", "side_floor"),
+    [(False, None), (True, 8), (True, 16)],  # 16: a side's own floor makes it differ
+)
+def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal, side_floor):
     from indivaid_core.train.sampler import PKSampler
 
-    cfg = _config(tmp_path)
+    floors = {  # the sides params.yaml gives their own floor
+        f"pipeline.scaling.overrides.synth-tiger-n{n}.stage2.min_iters_per_epoch": side_floor
+        for n in (16, 32)
+    }
+    cfg = _config(tmp_path, **(floors if side_floor else {}))
     per_query = _write_main_cells(cfg, {})
     sizes = dict(zip(cfg.pipeline.scaling.train_individuals, cfg.scaling_datasets(), strict=True))
     largest = cfg.dataset(cfg.pipeline.scaling.dataset).train_individuals
@@ -250,7 +257,7 @@ def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal):
     md = _results_md(cfg, tmp_path)
 
     lines = [line for line in md.splitlines() if line.startswith("Training steps an epoch")]
-    if equal:
+    if equal and side_floor == 8:
         assert lines == []  # nothing to warn about
         return
     expected = []

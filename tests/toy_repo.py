@@ -70,6 +70,8 @@ def build(root: Path) -> Path:
         ablation_datasets=[],
         ablations=[],
         robustness_variants=["zero_shot", "indivaid"],
+        robustness_datasets=None,  # every dataset: the toy one
+        attention_datasets=None,
     )
     raw["pipeline"]["seeds"] = [0]  # one training seed: the tests below pick others by name
     raw["profiles"]["smoke"].pop("data", None)

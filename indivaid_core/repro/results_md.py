@@ -161,19 +161,20 @@ def _steps_sentence(cfg: Config, rep: Report) -> list[str]:
     listing = ", ".join(f"{'/'.join(map(str, sorted(k)))} at n = {n}" for n, k in steps.items())
     return [
         f"Training steps an epoch differ by size ({listing}: a pass over the side's images, at "
-        "least `stage2.min_iters_per_epoch`), so each point measures its number of individuals "
-        "and its number of steps together. Whether a side had enough steps is a question for "
-        "its validation individuals (`benchmarks/validation_sweep.py`; `docs/results.md`)."
+        "least `stage2.min_iters_per_epoch`, which a side may set in "
+        "`pipeline.scaling.overrides`), so each point measures its number of individuals and "
+        "its number of steps together. Whether a side had enough steps is a question for its "
+        "validation individuals (`benchmarks/validation_sweep.py`; `docs/results.md`)."
     ]
 
 
 def _side_steps(cfg: Config, metrics: pd.DataFrame, dataset: str) -> set[int] | None:
     """The steps an epoch of the dataset's trained cells, from what stage 2 recorded and the
-    stage-2 epoch settings with the dataset's overrides; None when none recorded it, or when
-    the clipreid sampler sets its own length."""
+    stage-2 epoch settings with the dataset's (and a side's own) overrides; None when none
+    recorded it, or when the clipreid sampler sets its own length."""
     epoch = ("sampler", "iters_per_epoch", "min_iters_per_epoch")  # only what it reads
     s2 = {k: getattr(cfg.stage2, k) for k in epoch}
-    s2 |= {k: v for k, v in cfg.dataset(dataset).overrides.get("stage2", {}).items() if k in epoch}
+    s2 |= {k: v for k, v in cfg.overrides_of(dataset).get("stage2", {}).items() if k in epoch}
     if s2["sampler"] != "pk":
         return None
     rows = metrics[metrics["dataset"] == dataset] if len(metrics) else metrics
