@@ -340,7 +340,7 @@ class PipelineCfg:
     text_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     scaling: ScalingCfg = field(default_factory=ScalingCfg)
 
-    def datasets_for(self, key: str) -> list[str]:
+    def datasets_for(self, key: Literal["robustness_datasets", "attention_datasets"]) -> list[str]:
         """`robustness_datasets` or `attention_datasets` as a list (None: every dataset)."""
         chosen = getattr(self, key)
         return list(self.datasets if chosen is None else chosen)
@@ -635,8 +635,9 @@ def _check_scaling(cfg: Config) -> None:
             f"data.datasets.{s.dataset}.train_individuals ({largest})"
         )
     sides = cfg.scaling_datasets()
-    for key in s.overrides:  # a side not run in this profile may keep its entry
-        if not re.fullmatch(rf"{re.escape(s.dataset)}-n\d+", key):
+    for key in s.overrides:  # another profile's sides may keep their entries, unvalidated
+        base, _, n = key.rpartition("-n")
+        if base not in cfg.data.datasets or not n.isdigit() or int(n) < 2:
             raise ConfigError(_unknown("pipeline.scaling.overrides", key, sides))
     for side in sides:
         cfg.side_overrides(side)  # every side run has an entry
@@ -709,13 +710,28 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Con
     overrides = overrides or {}
     profile = overrides.get("profile", raw.get("profile", "default"))
     if profile == "default":
-        return _check_references(from_dict(_set_dotted(raw, overrides)))
-    base = from_dict({**raw, "profile": profile})
-    if profile not in base.profiles:
-        valid = list(dict.fromkeys(["default", *base.profiles]))
-        raise ConfigError(_unknown("profiles", profile, valid))
-    merged = _set_dotted(deep_merge({**raw, "profile": profile}, base.profiles[profile]), overrides)
-    return _check_references(from_dict(merged, f"profiles.{profile}"))
+        cfg = _check_references(from_dict(_set_dotted(raw, overrides)))
+    else:
+        base = from_dict({**raw, "profile": profile})
+        if profile not in base.profiles:
+            valid = list(dict.fromkeys(["default", *base.profiles]))
+            raise ConfigError(_unknown("profiles", profile, valid))
+        merged = deep_merge({**raw, "profile": profile}, base.profiles[profile])
+        cfg = _check_references(from_dict(_set_dotted(merged, overrides), f"profiles.{profile}"))
+    _check_side_entries(cfg, _set_dotted(raw, overrides))
+    return cfg
+
+
+def _check_side_entries(cfg: Config, top: dict[str, Any]) -> None:
+    """Each scaling side run has its entry at the top level of the settings: dvc.yaml lists
+    `pipeline.scaling.overrides.<side>`, and DVC reads params.yaml without the profiles."""
+    entries = top.get("pipeline", {}).get("scaling", {}).get("overrides", {})
+    for side in cfg.scaling_datasets():
+        if side not in entries:
+            raise ConfigError(
+                f"pipeline.scaling.overrides: no top-level entry for '{side}' (dvc.yaml lists "
+                f"each side's own, and DVC does not read the profiles); add `{side}: {{}}`"
+            )
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -56,6 +56,8 @@ def test_one_switch_selects_the_paper_cells(tmp_path):
     config.write_cells(params, "paper")
     cells = yaml.safe_load((tmp_path / config.CELLS_FILE).read_text())["cells"]
     assert cells["profile"] == "paper" and "Stoat" in cells["datasets"]
+    # null: the corruption sweep and the attention figures on every dataset
+    assert cells["robustness_datasets"] == cells["attention_datasets"] == cells["datasets"]
     cfg = config.load(params)
     assert cfg.profile == "paper" and len(cfg.cells()) == 9 * 4 + 4
     assert "# ViT-B-16 + OpenAI weights" in params.read_text()  # comments kept
@@ -154,15 +156,51 @@ def test_a_scaling_side_merges_its_own_overrides_over_its_datasets():
             r"overrides\.synth-tiger-n16.*epochs",
         ),
         ({"pipeline.scaling.overrides.synth-tiger-n16.stage3": {}}, "did you mean 'stage2'"),
-        ({"pipeline.scaling.overrides.synth-tigre-n16": {}}, "synth-tigre-n16"),
+        ({"pipeline.scaling.overrides.synth-tigre-n16": {}}, "key '[^']*synth-tigre-n16'"),
+        ({"pipeline.scaling.overrides.synth-tiger-n1": {}}, "key '[^']*synth-tiger-n1'"),
         ({"pipeline.scaling.train_individuals": [8, 16, 24]}, "no entry for 'synth-tiger-n24'"),
-        ({"pipeline.robustness_datasets": ["synth-tigre"]}, "robustness_datasets.synth-tigre"),
-        ({"pipeline.attention_datasets": ["ATRW"]}, "attention_datasets.ATRW"),
+        ({"pipeline.robustness_datasets": ["synth-tigre"]}, "key 'pipeline.robustness_datas"),
+        ({"pipeline.attention_datasets": ["ATRW"]}, "key 'pipeline.attention_datasets.ATRW'"),
     ],
 )
 def test_bad_side_and_figure_settings_are_refused_naming_the_key(override, match):
     with pytest.raises(config.ConfigError, match=match):
         config.load(REPO / "params.yaml", override, check_cells=False)
+
+
+def test_another_study_keeps_the_other_sides_entries_unused():
+    """A profile cannot delete keys, so switching the study leaves synth-tiger's entries."""
+    over = {
+        "pipeline.scaling.dataset": "synth-stoat",
+        "pipeline.scaling.train_individuals": [10],
+        "pipeline.scaling.overrides.synth-stoat-n10": {"stage2": {"epochs": 3}},
+    }
+    cfg = config.load(REPO / "params.yaml", over, check_cells=False)
+    assert cfg.for_run("synth-stoat-n10").stage2.epochs == 3
+    assert "synth-tiger-n16" in cfg.pipeline.scaling.overrides
+
+
+def test_a_side_entry_only_in_a_profile_is_refused():
+    """DVC reads params.yaml's top level only: a side's entry there is what dvc.yaml lists."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    entry = raw["pipeline"]["scaling"]["overrides"].pop("synth-tiger-n4")
+    raw["profiles"]["smoke"]["pipeline"]["scaling"]["overrides"] = {"synth-tiger-n4": entry}
+    with pytest.raises(config.ConfigError, match="no top-level entry for 'synth-tiger-n4'"):
+        config.resolve({**raw, "profile": "smoke"})
+    config.resolve({**raw, "profile": "default"})  # the default runs no n = 4 side
+
+
+def test_a_cells_file_with_other_figure_datasets_is_refused(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    config.write_cells(params)
+    edited = params.read_text().replace(
+        "robustness_datasets: [synth-tiger]", "robustness_datasets: [synth-stoat]"
+    )
+    assert edited != params.read_text()
+    params.write_text(edited)
+    with pytest.raises(config.ConfigError, match="does not list the cells"):
+        config.load(params)
 
 
 def test_figure_datasets_default_to_every_dataset():

@@ -363,9 +363,8 @@ def _smoke_params(tmp: Path) -> tuple[Path, dict[str, Any]]:
         ablations=["abl_mean"],
     )
     p["scaling"]["dataset"] = DATASET
-    smoke_scaling = raw["profiles"][PROFILE]["pipeline"]["scaling"]
-    sides = [config.scaled_name(DATASET, n) for n in smoke_scaling["train_individuals"]]
-    p["scaling"]["overrides"] = smoke_scaling["overrides"] = {s: {} for s in sides}
+    sizes = raw["profiles"][PROFILE]["pipeline"]["scaling"]["train_individuals"]
+    p["scaling"]["overrides"] = {config.scaled_name(DATASET, n): {} for n in sizes}
     raw["eval"].update(rerank=True, rerank_k1=2, rerank_k2=1)  # its settings: read when on
     raw["profiles"][PROFILE]["pipeline"]["seeds"] = [0]
     path = tmp / "params.yaml"

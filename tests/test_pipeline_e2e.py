@@ -68,9 +68,7 @@ def test_dvc_repro_smoke_profile(tmp_path):
         attention_datasets=["synth-stoat"],
     )
     params["pipeline"]["scaling"]["dataset"] = "synth-stoat"  # smoke: n4, indivaid
-    sides = {"synth-stoat-n4": {}}  # each side run needs its entry, and only this study's
-    params["pipeline"]["scaling"]["overrides"] = sides
-    params["profiles"]["smoke"]["pipeline"]["scaling"]["overrides"] = sides
+    params["pipeline"]["scaling"]["overrides"] = {"synth-stoat-n4": {}}  # each side run needs one
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     config.write_cells(repo / "params.yaml")  # what `indivaid profile smoke` does
 

@@ -233,7 +233,9 @@ def _train_record(
 
 @pytest.mark.parametrize(
     ("equal", "side_floor"),
-    [(False, None), (True, 8), (True, 16)],  # 16: a side's own floor makes it differ
+    # 8: the sides' own floor set to the base one (params.yaml's 8), so nothing differs;
+    # 16: a side's own floor makes it differ
+    [(False, None), (True, 8), (True, 16)],
 )
 def test_results_md_says_when_the_sizes_train_different_steps(tmp_path, equal, side_floor):
     from indivaid_core.train.sampler import PKSampler

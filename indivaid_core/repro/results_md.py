@@ -42,9 +42,13 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _robustness_md(reports: Path) -> list[str]:
+def _robustness_md(cfg: Config, reports: Path) -> list[str]:
+    """The sweeps of the datasets this profile runs it on (DVC leaves a dropped one's files)."""
     out = []
-    for csv in sorted((reports / "robustness").glob("*.csv")):
+    for ds in cfg.pipeline.datasets_for("robustness_datasets"):
+        csv = reports / "robustness" / f"{ds}.csv"
+        if not csv.exists():
+            continue
         sweep = pd.read_csv(csv)
         pivot = (
             sweep.pivot_table(index=["corruption", "strength"], columns="variant", values="mAP")
@@ -386,7 +390,7 @@ def _figures_md(cfg: Config, reports: Path) -> list[str]:
         "",
         first_seed_only,
         "",
-        *_robustness_md(reports),
+        *_robustness_md(cfg, reports),
         "",
         "## Attention and saliency",
         "",
@@ -394,7 +398,8 @@ def _figures_md(cfg: Config, reports: Path) -> list[str]:
         "",
         *[
             f"![{p.stem}]({p.relative_to(reports).as_posix()})"
-            for p in sorted((reports / "figures" / "attention").glob("*/*.png"))
+            for ds in cfg.pipeline.datasets_for("attention_datasets")
+            for p in sorted((reports / "figures" / "attention" / ds).glob("*.png"))
         ],
         "",
     ]
